@@ -1,0 +1,542 @@
+//! The envelope: every message on every queue, and the dead-letter entry.
+//!
+//! The wire form is a MessagePack map with string keys (SPEC §3) so that any
+//! language can read and write it. Encoding and decoding are written against
+//! `rmp`/`rmpv` directly rather than derived, for three reasons:
+//!
+//! - the payload stays the exact MessagePack bytes it arrived as ([`Bytes`]),
+//!   so forwarding a message never re-encodes its body;
+//! - unknown fields are skipped whatever their type (rolling deploys);
+//! - a malformed message yields an error that names the field at fault, which
+//!   becomes the dead letter's reason.
+
+use bytes::Bytes;
+use rmpv::ValueRef;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The only envelope format version this code writes and accepts.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// One message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// Unique message id; also what dead letters and leases are addressed by.
+    pub id: String,
+    /// Payload type, e.g. `github.webhook`, `sync.operation`.
+    pub kind: String,
+    /// Failed deliveries so far; decides backoff and when the message goes dead.
+    pub attempts: u32,
+    /// Milliseconds since the Unix epoch when the message was first enqueued.
+    pub enqueued_at: i64,
+    /// Carried unchanged from the webhook through every stage so one event can
+    /// be followed across processes.
+    pub trace_id: String,
+    /// Ordering key: messages with the same key are handled one at a time.
+    pub key: Option<String>,
+    /// How many times the dead-letter sweep has re-driven this message. Not in
+    /// the SPEC's table; written only when non-zero, ignored by older readers.
+    pub redrives: u32,
+    /// The payload map, as MessagePack bytes.
+    pub payload: Bytes,
+}
+
+/// Why bytes could not be read as an envelope. The text is a dead letter's reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(pub String);
+
+/// Why a payload could not be turned into or out of a typed value.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("payload does not match {ty}: {source}")]
+    Decode {
+        ty: &'static str,
+        #[source]
+        source: rmp_serde::decode::Error,
+    },
+    #[error("payload could not be encoded: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    #[error("payload must encode as a MessagePack map")]
+    NotAMap,
+}
+
+impl Envelope {
+    /// A fresh message (attempt 0, enqueued now) with its own trace.
+    pub fn new(kind: impl Into<String>, payload: Bytes) -> Self {
+        let id = new_id();
+        Envelope {
+            trace_id: id.clone(),
+            id,
+            kind: kind.into(),
+            attempts: 0,
+            enqueued_at: now_ms(),
+            key: None,
+            redrives: 0,
+            payload,
+        }
+    }
+
+    /// A fresh message whose payload is `value` encoded with named fields.
+    pub fn with_payload<T: Serialize>(kind: impl Into<String>, value: &T) -> Result<Self, PayloadError> {
+        Ok(Self::new(kind, encode_payload(value)?))
+    }
+
+    /// Sets the ordering key.
+    pub fn keyed(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the trace id (a message caused by another carries its trace).
+    pub fn traced(mut self, trace_id: impl Into<String>) -> Self {
+        self.trace_id = trace_id.into();
+        self
+    }
+
+    /// Decodes the payload as `T`.
+    pub fn payload_as<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
+        rmp_serde::from_slice(&self.payload).map_err(|source| PayloadError::Decode {
+            ty: std::any::type_name::<T>(),
+            source,
+        })
+    }
+
+    /// The wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.payload.len() + 128);
+        self.encode_into(&mut out, 0);
+        out
+    }
+
+    /// Writes the envelope map header announcing `extra` more entries after
+    /// the envelope's own fields, then the fields.
+    fn encode_into(&self, out: &mut Vec<u8>, extra: u32) {
+        let fields = 8 + u32::from(self.redrives > 0) + extra;
+        // Writing into a Vec cannot fail.
+        let _ = rmp::encode::write_map_len(out, fields);
+        put_str(out, "v");
+        put_uint(out, FORMAT_VERSION);
+        put_str(out, "id");
+        put_str(out, &self.id);
+        put_str(out, "kind");
+        put_str(out, &self.kind);
+        put_str(out, "attempts");
+        put_uint(out, u64::from(self.attempts));
+        put_str(out, "enqueued_at");
+        let _ = rmp::encode::write_sint(out, self.enqueued_at);
+        put_str(out, "trace_id");
+        put_str(out, &self.trace_id);
+        put_str(out, "key");
+        match &self.key {
+            Some(key) => put_str(out, key),
+            None => {
+                let _ = rmp::encode::write_nil(out);
+            }
+        }
+        if self.redrives > 0 {
+            put_str(out, "redrives");
+            put_uint(out, u64::from(self.redrives));
+        }
+        put_str(out, "payload");
+        out.extend_from_slice(&self.payload);
+    }
+
+    /// Reads an envelope; unknown fields are ignored.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Ok(read_map(bytes)?.into_envelope()?)
+    }
+}
+
+/// A message that went dead, as stored on `<queue>:dead`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub content: DeadContent,
+    /// Why it went dead, for the operator.
+    pub reason: String,
+    /// When it went dead, ms since epoch.
+    pub dead_at: i64,
+}
+
+/// What a dead letter holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeadContent {
+    /// A message that failed or was refused.
+    Envelope(Envelope),
+    /// Bytes that were never an envelope, kept exactly as received.
+    Raw(Bytes),
+}
+
+impl DeadLetter {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match &self.content {
+            DeadContent::Envelope(envelope) => envelope.encode_into(&mut out, 2),
+            DeadContent::Raw(raw) => {
+                let _ = rmp::encode::write_map_len(&mut out, 3);
+                put_str(&mut out, "raw");
+                let _ = rmp::encode::write_bin(&mut out, raw);
+            }
+        }
+        put_str(&mut out, "dead_reason");
+        put_str(&mut out, &self.reason);
+        put_str(&mut out, "dead_at");
+        let _ = rmp::encode::write_sint(&mut out, self.dead_at);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let fields = read_map(bytes)?;
+        let reason = fields.dead_reason.clone().unwrap_or_default();
+        let dead_at = fields.dead_at.unwrap_or(0);
+        let content = match &fields.raw {
+            Some(raw) => DeadContent::Raw(raw.clone()),
+            None => DeadContent::Envelope(fields.into_envelope()?),
+        };
+        Ok(DeadLetter { content, reason, dead_at })
+    }
+
+    /// The id an operator addresses this entry by: the message id, or for raw
+    /// bytes a content hash prefixed `raw-`.
+    pub fn id(&self) -> String {
+        match &self.content {
+            DeadContent::Envelope(envelope) => envelope.id.clone(),
+            DeadContent::Raw(raw) => format!("raw-{:016x}", fnv1a(raw)),
+        }
+    }
+}
+
+/// Encodes a payload value with named fields; it must be a map.
+pub fn encode_payload<T: Serialize>(value: &T) -> Result<Bytes, PayloadError> {
+    let bytes = rmp_serde::to_vec_named(value)?;
+    if !is_map_marker(bytes.first().copied()) {
+        return Err(PayloadError::NotAMap);
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// Converts a payload to JSON for people (CLI, admin page): binary values that
+/// are UTF-8 are shown as text.
+pub fn payload_to_json(payload: &[u8]) -> serde_json::Value {
+    let mut rd = payload;
+    match rmpv::decode::read_value_ref(&mut rd) {
+        Ok(value) => value_to_json(&value),
+        Err(err) => serde_json::Value::String(format!("<undecodable payload: {err}>")),
+    }
+}
+
+fn value_to_json(value: &ValueRef<'_>) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        ValueRef::Nil => J::Null,
+        ValueRef::Boolean(b) => J::Bool(*b),
+        ValueRef::Integer(i) => i
+            .as_i64()
+            .map(J::from)
+            .or_else(|| i.as_u64().map(J::from))
+            .unwrap_or(J::Null),
+        ValueRef::F32(f) => J::from(f64::from(*f)),
+        ValueRef::F64(f) => J::from(*f),
+        ValueRef::String(s) => J::String(s.as_str().map(str::to_owned).unwrap_or_else(|| {
+            String::from_utf8_lossy(s.as_bytes()).into_owned()
+        })),
+        ValueRef::Binary(b) => match std::str::from_utf8(b) {
+            Ok(text) => J::String(text.to_owned()),
+            Err(_) => J::String(format!("<{} bytes of binary>", b.len())),
+        },
+        ValueRef::Array(items) => J::Array(items.iter().map(value_to_json).collect()),
+        ValueRef::Map(entries) => J::Object(
+            entries
+                .iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        ValueRef::String(s) => s.as_str().unwrap_or("?").to_owned(),
+                        other => value_to_json(other).to_string(),
+                    };
+                    (key, value_to_json(v))
+                })
+                .collect(),
+        ),
+        ValueRef::Ext(tag, data) => J::String(format!("<ext {tag}: {} bytes>", data.len())),
+    }
+}
+
+/// A new unique message id (UUID v7: time-ordered, so ids sort by creation).
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let _ = rmp::encode::write_str(out, s);
+}
+
+fn put_uint(out: &mut Vec<u8>, n: u64) {
+    let _ = rmp::encode::write_uint(out, n);
+}
+
+fn is_map_marker(byte: Option<u8>) -> bool {
+    matches!(byte, Some(0x80..=0x8f | 0xde | 0xdf))
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The fields of an envelope or dead-letter map, as read.
+#[derive(Default)]
+struct Fields {
+    v: Option<u64>,
+    id: Option<String>,
+    kind: Option<String>,
+    attempts: Option<u32>,
+    enqueued_at: Option<i64>,
+    trace_id: Option<String>,
+    key: Option<String>,
+    redrives: Option<u32>,
+    payload: Option<Bytes>,
+    raw: Option<Bytes>,
+    dead_reason: Option<String>,
+    dead_at: Option<i64>,
+}
+
+impl Fields {
+    fn into_envelope(self) -> Result<Envelope, DecodeError> {
+        let missing = |name: &str| DecodeError(format!("envelope field `{name}` is missing"));
+        let v = self.v.ok_or_else(|| missing("v"))?;
+        if v != FORMAT_VERSION {
+            return Err(DecodeError(format!(
+                "envelope field `v` is {v}; this version of hookbus reads format {FORMAT_VERSION}"
+            )));
+        }
+        let id = self.id.ok_or_else(|| missing("id"))?;
+        if id.is_empty() {
+            return Err(DecodeError("envelope field `id` is empty".into()));
+        }
+        Ok(Envelope {
+            kind: self.kind.ok_or_else(|| missing("kind"))?,
+            payload: self.payload.ok_or_else(|| missing("payload"))?,
+            attempts: self.attempts.unwrap_or(0),
+            enqueued_at: self.enqueued_at.unwrap_or(0),
+            trace_id: self.trace_id.unwrap_or_else(|| id.clone()),
+            key: self.key,
+            redrives: self.redrives.unwrap_or(0),
+            id,
+        })
+    }
+}
+
+fn read_map(bytes: &[u8]) -> Result<Fields, DecodeError> {
+    let mut rd = bytes;
+    let len = rmp::decode::read_map_len(&mut rd)
+        .map_err(|_| DecodeError("not a MessagePack map (an envelope is a map with string keys)".into()))?;
+    let mut fields = Fields::default();
+    for _ in 0..len {
+        let name = match rmpv::decode::read_value_ref(&mut rd) {
+            Ok(ValueRef::String(s)) => s
+                .into_str()
+                .ok_or_else(|| DecodeError("envelope has a key that is not UTF-8".into()))?,
+            Ok(_) => return Err(DecodeError("envelope has a key that is not a string".into())),
+            Err(err) => return Err(DecodeError(format!("truncated or malformed MessagePack: {err}"))),
+        };
+        let before = rd;
+        let value = rmpv::decode::read_value_ref(&mut rd).map_err(|err| {
+            DecodeError(format!("envelope field `{name}` is truncated or malformed: {err}"))
+        })?;
+        let raw_value = &before[..before.len() - rd.len()];
+        let wrong = |want: &str| DecodeError(format!("envelope field `{name}` must be {want}"));
+        match name {
+            "v" => fields.v = Some(value.as_u64().ok_or_else(|| wrong("a positive integer"))?),
+            "id" => fields.id = Some(as_string(&value).ok_or_else(|| wrong("a string"))?),
+            "kind" => fields.kind = Some(as_string(&value).ok_or_else(|| wrong("a string"))?),
+            "attempts" => fields.attempts = Some(as_u32(&value).ok_or_else(|| wrong("a non-negative integer"))?),
+            "enqueued_at" => fields.enqueued_at = Some(as_i64(&value).ok_or_else(|| wrong("an integer (ms)"))?),
+            "trace_id" => fields.trace_id = Some(as_string(&value).ok_or_else(|| wrong("a string"))?),
+            "key" => {
+                fields.key = match value {
+                    ValueRef::Nil => None,
+                    _ => Some(as_string(&value).ok_or_else(|| wrong("a string or nil"))?),
+                }
+            }
+            "redrives" => fields.redrives = Some(as_u32(&value).ok_or_else(|| wrong("a non-negative integer"))?),
+            "payload" => {
+                if !matches!(value, ValueRef::Map(_)) {
+                    return Err(wrong("a map"));
+                }
+                fields.payload = Some(Bytes::copy_from_slice(raw_value));
+            }
+            "raw" => match value {
+                ValueRef::Binary(b) => fields.raw = Some(Bytes::copy_from_slice(b)),
+                ValueRef::String(s) => fields.raw = Some(Bytes::copy_from_slice(s.as_bytes())),
+                _ => return Err(wrong("binary")),
+            },
+            "dead_reason" => fields.dead_reason = as_string(&value),
+            "dead_at" => fields.dead_at = as_i64(&value),
+            _ => {} // unknown: written by a newer version, ignored
+        }
+    }
+    if !rd.is_empty() {
+        return Err(DecodeError(format!("{} unexpected bytes after the envelope map", rd.len())));
+    }
+    Ok(fields)
+}
+
+fn as_string(value: &ValueRef<'_>) -> Option<String> {
+    match value {
+        ValueRef::String(s) => s.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+fn as_i64(value: &ValueRef<'_>) -> Option<i64> {
+    match value {
+        ValueRef::Integer(i) => i.as_i64(),
+        _ => None,
+    }
+}
+
+fn as_u32(value: &ValueRef<'_>) -> Option<u32> {
+    value.as_u64().and_then(|n| u32::try_from(n).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Envelope {
+        Envelope {
+            id: "m-1".into(),
+            kind: "test.kind".into(),
+            attempts: 2,
+            enqueued_at: 1_700_000_000_000,
+            trace_id: "t-1".into(),
+            key: Some("k".into()),
+            redrives: 0,
+            payload: encode_payload(&serde_json::json!({"a": 1, "b": "x"})).expect("map payload"),
+        }
+    }
+
+    #[test]
+    fn envelope_round_trips() {
+        let env = sample();
+        assert_eq!(Envelope::decode(&env.encode()), Ok(env));
+    }
+
+    #[test]
+    fn redrives_are_written_only_when_nonzero() {
+        let mut env = sample();
+        assert!(!env.encode().windows(8).any(|w| w == b"redrives"));
+        env.redrives = 3;
+        assert_eq!(Envelope::decode(&env.encode()).map(|e| e.redrives), Ok(3));
+    }
+
+    /// Bytes written by hand from the MessagePack spec, the way a producer in
+    /// another language would: fields in a different order, an unknown field,
+    /// and the envelope still reads.
+    #[test]
+    fn decodes_envelope_written_by_hand_from_the_msgpack_spec() {
+        let mut b: Vec<u8> = vec![0x89]; // fixmap, 9 entries
+        let s = |b: &mut Vec<u8>, text: &str| {
+            b.push(0xa0 | text.len() as u8); // fixstr
+            b.extend_from_slice(text.as_bytes());
+        };
+        s(&mut b, "payload");
+        b.push(0x81); // fixmap, 1 entry
+        s(&mut b, "n");
+        b.push(0x2a); // positive fixint 42
+        s(&mut b, "kind");
+        s(&mut b, "demo.ping");
+        s(&mut b, "v");
+        b.push(0x01);
+        s(&mut b, "id");
+        s(&mut b, "abc-123");
+        s(&mut b, "attempts");
+        b.push(0x00);
+        s(&mut b, "enqueued_at");
+        b.push(0xcf); // uint 64
+        b.extend_from_slice(&1_700_000_000_123u64.to_be_bytes());
+        s(&mut b, "trace_id");
+        s(&mut b, "trace-9");
+        s(&mut b, "key");
+        b.push(0xc0); // nil
+        s(&mut b, "from_python"); // unknown field: ignored
+        b.push(0x92); // fixarray of 2
+        b.push(0xc3); // true
+        b.push(0xcb); // float 64
+        b.extend_from_slice(&1.5f64.to_be_bytes());
+
+        let env = Envelope::decode(&b).expect("hand-written envelope decodes");
+        assert_eq!(env.id, "abc-123");
+        assert_eq!(env.kind, "demo.ping");
+        assert_eq!(env.attempts, 0);
+        assert_eq!(env.enqueued_at, 1_700_000_000_123);
+        assert_eq!(env.trace_id, "trace-9");
+        assert_eq!(env.key, None);
+        #[derive(serde::Deserialize)]
+        struct P {
+            n: u8,
+        }
+        assert_eq!(env.payload_as::<P>().expect("payload").n, 42);
+    }
+
+    #[test]
+    fn garbage_is_refused_with_a_reason() {
+        assert!(Envelope::decode(b"hello").is_err());
+        assert!(Envelope::decode(&[]).is_err());
+        let err = Envelope::decode(&[0x81, 0xa2, b'i', b'd', 0x05]).expect_err("id must be a string");
+        assert_eq!(err.0, "envelope field `id` must be a string");
+        let mut truncated = sample().encode();
+        truncated.truncate(truncated.len() - 3);
+        assert!(Envelope::decode(&truncated).is_err());
+    }
+
+    #[test]
+    fn wrong_version_is_refused() {
+        let mut bytes = sample().encode();
+        // "v" is the first field; its value follows the 0xa1 'v' key.
+        let at = bytes.windows(2).position(|w| w == [0xa1, b'v']).expect("v key") + 2;
+        bytes[at] = 0x02;
+        let err = Envelope::decode(&bytes).expect_err("v=2");
+        assert!(err.0.contains("`v` is 2"), "{err}");
+    }
+
+    #[test]
+    fn dead_letters_round_trip_and_carry_envelope_fields() {
+        let dead = DeadLetter {
+            content: DeadContent::Envelope(sample()),
+            reason: "boom".into(),
+            dead_at: 5,
+        };
+        let bytes = dead.encode();
+        assert_eq!(DeadLetter::decode(&bytes), Ok(dead));
+        // A dead entry is still readable as the envelope it holds.
+        assert_eq!(Envelope::decode(&bytes).map(|e| e.id), Ok("m-1".to_string()));
+
+        let raw = DeadLetter {
+            content: DeadContent::Raw(Bytes::from_static(b"\xffnot msgpack")),
+            reason: "not a MessagePack map".into(),
+            dead_at: 6,
+        };
+        assert_eq!(DeadLetter::decode(&raw.encode()), Ok(raw));
+    }
+
+    #[test]
+    fn payload_json_shows_utf8_binaries_as_text() {
+        #[derive(serde::Serialize)]
+        struct P<'a> {
+            #[serde(with = "serde_bytes")]
+            body: &'a [u8],
+        }
+        let payload = encode_payload(&P { body: b"{\"x\":1}" }).expect("payload");
+        assert_eq!(payload_to_json(&payload), serde_json::json!({"body": "{\"x\":1}"}));
+    }
+}

@@ -1,0 +1,405 @@
+//! The in-memory backend: the Redis backend's semantics inside one process.
+//!
+//! Used by `hookbus dev` and by tests that do not need durability. Every rule
+//! of the Redis scripts has its twin here (leases by fetch sequence, key locks
+//! handed on at settle time, delayed retries promoted on fetch, consumers
+//! reaped when their heartbeat lapses); `tests/behaviour.rs` holds both to the
+//! same suite. Nothing survives the process.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::backend::{
+    Backend, ConsumerId, DeadSelector, Delivery, HeartbeatReport, Lease, QueueDepths, Settlement, SweepReport,
+};
+use crate::envelope::{now_ms, DeadContent, DeadLetter, Envelope};
+use crate::error::BusError;
+
+/// Queues in this process's memory.
+#[derive(Default)]
+pub struct MemoryBackend {
+    queues: Mutex<HashMap<String, Arc<Queue>>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    work: Notify,
+}
+
+/// Position of a lease in fetch order: (fetch sequence, index in the fetch).
+type Slot = (u64, u32);
+
+#[derive(Default)]
+struct QueueState {
+    /// Front is the head: the next message to fetch.
+    pending: VecDeque<Envelope>,
+    /// Keyed by (due ms, insertion number) so equal due times keep order.
+    delayed: BTreeMap<(i64, u64), Envelope>,
+    delayed_seq: u64,
+    /// Front is the newest.
+    dead: VecDeque<DeadLetter>,
+    consumers: HashMap<String, ConsumerState>,
+    /// Key -> id of the message allowed to run for it.
+    key_holders: HashMap<String, String>,
+    /// Key -> messages waiting behind the holder, oldest first.
+    held: HashMap<String, VecDeque<Envelope>>,
+    /// No sweep before this time (ms): the Redis twin's `sweep` lock.
+    sweep_locked_until: i64,
+}
+
+#[derive(Default)]
+struct ConsumerState {
+    last_seen_ms: i64,
+    in_flight: BTreeMap<Slot, Envelope>,
+}
+
+impl MemoryBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn queue(&self, name: &str) -> Arc<Queue> {
+        let mut queues = lock(&self.queues);
+        queues.entry(name.to_string()).or_default().clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave the state half-updated in a
+    // way later callers could not cope with; keep serving.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn token(slot: Slot) -> String {
+    format!("{}:{}", slot.0, slot.1)
+}
+
+fn parse_token(token: &str) -> Option<Slot> {
+    let (seq, n) = token.split_once(':')?;
+    Some((seq.parse().ok()?, n.parse().ok()?))
+}
+
+impl QueueState {
+    /// Enqueues at the tail, taking the key's lock or waiting behind it.
+    fn admit(&mut self, envelope: Envelope) {
+        match &envelope.key {
+            None => self.pending.push_back(envelope),
+            Some(key) => match self.key_holders.get(key) {
+                Some(holder) if holder != &envelope.id => {
+                    self.held.entry(key.clone()).or_default().push_back(envelope)
+                }
+                _ => {
+                    self.key_holders.insert(key.clone(), envelope.id.clone());
+                    self.pending.push_back(envelope);
+                }
+            },
+        }
+    }
+
+    /// Hands the key to the next waiting message, if `id` holds it.
+    fn release(&mut self, key: &str, id: &str) {
+        if self.key_holders.get(key).map(String::as_str) != Some(id) {
+            return;
+        }
+        let next = self.held.get_mut(key).and_then(VecDeque::pop_front);
+        match next {
+            Some(next) => {
+                self.key_holders.insert(key.to_string(), next.id.clone());
+                self.pending.push_back(next);
+            }
+            None => {
+                self.key_holders.remove(key);
+            }
+        }
+        if self.held.get(key).is_some_and(VecDeque::is_empty) {
+            self.held.remove(key);
+        }
+    }
+
+    /// Moves due retries to the head, earliest due first.
+    fn promote_due(&mut self, now: i64) {
+        let mut due = Vec::new();
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            due.push(entry.remove());
+        }
+        for envelope in due.into_iter().rev() {
+            self.pending.push_front(envelope);
+        }
+    }
+
+    /// Puts a consumer's leases back at the head, in fetch order.
+    fn requeue_all(&mut self, consumer: &str) -> usize {
+        let Some(state) = self.consumers.remove(consumer) else { return 0 };
+        let n = state.in_flight.len();
+        for (_, envelope) in state.in_flight.into_iter().rev() {
+            self.pending.push_front(envelope);
+        }
+        n
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    async fn push(&self, queue: &str, messages: &[Envelope]) -> Result<(), BusError> {
+        let q = self.queue(queue);
+        {
+            let mut state = lock(&q.state);
+            for envelope in messages {
+                state.admit(envelope.clone());
+            }
+        }
+        q.work.notify_waiters();
+        Ok(())
+    }
+
+    async fn push_raw(&self, queue: &str, raw: Bytes) -> Result<(), BusError> {
+        // Nothing but envelopes can live in memory: what does not decode is
+        // dead-lettered on arrival, as the Redis backend does on fetch.
+        let q = self.queue(queue);
+        let mut state = lock(&q.state);
+        match Envelope::decode(&raw) {
+            Ok(envelope) => state.admit(envelope),
+            Err(err) => state.dead.push_front(DeadLetter {
+                content: DeadContent::Raw(raw),
+                reason: format!("undecodable message: {err}"),
+                dead_at: now_ms(),
+            }),
+        }
+        drop(state);
+        q.work.notify_waiters();
+        Ok(())
+    }
+
+    async fn register(&self, consumer: &ConsumerId) -> Result<(), BusError> {
+        let q = self.queue(&consumer.queue);
+        let mut state = lock(&q.state);
+        state.consumers.entry(consumer.name.clone()).or_default().last_seen_ms = now_ms();
+        Ok(())
+    }
+
+    async fn fetch(&self, consumer: &ConsumerId, seq: u64, max: usize) -> Result<Vec<Delivery>, BusError> {
+        let q = self.queue(&consumer.queue);
+        let mut state = lock(&q.state);
+        let now = now_ms();
+        state.promote_due(now);
+        let state = &mut *state;
+        let me = state.consumers.entry(consumer.name.clone()).or_default();
+        me.last_seen_ms = now;
+        let retried: Vec<Delivery> = me
+            .in_flight
+            .range((seq, 0)..=(seq, u32::MAX))
+            .map(|(slot, envelope)| delivery(*slot, envelope.clone()))
+            .collect();
+        if !retried.is_empty() {
+            return Ok(retried);
+        }
+        let take = max.min(state.pending.len());
+        let mut out = Vec::with_capacity(take);
+        for (n, envelope) in state.pending.drain(..take).enumerate() {
+            let slot = (seq, n as u32 + 1);
+            me.in_flight.insert(slot, envelope.clone());
+            out.push(delivery(slot, envelope));
+        }
+        // A keyed message that did not take its lock at push time (it cannot
+        // happen here, but the Redis twin must cope with foreign producers)
+        // would be parked; in memory every push went through `admit`.
+        Ok(out)
+    }
+
+    async fn settle(&self, consumer: &ConsumerId, settlements: Vec<(Lease, Settlement)>) -> Result<(), BusError> {
+        let q = self.queue(&consumer.queue);
+        let mut state = lock(&q.state);
+        let mut woke = false;
+        for (lease, settlement) in settlements {
+            let Some(slot) = parse_token(&lease.token) else { continue };
+            let Some(held) = state
+                .consumers
+                .get_mut(&consumer.name)
+                .and_then(|c| c.in_flight.remove(&slot))
+            else {
+                continue; // no longer ours: it was put back when we looked dead
+            };
+            let release = |state: &mut QueueState| {
+                if let Some(key) = &held.key {
+                    state.release(key, &held.id);
+                }
+            };
+            match settlement {
+                Settlement::Ack => release(&mut state),
+                Settlement::Retry { envelope, due_ms } => {
+                    let n = state.delayed_seq;
+                    state.delayed_seq += 1;
+                    state.delayed.insert((due_ms, n), envelope);
+                }
+                Settlement::Dead(letter) => {
+                    state.dead.push_front(letter);
+                    release(&mut state);
+                }
+                Settlement::Requeue => state.pending.push_front(held.clone()),
+            }
+            woke = true;
+        }
+        drop(state);
+        if woke {
+            q.work.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(&self, consumer: &ConsumerId, timeout_ms: u64) -> Result<HeartbeatReport, BusError> {
+        let q = self.queue(&consumer.queue);
+        let mut state = lock(&q.state);
+        let now = now_ms();
+        state.consumers.entry(consumer.name.clone()).or_default().last_seen_ms = now;
+        let lapsed: Vec<String> = state
+            .consumers
+            .iter()
+            .filter(|(_, c)| now - c.last_seen_ms > timeout_ms as i64)
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut report = HeartbeatReport::default();
+        for name in lapsed {
+            report.reaped_consumers += 1;
+            report.requeued += state.requeue_all(&name);
+        }
+        drop(state);
+        if report.requeued > 0 {
+            q.work.notify_waiters();
+        }
+        Ok(report)
+    }
+
+    async fn deregister(&self, consumer: &ConsumerId) -> Result<usize, BusError> {
+        let q = self.queue(&consumer.queue);
+        let n = lock(&q.state).requeue_all(&consumer.name);
+        if n > 0 {
+            q.work.notify_waiters();
+        }
+        Ok(n)
+    }
+
+    async fn wait_for_work(&self, queue: &str, max_wait: Duration) {
+        let q = self.queue(queue);
+        let notified = q.work.notified();
+        let _ = tokio::time::timeout(max_wait, notified).await;
+    }
+
+    async fn depths(&self, queue: &str) -> Result<QueueDepths, BusError> {
+        let q = self.queue(queue);
+        let state = lock(&q.state);
+        Ok(QueueDepths {
+            pending: state.pending.len() as u64,
+            in_flight: state.consumers.values().map(|c| c.in_flight.len() as u64).sum(),
+            delayed: state.delayed.len() as u64,
+            held: state.held.values().map(|h| h.len() as u64).sum(),
+            dead: state.dead.len() as u64,
+            consumers: state.consumers.len() as u64,
+        })
+    }
+
+    async fn peek(&self, queue: &str, n: usize) -> Result<Vec<Result<Envelope, Bytes>>, BusError> {
+        let q = self.queue(queue);
+        let state = lock(&q.state);
+        Ok(state.pending.iter().take(n).cloned().map(Ok).collect())
+    }
+
+    async fn dead_list(&self, queue: &str, n: usize) -> Result<Vec<DeadLetter>, BusError> {
+        let q = self.queue(queue);
+        let state = lock(&q.state);
+        Ok(state.dead.iter().take(n).cloned().collect())
+    }
+
+    async fn dead_retry(&self, queue: &str, which: &DeadSelector) -> Result<usize, BusError> {
+        let q = self.queue(queue);
+        let mut state = lock(&q.state);
+        let n = redrive(&mut state, |letter| which.matches(letter), false);
+        drop(state);
+        q.work.notify_waiters();
+        Ok(n)
+    }
+
+    async fn dead_purge(&self, queue: &str, which: &DeadSelector) -> Result<usize, BusError> {
+        let q = self.queue(queue);
+        let mut state = lock(&q.state);
+        let before = state.dead.len();
+        state.dead.retain(|letter| !which.matches(letter));
+        Ok(before - state.dead.len())
+    }
+
+    async fn sweep_dead(&self, queue: &str, interval_ms: u64, max_redrives: u32) -> Result<SweepReport, BusError> {
+        let q = self.queue(queue);
+        let mut state = lock(&q.state);
+        let now = now_ms();
+        if now < state.sweep_locked_until {
+            return Ok(SweepReport::default());
+        }
+        state.sweep_locked_until = now + interval_ms.max(1) as i64;
+        let settled_before = now - interval_ms as i64;
+        let given_up = state
+            .dead
+            .iter()
+            .filter(|letter| !sweepable(letter, max_redrives) && letter.dead_at <= settled_before)
+            .cloned()
+            .collect();
+        let redriven = redrive(
+            &mut state,
+            |letter| sweepable(letter, max_redrives) && letter.dead_at <= settled_before,
+            true,
+        );
+        drop(state);
+        q.work.notify_waiters();
+        Ok(SweepReport { ran: true, redriven, given_up })
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+fn delivery(slot: Slot, envelope: Envelope) -> Delivery {
+    Delivery {
+        lease: Lease { token: token(slot), id: Some(envelope.id.clone()), key: envelope.key.clone() },
+        envelope,
+    }
+}
+
+/// Whether the sweep may re-drive this letter.
+pub(crate) fn sweepable(letter: &DeadLetter, max_redrives: u32) -> bool {
+    matches!(&letter.content, DeadContent::Envelope(e) if e.redrives < max_redrives)
+}
+
+/// The envelope a re-driven letter goes back as: a fresh start on attempts.
+pub(crate) fn revived(envelope: &Envelope, count_redrive: bool) -> Envelope {
+    let mut revived = envelope.clone();
+    revived.attempts = 0;
+    if count_redrive {
+        revived.redrives += 1;
+    }
+    revived
+}
+
+fn redrive(state: &mut QueueState, pick: impl Fn(&DeadLetter) -> bool, count_redrive: bool) -> usize {
+    let (chosen, kept): (Vec<DeadLetter>, Vec<DeadLetter>) = state.dead.drain(..).partition(|l| pick(l));
+    state.dead = kept.into();
+    let mut n = 0;
+    // Oldest first, so re-driven messages keep their relative order.
+    for letter in chosen.into_iter().rev() {
+        match &letter.content {
+            DeadContent::Envelope(envelope) => {
+                state.admit(revived(envelope, count_redrive));
+                n += 1;
+            }
+            DeadContent::Raw(_) => state.dead.push_front(letter), // bytes can never be handled
+        }
+    }
+    n
+}

@@ -1,0 +1,521 @@
+//! The Redis backend: durable queues shared by any number of processes.
+//!
+//! Every multi-key step is one Lua script (`src/lua/*.lua`, each with a
+//! KEYS/ARGV header and the invariant it keeps), so a crash between two
+//! commands cannot lose or duplicate a message. All keys of one queue carry
+//! the hash tag `{<queue>}` and so live in one Redis Cluster slot. The key
+//! layout is documented in `docs/redis-layout.md`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
+use redis::{AsyncCommands, Script};
+
+use crate::backend::{
+    Backend, ConsumerId, DeadSelector, Delivery, HeartbeatReport, Lease, QueueDepths, Settlement, SweepReport,
+};
+use crate::envelope::{now_ms, DeadContent, DeadLetter, Envelope};
+use crate::error::BusError;
+use crate::memory::{revived, sweepable};
+
+/// How long one Redis call may take before it counts as failed. Generous: a
+/// stalled server must not stall a worker forever, but a busy one is fine.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Due retries promoted per fetch, at most.
+const PROMOTE_LIMIT: usize = 500;
+/// Dead letters read per sweep or operator action, at most.
+const DEAD_SCAN_LIMIT: isize = 10_000;
+
+/// Key names of one queue.
+#[derive(Debug, Clone)]
+pub struct QueueKeys {
+    base: String,
+}
+
+impl QueueKeys {
+    pub fn new(prefix: &str, queue: &str) -> Self {
+        QueueKeys { base: format!("{prefix}:{{{queue}}}") }
+    }
+    pub fn pending(&self) -> String {
+        format!("{}:pending", self.base)
+    }
+    pub fn delayed(&self) -> String {
+        format!("{}:delayed", self.base)
+    }
+    pub fn dead(&self) -> String {
+        format!("{}:dead", self.base)
+    }
+    pub fn consumers(&self) -> String {
+        format!("{}:consumers", self.base)
+    }
+    pub fn in_flight(&self, consumer: &str) -> String {
+        format!("{}:inflight:{consumer}", self.base)
+    }
+    /// Ordering key -> id of the message allowed to run.
+    pub fn keys(&self) -> String {
+        format!("{}:keys", self.base)
+    }
+    /// Messages waiting behind the holder of `key`.
+    pub fn held(&self, key: &str) -> String {
+        format!("{}:held:{key}", self.base)
+    }
+    pub fn sweep_lock(&self) -> String {
+        format!("{}:sweep", self.base)
+    }
+}
+
+struct Scripts {
+    push: Script,
+    fetch: Script,
+    admit: Script,
+    settle: Script,
+    reap: Script,
+    depths: Script,
+}
+
+/// Queues in Redis.
+pub struct RedisBackend {
+    pool: Pool,
+    prefix: String,
+    scripts: Scripts,
+}
+
+impl RedisBackend {
+    /// A pool of `pool_size` connections to `url` (`redis://` or
+    /// `rediss://`; with `tls_insecure` a self-signed certificate is
+    /// accepted, as Heroku Redis needs). Connects lazily: a server that is
+    /// down now is retried on use.
+    pub fn connect(url: &str, prefix: &str, pool_size: usize, tls_insecure: bool) -> Result<Self, BusError> {
+        let url = if tls_insecure && url.starts_with("rediss://") && !url.contains('#') {
+            format!("{url}#insecure")
+        } else {
+            url.to_string()
+        };
+        let mut config = Config::from_url(url);
+        config.pool = Some(PoolConfig {
+            max_size: pool_size,
+            timeouts: Timeouts {
+                wait: Some(CALL_TIMEOUT),
+                create: Some(Duration::from_secs(3)),
+                recycle: Some(Duration::from_secs(3)),
+            },
+            ..PoolConfig::default()
+        });
+        let pool = config
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|err| BusError::Setup(err.to_string()))?;
+        Ok(RedisBackend {
+            pool,
+            prefix: prefix.to_string(),
+            scripts: Scripts {
+                push: Script::new(include_str!("lua/push.lua")),
+                fetch: Script::new(include_str!("lua/fetch.lua")),
+                admit: Script::new(include_str!("lua/admit.lua")),
+                settle: Script::new(include_str!("lua/settle.lua")),
+                reap: Script::new(include_str!("lua/reap.lua")),
+                depths: Script::new(include_str!("lua/depths.lua")),
+            },
+        })
+    }
+
+    pub fn keys(&self, queue: &str) -> QueueKeys {
+        QueueKeys::new(&self.prefix, queue)
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, BusError> {
+        self.pool.get().await.map_err(|err| BusError::Pool(err.to_string()))
+    }
+
+    /// Pushes with optional "only if this dead entry could be removed".
+    async fn push_entries(&self, queue: &str, entries: &[(Envelope, Option<Vec<u8>>)]) -> Result<usize, BusError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let keys = self.keys(queue);
+        let mut conn = self.conn().await?;
+        if entries.iter().all(|(e, dead)| e.key.is_none() && dead.is_none()) {
+            // Fast path: one LPUSH keeps the order of the arguments.
+            let raws: Vec<Vec<u8>> = entries.iter().map(|(e, _)| e.encode()).collect();
+            let _: () = timed(conn.lpush(keys.pending(), raws)).await?;
+            return Ok(entries.len());
+        }
+        let mut call = self.scripts.push.prepare_invoke();
+        call.key(keys.pending()).key(keys.keys()).key(keys.dead());
+        call.arg(entries.len());
+        for (envelope, dead) in entries {
+            let key = envelope.key.as_deref().unwrap_or("");
+            call.key(if key.is_empty() { keys.pending() } else { keys.held(key) });
+            call.arg(key)
+                .arg(&envelope.id)
+                .arg(envelope.encode())
+                .arg(dead.as_deref().unwrap_or(b""));
+        }
+        timed(call.invoke_async(&mut conn)).await
+    }
+
+    async fn settle_raw(&self, consumer: &ConsumerId, items: Vec<SettleItem>) -> Result<(), BusError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let keys = self.keys(&consumer.queue);
+        let mut call = self.scripts.settle.prepare_invoke();
+        call.key(keys.in_flight(&consumer.name))
+            .key(keys.pending())
+            .key(keys.delayed())
+            .key(keys.dead())
+            .key(keys.keys());
+        for item in &items {
+            call.key(match &item.key {
+                Some(key) => keys.held(key),
+                None => keys.pending(),
+            });
+            call.arg(&item.token)
+                .arg(item.op)
+                .arg(item.key.as_deref().unwrap_or(""))
+                .arg(item.id.as_deref().unwrap_or(""))
+                .arg(&item.data[..])
+                .arg(item.score);
+        }
+        let mut conn = self.conn().await?;
+        let _: i64 = timed(call.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn dead_entries(&self, queue: &str) -> Result<Vec<(Vec<u8>, Option<DeadLetter>)>, BusError> {
+        let mut conn = self.conn().await?;
+        let raws: Vec<Vec<u8>> = timed(conn.lrange(self.keys(queue).dead(), 0, DEAD_SCAN_LIMIT - 1)).await?;
+        Ok(raws
+            .into_iter()
+            .map(|raw| {
+                let letter = DeadLetter::decode(&raw).ok();
+                (raw, letter)
+            })
+            .collect())
+    }
+
+    async fn redrive(
+        &self,
+        queue: &str,
+        pick: impl Fn(&DeadLetter) -> bool,
+        count_redrive: bool,
+    ) -> Result<usize, BusError> {
+        let mut entries = Vec::new();
+        for (raw, letter) in self.dead_entries(queue).await? {
+            if let Some(letter) = letter {
+                if let DeadContent::Envelope(envelope) = &letter.content {
+                    if pick(&letter) {
+                        entries.push((revived(envelope, count_redrive), Some(raw)));
+                    }
+                }
+            }
+        }
+        // Oldest first (the list is newest first), so order among them is kept.
+        entries.reverse();
+        self.push_entries(queue, &entries).await
+    }
+}
+
+struct SettleItem {
+    token: String,
+    op: &'static str,
+    key: Option<String>,
+    id: Option<String>,
+    data: Vec<u8>,
+    score: i64,
+}
+
+async fn timed<T>(fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, BusError> {
+    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+        Ok(result) => result.map_err(BusError::from),
+        Err(_) => Err(BusError::Protocol(format!("no answer within {CALL_TIMEOUT:?}"))),
+    }
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    async fn push(&self, queue: &str, messages: &[Envelope]) -> Result<(), BusError> {
+        let entries: Vec<(Envelope, Option<Vec<u8>>)> = messages.iter().map(|e| (e.clone(), None)).collect();
+        self.push_entries(queue, &entries).await.map(drop)
+    }
+
+    async fn push_raw(&self, queue: &str, raw: Bytes) -> Result<(), BusError> {
+        let mut conn = self.conn().await?;
+        timed(conn.lpush(self.keys(queue).pending(), &raw[..])).await
+    }
+
+    async fn register(&self, consumer: &ConsumerId) -> Result<(), BusError> {
+        let mut conn = self.conn().await?;
+        let keys = self.keys(&consumer.queue);
+        timed(conn.zadd(keys.consumers(), &consumer.name, now_ms())).await
+    }
+
+    async fn fetch(&self, consumer: &ConsumerId, seq: u64, max: usize) -> Result<Vec<Delivery>, BusError> {
+        let keys = self.keys(&consumer.queue);
+        let mut conn = self.conn().await?;
+        let flat: Vec<Vec<u8>> = timed(
+            self.scripts
+                .fetch
+                .key(keys.pending())
+                .key(keys.delayed())
+                .key(keys.in_flight(&consumer.name))
+                .key(keys.consumers())
+                .arg(&consumer.name)
+                .arg(seq)
+                .arg(max)
+                .arg(now_ms())
+                .arg(PROMOTE_LIMIT)
+                .invoke_async(&mut conn),
+        )
+        .await?;
+        drop(conn);
+
+        let mut deliveries = Vec::with_capacity(flat.len() / 2);
+        let mut garbage = Vec::new();
+        for pair in flat.chunks_exact(2) {
+            let token = String::from_utf8_lossy(&pair[0]).into_owned();
+            match Envelope::decode(&pair[1]) {
+                Ok(envelope) => deliveries.push(Delivery {
+                    lease: Lease { token, id: Some(envelope.id.clone()), key: envelope.key.clone() },
+                    envelope,
+                }),
+                Err(err) => garbage.push(SettleItem {
+                    token,
+                    op: "dead",
+                    key: None,
+                    id: None,
+                    data: DeadLetter {
+                        content: DeadContent::Raw(Bytes::copy_from_slice(&pair[1])),
+                        reason: format!("undecodable message: {err}"),
+                        dead_at: now_ms(),
+                    }
+                    .encode(),
+                    score: 0,
+                }),
+            }
+        }
+        if !garbage.is_empty() {
+            tracing::warn!(queue = %consumer.queue, count = garbage.len(), "dead-lettering undecodable messages");
+            self.settle_raw(consumer, garbage).await?;
+        }
+
+        let keyed: Vec<usize> = (0..deliveries.len()).filter(|&i| deliveries[i].lease.key.is_some()).collect();
+        if keyed.is_empty() {
+            return Ok(deliveries);
+        }
+        let mut call = self.scripts.admit.prepare_invoke();
+        call.key(keys.in_flight(&consumer.name)).key(keys.keys());
+        for &i in &keyed {
+            let lease = &deliveries[i].lease;
+            let key = lease.key.as_deref().unwrap_or("");
+            call.key(keys.held(key));
+            call.arg(&lease.token).arg(key).arg(lease.id.as_deref().unwrap_or(""));
+        }
+        let mut conn = self.conn().await?;
+        let verdicts: Vec<i64> = timed(call.invoke_async(&mut conn)).await?;
+        let parked: std::collections::HashSet<usize> = keyed
+            .iter()
+            .zip(verdicts.iter().chain(std::iter::repeat(&1)))
+            .filter(|(_, &v)| v == 0)
+            .map(|(&i, _)| i)
+            .collect();
+        Ok(deliveries
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !parked.contains(i))
+            .map(|(_, d)| d)
+            .collect())
+    }
+
+    async fn settle(&self, consumer: &ConsumerId, settlements: Vec<(Lease, Settlement)>) -> Result<(), BusError> {
+        let items = settlements
+            .into_iter()
+            .map(|(lease, settlement)| {
+                let (op, data, score) = match settlement {
+                    Settlement::Ack => ("ack", Vec::new(), 0),
+                    Settlement::Retry { envelope, due_ms } => ("retry", envelope.encode(), due_ms),
+                    Settlement::Dead(letter) => ("dead", letter.encode(), 0),
+                    Settlement::Requeue => ("requeue", Vec::new(), 0),
+                };
+                SettleItem { token: lease.token, op, key: lease.key, id: lease.id, data, score }
+            })
+            .collect();
+        self.settle_raw(consumer, items).await
+    }
+
+    async fn heartbeat(&self, consumer: &ConsumerId, timeout_ms: u64) -> Result<HeartbeatReport, BusError> {
+        let keys = self.keys(&consumer.queue);
+        let now = now_ms();
+        let lapsed_before = now - timeout_ms as i64;
+        let mut conn = self.conn().await?;
+        let (_, lapsed): ((), Vec<String>) = timed(
+            redis::pipe()
+                .zadd(keys.consumers(), &consumer.name, now)
+                .zrangebyscore(keys.consumers(), "-inf", format!("({lapsed_before}"))
+                .query_async(&mut conn),
+        )
+        .await?;
+        let mut report = HeartbeatReport::default();
+        for name in lapsed {
+            let n: i64 = timed(
+                self.scripts
+                    .reap
+                    .key(keys.consumers())
+                    .key(keys.pending())
+                    .key(keys.in_flight(&name))
+                    .arg(&name)
+                    .arg(lapsed_before)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+            if n >= 0 {
+                tracing::warn!(queue = %consumer.queue, consumer = %name, requeued = n,
+                    "consumer heartbeat lapsed; its in-flight messages are back on pending");
+                report.reaped_consumers += 1;
+                report.requeued += n as usize;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn deregister(&self, consumer: &ConsumerId) -> Result<usize, BusError> {
+        let keys = self.keys(&consumer.queue);
+        let mut conn = self.conn().await?;
+        let n: i64 = timed(
+            self.scripts
+                .reap
+                .key(keys.consumers())
+                .key(keys.pending())
+                .key(keys.in_flight(&consumer.name))
+                .arg(&consumer.name)
+                .arg("")
+                .invoke_async(&mut conn),
+        )
+        .await?;
+        Ok(n.max(0) as usize)
+    }
+
+    async fn wait_for_work(&self, _queue: &str, max_wait: Duration) {
+        // Redis lists cannot be blocked on without giving up the atomic
+        // lease, so idle consumers poll; the runner grows the wait.
+        tokio::time::sleep(max_wait).await;
+    }
+
+    async fn depths(&self, queue: &str) -> Result<QueueDepths, BusError> {
+        let keys = self.keys(queue);
+        let mut conn = self.conn().await?;
+        let (pending, in_flight, delayed, held, dead, consumers) = timed(
+            self.scripts
+                .depths
+                .key(keys.pending())
+                .key(keys.delayed())
+                .key(keys.dead())
+                .key(keys.consumers())
+                .key(keys.keys())
+                .arg(&keys.base)
+                .invoke_async(&mut conn),
+        )
+        .await?;
+        Ok(QueueDepths { pending, in_flight, delayed, held, dead, consumers })
+    }
+
+    async fn peek(&self, queue: &str, n: usize) -> Result<Vec<Result<Envelope, Bytes>>, BusError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        // The head is the right end: read the last n, oldest first.
+        let mut raws: Vec<Vec<u8>> = timed(conn.lrange(self.keys(queue).pending(), -(n as isize), -1)).await?;
+        raws.reverse();
+        Ok(raws
+            .into_iter()
+            .map(|raw| Envelope::decode(&raw).map_err(|_| Bytes::from(raw)))
+            .collect())
+    }
+
+    async fn dead_list(&self, queue: &str, n: usize) -> Result<Vec<DeadLetter>, BusError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let raws: Vec<Vec<u8>> = timed(conn.lrange(self.keys(queue).dead(), 0, n as isize - 1)).await?;
+        Ok(raws
+            .into_iter()
+            .map(|raw| {
+                DeadLetter::decode(&raw).unwrap_or_else(|err| DeadLetter {
+                    content: DeadContent::Raw(Bytes::from(raw)),
+                    reason: format!("unreadable dead entry: {err}"),
+                    dead_at: 0,
+                })
+            })
+            .collect())
+    }
+
+    async fn dead_retry(&self, queue: &str, which: &DeadSelector) -> Result<usize, BusError> {
+        self.redrive(queue, |letter| which.matches(letter), false).await
+    }
+
+    async fn dead_purge(&self, queue: &str, which: &DeadSelector) -> Result<usize, BusError> {
+        let dead_key = self.keys(queue).dead();
+        let doomed: Vec<Vec<u8>> = self
+            .dead_entries(queue)
+            .await?
+            .into_iter()
+            .filter(|(_, letter)| match (which, letter) {
+                (DeadSelector::All, _) => true,
+                (_, Some(letter)) => which.matches(letter),
+                (_, None) => false,
+            })
+            .map(|(raw, _)| raw)
+            .collect();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        for raw in &doomed {
+            pipe.lrem(&dead_key, 1, &raw[..]);
+        }
+        let mut conn = self.conn().await?;
+        let removed: Vec<i64> = timed(pipe.query_async(&mut conn)).await?;
+        Ok(removed.iter().sum::<i64>() as usize)
+    }
+
+    async fn sweep_dead(&self, queue: &str, interval_ms: u64, max_redrives: u32) -> Result<SweepReport, BusError> {
+        let mut conn = self.conn().await?;
+        // One sweep per interval across every process: whoever sets the
+        // lock runs it.
+        let won: Option<String> = timed(
+            redis::cmd("SET")
+                .arg(self.keys(queue).sweep_lock())
+                .arg(now_ms())
+                .arg("NX")
+                .arg("PX")
+                .arg(interval_ms.max(1))
+                .query_async(&mut conn),
+        )
+        .await?;
+        drop(conn);
+        if won.is_none() {
+            return Ok(SweepReport::default());
+        }
+        let settled_before = now_ms() - interval_ms as i64;
+        let given_up = self
+            .dead_entries(queue)
+            .await?
+            .into_iter()
+            .filter_map(|(_, letter)| letter)
+            .filter(|letter| !sweepable(letter, max_redrives) && letter.dead_at <= settled_before)
+            .collect();
+        let redriven = self
+            .redrive(queue, |letter| sweepable(letter, max_redrives) && letter.dead_at <= settled_before, true)
+            .await?;
+        Ok(SweepReport { ran: true, redriven, given_up })
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        let mut conn = self.conn().await?;
+        let _: String = timed(redis::cmd("PING").query_async(&mut conn)).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,521 @@
+//! The runner: drives one [`Plugin`] over one queue.
+//!
+//! Four kinds of task cooperate:
+//!
+//! - the **fetcher** leases batches, never more than there are free slots
+//!   (`concurrency + batch_size` messages leased at once);
+//! - `concurrency` **workers** run the handler, one message at a time each,
+//!   inside a span carrying the message's `trace_id`;
+//! - the **settler** batches results: it enqueues the outputs of finished
+//!   messages first, then acknowledges them in one call — so a crash in
+//!   between duplicates outputs (at-least-once) and never loses them;
+//! - the **heartbeat** keeps this consumer alive, reaps dead ones, and runs
+//!   the dead-letter sweep.
+//!
+//! On shutdown the fetcher stops, workers finish what they started within
+//! the grace period, and whatever is still leased goes back to the head of
+//! `pending` with its attempt count unchanged.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use hookbus_config::{BusSettings, QueueSettings};
+use rand::Rng;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::backend::{Backend, ConsumerId, Delivery, Lease, Settlement};
+use crate::envelope::{now_ms, DeadContent, DeadLetter, Envelope};
+use crate::error::{BusError, HandlerError};
+use crate::plugin::{Outbox, Plugin};
+use crate::shutdown::Shutdown;
+
+/// How a runner behaves; built from [`BusSettings`] for one queue.
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    pub queue: QueueSettings,
+    pub heartbeat_timeout: Duration,
+    pub grace_period: Duration,
+    /// Longest idle wait between polls of an empty queue.
+    pub poll_interval: Duration,
+    pub dead_sweep_interval: Duration,
+    pub dead_max_redrives: u32,
+}
+
+impl RunnerOptions {
+    pub fn from_settings(bus: &BusSettings, queue: &str) -> Self {
+        RunnerOptions {
+            queue: bus.queue(queue),
+            heartbeat_timeout: bus.heartbeat_timeout(),
+            grace_period: bus.grace_period(),
+            poll_interval: Duration::from_millis(bus.poll_interval_ms),
+            dead_sweep_interval: Duration::from_millis(bus.dead_sweep_interval_ms),
+            dead_max_redrives: bus.dead_max_redrives,
+        }
+    }
+}
+
+/// Counters of one runner, readable while it runs.
+#[derive(Debug, Default)]
+pub struct RunnerStats {
+    pub handled: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead: AtomicU64,
+    /// Total handler time, microseconds (divide by `handled + retried + dead`).
+    pub handler_micros: AtomicU64,
+}
+
+/// What a runner did before it stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunReport {
+    pub handled: u64,
+    pub retried: u64,
+    pub dead: u64,
+    /// Messages put back on `pending` at shutdown.
+    pub requeued: usize,
+}
+
+/// Runs `plugin` until `shutdown` fires, then drains. Returns an error only
+/// if the consumer could never be registered before shutdown.
+pub async fn run(
+    backend: Arc<dyn Backend>,
+    plugin: Arc<dyn Plugin>,
+    options: RunnerOptions,
+    shutdown: Shutdown,
+) -> Result<RunReport, BusError> {
+    Runner::new(backend, plugin, options).run(shutdown).await
+}
+
+/// A plugin bound to a backend, with its counters.
+pub struct Runner {
+    backend: Arc<dyn Backend>,
+    plugin: Arc<dyn Plugin>,
+    options: RunnerOptions,
+    stats: Arc<RunnerStats>,
+}
+
+struct Finished {
+    lease: Lease,
+    settlement: Settlement,
+    outputs: Vec<(String, Envelope)>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Runner {
+    pub fn new(backend: Arc<dyn Backend>, plugin: Arc<dyn Plugin>, options: RunnerOptions) -> Self {
+        Runner { backend, plugin, options, stats: Arc::default() }
+    }
+
+    pub fn stats(&self) -> Arc<RunnerStats> {
+        self.stats.clone()
+    }
+
+    pub async fn run(self, shutdown: Shutdown) -> Result<RunReport, BusError> {
+        let queue = self.plugin.input().to_string();
+        let consumer = ConsumerId::new(&queue);
+        let mut backoff = Backoff::new();
+        loop {
+            match self.backend.register(&consumer).await {
+                Ok(()) => break,
+                Err(err) => {
+                    tracing::warn!(%queue, error = %err, "cannot register consumer; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Err(err),
+                        _ = tokio::time::sleep(backoff.next()) => {}
+                    }
+                }
+            }
+        }
+        tracing::info!(%queue, consumer = %consumer.name, plugin = self.plugin.name(), "consuming");
+
+        let q = &self.options.queue;
+        let slots = Arc::new(Semaphore::new(q.concurrency + q.batch_size));
+        let (work_tx, work_rx) = async_channel::bounded::<(Delivery, OwnedSemaphorePermit)>(q.batch_size);
+        let (done_tx, done_rx) = mpsc::channel::<Finished>(q.concurrency + q.batch_size);
+        // Fires after the grace period: whatever is still running is abandoned.
+        let hard_stop = Shutdown::new();
+
+        let mut workers = JoinSet::new();
+        for _ in 0..q.concurrency {
+            workers.spawn(worker(
+                self.plugin.clone(),
+                q.clone(),
+                work_rx.clone(),
+                done_tx.clone(),
+                shutdown.clone(),
+                self.stats.clone(),
+            ));
+        }
+        drop(work_rx);
+        drop(done_tx);
+        let settler = tokio::spawn(settler(
+            self.backend.clone(),
+            consumer.clone(),
+            done_rx,
+            q.batch_size,
+            hard_stop.clone(),
+        ));
+        let heartbeat_stop = Shutdown::new();
+        let heartbeat = tokio::spawn(heartbeat(
+            self.backend.clone(),
+            consumer.clone(),
+            self.options.clone(),
+            heartbeat_stop.clone(),
+        ));
+
+        fetcher(&*self.backend, &consumer, &self.options, slots, work_tx, &shutdown).await;
+
+        // Drain: workers finish what they started (unstarted messages are
+        // left leased), within the grace period.
+        let deadline = tokio::time::Instant::now() + self.options.grace_period;
+        let drained = tokio::time::timeout_at(deadline, async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok();
+        if !drained {
+            tracing::warn!(%queue, "grace period over; abandoning unfinished handlers");
+            workers.abort_all();
+            while workers.join_next().await.is_some() {}
+        }
+        // The settler ends when the workers' senders are gone; give it until
+        // the deadline to get the last acknowledgements through.
+        let settler_abort = settler.abort_handle();
+        if tokio::time::timeout_at(deadline + Duration::from_millis(500), settler).await.is_err() {
+            hard_stop.trigger();
+            settler_abort.abort();
+        }
+        heartbeat_stop.trigger();
+        let _ = heartbeat.await;
+
+        let mut requeued = 0;
+        let mut backoff = Backoff::new();
+        for _ in 0..5 {
+            match self.backend.deregister(&consumer).await {
+                Ok(n) => {
+                    requeued = n;
+                    break;
+                }
+                Err(err) => {
+                    // Left in-flight, they return when our heartbeat lapses.
+                    tracing::warn!(%queue, error = %err, "cannot put unfinished messages back yet");
+                    tokio::time::sleep(backoff.next()).await;
+                }
+            }
+        }
+        let report = RunReport {
+            handled: self.stats.handled.load(Ordering::Relaxed),
+            retried: self.stats.retried.load(Ordering::Relaxed),
+            dead: self.stats.dead.load(Ordering::Relaxed),
+            requeued,
+        };
+        tracing::info!(%queue, handled = report.handled, retried = report.retried, dead = report.dead,
+            requeued = report.requeued, "stopped");
+        Ok(report)
+    }
+}
+
+async fn fetcher(
+    backend: &dyn Backend,
+    consumer: &ConsumerId,
+    options: &RunnerOptions,
+    slots: Arc<Semaphore>,
+    work: async_channel::Sender<(Delivery, OwnedSemaphorePermit)>,
+    shutdown: &Shutdown,
+) {
+    let batch = options.queue.batch_size;
+    let mut seq: u64 = 0;
+    let mut idle = Duration::from_millis(1);
+    let mut errors = Backoff::new();
+    'fetching: while !shutdown.is_triggered() {
+        let mut permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let extra = slots.available_permits().min(batch - 1) as u32;
+        if let Ok(more) = slots.clone().try_acquire_many_owned(extra) {
+            permit.merge(more);
+        }
+        seq += 1;
+        let deliveries = loop {
+            match backend.fetch(consumer, seq, permit.num_permits()).await {
+                Ok(deliveries) => {
+                    errors.reset();
+                    break deliveries;
+                }
+                Err(err) => {
+                    tracing::warn!(queue = %consumer.queue, error = %err, "fetch failed; retrying");
+                    tokio::select! {
+                        // What that fetch may have leased stays ours and goes
+                        // back to pending when we deregister.
+                        _ = shutdown.cancelled() => break 'fetching,
+                        _ = tokio::time::sleep(errors.next()) => {}
+                    }
+                }
+            }
+        };
+        if deliveries.is_empty() {
+            drop(permit);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = backend.wait_for_work(&consumer.queue, idle) => {}
+            }
+            idle = (idle * 2).min(options.poll_interval);
+            continue;
+        }
+        idle = Duration::from_millis(1);
+        for delivery in deliveries {
+            let Some(one) = permit.split(1) else { break };
+            if work.send((delivery, one)).await.is_err() {
+                break 'fetching;
+            }
+        }
+    }
+}
+
+async fn worker(
+    plugin: Arc<dyn Plugin>,
+    queue: QueueSettings,
+    work: async_channel::Receiver<(Delivery, OwnedSemaphorePermit)>,
+    done: mpsc::Sender<Finished>,
+    shutdown: Shutdown,
+    stats: Arc<RunnerStats>,
+) {
+    while let Ok((delivery, slot)) = work.recv().await {
+        if shutdown.is_triggered() {
+            // Not started: it stays leased and goes back to the head.
+            continue;
+        }
+        let Delivery { lease, envelope } = delivery;
+        let span = tracing::info_span!(
+            "message",
+            queue = plugin.input(),
+            id = %envelope.id,
+            kind = %envelope.kind,
+            trace_id = %envelope.trace_id,
+            attempt = envelope.attempts + 1,
+        );
+        let started = Instant::now();
+        let mut outbox = Outbox::new(&envelope.trace_id);
+        let result = AssertUnwindSafe(plugin.handle(&envelope, &mut outbox))
+            .catch_unwind()
+            .instrument(span.clone())
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(HandlerError::Transient(format!("handler panicked: {what}")))
+            });
+        stats.handler_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let _entered = span.enter();
+        let (settlement, outputs) = match result {
+            Ok(()) => {
+                stats.handled.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("handled");
+                (Settlement::Ack, outbox.into_messages())
+            }
+            Err(err) => {
+                let settlement = failure(&queue, envelope, err);
+                match &settlement {
+                    Settlement::Dead(_) => stats.dead.fetch_add(1, Ordering::Relaxed),
+                    _ => stats.retried.fetch_add(1, Ordering::Relaxed),
+                };
+                (settlement, Vec::new())
+            }
+        };
+        drop(_entered);
+        if done.send(Finished { lease, settlement, outputs, _slot: slot }).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Decides what a failed message becomes.
+fn failure(queue: &QueueSettings, mut envelope: Envelope, err: HandlerError) -> Settlement {
+    match err {
+        HandlerError::Permanent(reason) => {
+            tracing::error!(reason = %reason, "dead-lettered: permanent failure");
+            dead(envelope, reason)
+        }
+        HandlerError::Defer(delay, reason) => {
+            tracing::info!(delay_ms = delay.as_millis() as u64, reason = %reason, "deferred");
+            Settlement::Retry { due_ms: now_ms() + delay.as_millis() as i64, envelope }
+        }
+        HandlerError::Transient(reason) => {
+            envelope.attempts += 1;
+            if envelope.attempts >= queue.max_attempts {
+                let reason = format!("gave up after {} attempts: {reason}", envelope.attempts);
+                tracing::error!(reason = %reason, "dead-lettered");
+                return dead(envelope, reason);
+            }
+            let delay = retry_delay(queue, envelope.attempts);
+            tracing::warn!(reason = %reason, retry_in_ms = delay.as_millis() as u64, "failed; will retry");
+            Settlement::Retry { due_ms: now_ms() + delay.as_millis() as i64, envelope }
+        }
+    }
+}
+
+fn dead(envelope: Envelope, reason: String) -> Settlement {
+    Settlement::Dead(DeadLetter { content: DeadContent::Envelope(envelope), reason, dead_at: now_ms() })
+}
+
+/// Exponential backoff with "equal jitter": half the step fixed, half random,
+/// so retries of a burst spread out but never come back instantly.
+pub fn retry_delay(queue: &QueueSettings, failed_attempts: u32) -> Duration {
+    let exp = failed_attempts.saturating_sub(1).min(32);
+    let step = queue.backoff_base_ms.saturating_mul(1u64 << exp).min(queue.backoff_max_ms);
+    let half = step / 2;
+    Duration::from_millis(half + rand::rng().random_range(0..=half))
+}
+
+async fn settler(
+    backend: Arc<dyn Backend>,
+    consumer: ConsumerId,
+    mut done: mpsc::Receiver<Finished>,
+    batch: usize,
+    hard_stop: Shutdown,
+) {
+    let mut buf = Vec::with_capacity(batch);
+    while done.recv_many(&mut buf, batch).await > 0 {
+        let mut outputs: BTreeMap<String, Vec<Envelope>> = BTreeMap::new();
+        let mut settlements = Vec::with_capacity(buf.len());
+        for finished in buf.drain(..) {
+            for (queue, envelope) in finished.outputs {
+                outputs.entry(queue).or_default().push(envelope);
+            }
+            settlements.push((finished.lease, finished.settlement));
+            // `finished._slot` drops after the settle below.
+        }
+        for (queue, envelopes) in &outputs {
+            if !retry_until(&hard_stop, "enqueue outputs", || backend.push(queue, envelopes)).await {
+                return; // left leased: redelivered after restart
+            }
+        }
+        let settlements = &settlements;
+        if !retry_until(&hard_stop, "acknowledge", || backend.settle(&consumer, settlements.clone())).await {
+            return;
+        }
+    }
+}
+
+/// Retries `op` with capped backoff until it succeeds (true) or `stop` fires (false).
+async fn retry_until<F, Fut>(stop: &Shutdown, what: &str, mut op: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), BusError>>,
+{
+    let mut backoff = Backoff::new();
+    loop {
+        match op().await {
+            Ok(()) => return true,
+            Err(err) => {
+                tracing::warn!(error = %err, "{what} failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return false,
+                    _ = tokio::time::sleep(backoff.next()) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn heartbeat(backend: Arc<dyn Backend>, consumer: ConsumerId, options: RunnerOptions, stop: Shutdown) {
+    let every = (options.heartbeat_timeout / 3).max(Duration::from_millis(100));
+    let timeout_ms = options.heartbeat_timeout.as_millis() as u64;
+    let sweep_every = options.dead_sweep_interval.min(Duration::from_secs(60));
+    let mut last_sweep: Option<Instant> = None;
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(err) = backend.heartbeat(&consumer, timeout_ms).await {
+            tracing::warn!(queue = %consumer.queue, error = %err, "heartbeat failed");
+            continue;
+        }
+        if last_sweep.is_none_or(|at| at.elapsed() >= sweep_every) {
+            last_sweep = Some(Instant::now());
+            let interval = options.dead_sweep_interval.as_millis() as u64;
+            match backend.sweep_dead(&consumer.queue, interval, options.dead_max_redrives).await {
+                Ok(report) if report.ran => {
+                    if report.redriven > 0 {
+                        tracing::info!(queue = %consumer.queue, redriven = report.redriven, "dead letters re-driven");
+                    }
+                    for letter in &report.given_up {
+                        tracing::error!(queue = %consumer.queue, id = %letter.id(), reason = %letter.reason,
+                            "dead letter re-driven {} times; it stays dead", options.dead_max_redrives);
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(queue = %consumer.queue, error = %err, "dead-letter sweep failed"),
+            }
+        }
+    }
+}
+
+/// Capped exponential backoff for reconnecting: 50 ms doubling to 5 s.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { next: Duration::from_millis(50) }
+    }
+    fn reset(&mut self) {
+        self.next = Duration::from_millis(50);
+    }
+    fn next(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        now
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue() -> QueueSettings {
+        BusSettings::default().queue("q")
+    }
+
+    #[test]
+    fn retry_delay_grows_exponentially_with_jitter_and_is_capped() {
+        let q = queue();
+        for _ in 0..50 {
+            let first = retry_delay(&q, 1).as_millis() as u64;
+            assert!((500..=1_000).contains(&first), "{first}");
+            let fourth = retry_delay(&q, 4).as_millis() as u64;
+            assert!((4_000..=8_000).contains(&fourth), "{fourth}");
+            let late = retry_delay(&q, 30).as_millis() as u64;
+            assert!((300_000..=600_000).contains(&late), "{late}");
+        }
+    }
+
+    #[test]
+    fn transient_failures_go_dead_on_the_last_attempt() {
+        let q = queue();
+        let mut envelope = Envelope::new("k", crate::envelope::encode_payload(&serde_json::json!({})).expect("map"));
+        envelope.attempts = q.max_attempts - 2;
+        match failure(&q, envelope.clone(), HandlerError::transient("x")) {
+            Settlement::Retry { envelope, .. } => assert_eq!(envelope.attempts, q.max_attempts - 1),
+            other => panic!("expected retry, got {other:?}"),
+        }
+        envelope.attempts = q.max_attempts - 1;
+        match failure(&q, envelope, HandlerError::transient("x")) {
+            Settlement::Dead(letter) => assert!(letter.reason.starts_with("gave up after 8 attempts"), "{}", letter.reason),
+            other => panic!("expected dead, got {other:?}"),
+        }
+    }
+}

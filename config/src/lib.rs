@@ -1,0 +1,423 @@
+//! hookbus configuration.
+//!
+//! Layers, later wins (SPEC §7):
+//!
+//! 1. built-in defaults ([`Settings::default`]);
+//! 2. `config/hookbus.toml`, or the file named by `HOOKBUS_CONFIG`;
+//! 3. environment variables `HOOKBUS_*`, `__` nesting (`HOOKBUS_BUS__PREFIX`);
+//! 4. the Heroku conventions `REDIS_URL` and `PORT`.
+//!
+//! [`Settings::load`] validates everything at start: a bad value is a
+//! [`ConfigError`] naming the setting, and binaries exit with code 2
+//! ([`exit_on_error`]). Every setting is documented in `docs/configuration.md`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Where the file layer is read from when `HOOKBUS_CONFIG` is not set.
+pub const DEFAULT_FILE: &str = "config/hookbus.toml";
+
+/// A configuration problem, naming the setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid setting `{setting}`: {reason}")]
+    Invalid { setting: String, reason: String },
+    #[error("configuration file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+impl ConfigError {
+    pub fn invalid(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid { setting: setting.into(), reason: reason.into() }
+    }
+}
+
+/// Prints the error and exits with status 2, the documented code for bad
+/// configuration.
+pub fn exit_on_error<T>(result: Result<T, ConfigError>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(err) => {
+            eprintln!("hookbus: {err}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// A value that must never be printed: `Debug` and `Display` show `***`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Everything hookbus reads at start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub redis: RedisSettings,
+    pub bus: BusSettings,
+}
+
+/// Where Redis is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` URL; `REDIS_URL` sets it. A secret, since
+    /// Heroku puts the password in it.
+    pub url: Secret,
+    /// Connections per process.
+    pub pool_size: usize,
+    /// Accept a self-signed certificate on `rediss://` (Heroku Redis uses one).
+    pub tls_insecure: bool,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            url: Secret::new("redis://127.0.0.1:6379"),
+            pool_size: 16,
+            tls_insecure: true,
+        }
+    }
+}
+
+/// The bus: key prefix and the delivery tunables of SPEC §4.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusSettings {
+    /// Prefix of every Redis key (`<prefix>:{<queue>}:pending`).
+    pub prefix: String,
+    /// A consumer whose heartbeat is older than this is dead; its in-flight
+    /// messages go back to `pending`.
+    pub heartbeat_timeout_ms: u64,
+    /// On SIGTERM, how long in-flight handlers may run before their messages
+    /// are put back. Under Heroku's 30 s.
+    pub grace_period_ms: u64,
+    /// How long an idle consumer waits at most between polls of an empty queue.
+    pub poll_interval_ms: u64,
+    /// Deliveries before a failing message goes dead (every queue, unless
+    /// `queues.<name>` overrides; likewise the four below).
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub backoff_base_ms: u64,
+    /// Longest retry delay.
+    pub backoff_max_ms: u64,
+    /// Handlers running at once in one process.
+    pub concurrency: usize,
+    /// Messages fetched (and acknowledged) per Redis round trip.
+    pub batch_size: usize,
+    /// Per-queue overrides of [`QueueSettings`].
+    pub queues: BTreeMap<String, QueueOverrides>,
+    /// How often the dead-letter sweep re-drives dead messages.
+    pub dead_sweep_interval_ms: u64,
+    /// How many times the sweep re-drives one message before it stays dead.
+    pub dead_max_redrives: u32,
+}
+
+/// Delivery tunables of one queue, as in effect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSettings {
+    /// Deliveries before a failing message goes dead.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub backoff_base_ms: u64,
+    /// Longest retry delay.
+    pub backoff_max_ms: u64,
+    /// Handlers running at once in one process.
+    pub concurrency: usize,
+    /// Messages fetched (and acknowledged) per Redis round trip.
+    pub batch_size: usize,
+}
+
+/// Per-queue overrides; unset fields take the bus-wide value.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueOverrides {
+    pub max_attempts: Option<u32>,
+    pub backoff_base_ms: Option<u64>,
+    pub backoff_max_ms: Option<u64>,
+    pub concurrency: Option<usize>,
+    pub batch_size: Option<usize>,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        BusSettings {
+            prefix: "hookbus".into(),
+            heartbeat_timeout_ms: 30_000,
+            grace_period_ms: 20_000,
+            poll_interval_ms: 50,
+            max_attempts: 8,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 600_000,
+            concurrency: 16,
+            batch_size: 128,
+            queues: BTreeMap::new(),
+            dead_sweep_interval_ms: 3_600_000,
+            dead_max_redrives: 5,
+        }
+    }
+}
+
+impl BusSettings {
+    /// The effective settings of one queue.
+    pub fn queue(&self, name: &str) -> QueueSettings {
+        let o = self.queues.get(name).cloned().unwrap_or_default();
+        QueueSettings {
+            max_attempts: o.max_attempts.unwrap_or(self.max_attempts),
+            backoff_base_ms: o.backoff_base_ms.unwrap_or(self.backoff_base_ms),
+            backoff_max_ms: o.backoff_max_ms.unwrap_or(self.backoff_max_ms),
+            concurrency: o.concurrency.unwrap_or(self.concurrency),
+            batch_size: o.batch_size.unwrap_or(self.batch_size),
+        }
+    }
+
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+
+    pub fn grace_period(&self) -> Duration {
+        Duration::from_millis(self.grace_period_ms)
+    }
+}
+
+impl Settings {
+    /// Loads from the process environment and the configuration file.
+    pub fn load() -> Result<Self, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(&vars, None)
+    }
+
+    /// Loads from the given environment (tests pass their own), reading the
+    /// file named by `HOOKBUS_CONFIG` in it, or `file`, or [`DEFAULT_FILE`].
+    pub fn load_from(vars: &[(String, String)], file: Option<&Path>) -> Result<Self, ConfigError> {
+        let get = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let explicit = get("HOOKBUS_CONFIG").map(PathBuf::from).or_else(|| file.map(Path::to_path_buf));
+        let path = explicit.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_FILE));
+        if let Some(p) = &explicit {
+            if !p.exists() {
+                return Err(ConfigError::File { path: p.clone(), reason: "does not exist".into() });
+            }
+        }
+
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if path.exists() {
+            figment = figment.merge(Toml::file(&path));
+        }
+        let env: BTreeMap<String, String> = vars
+            .iter()
+            .filter(|(k, _)| k.starts_with("HOOKBUS_") && k != "HOOKBUS_CONFIG")
+            .cloned()
+            .collect();
+        figment = figment.merge(env_provider(env));
+        if let Some(url) = get("REDIS_URL") {
+            figment = figment.merge(Serialized::default("redis.url", url));
+        }
+        let settings: Settings = figment.extract().map_err(|err| from_figment(err, &path))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = self.redis.url.expose();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("memory://")) {
+            return Err(ConfigError::invalid(
+                "redis.url (REDIS_URL)",
+                "must start with redis:// or rediss://",
+            ));
+        }
+        if self.redis.pool_size == 0 {
+            return Err(ConfigError::invalid("redis.pool_size", "must be at least 1"));
+        }
+        let bus = &self.bus;
+        if bus.prefix.is_empty() || bus.prefix.contains(['{', '}', ' ']) {
+            return Err(ConfigError::invalid(
+                "bus.prefix (HOOKBUS_BUS__PREFIX)",
+                "must be non-empty, without spaces or braces",
+            ));
+        }
+        if bus.heartbeat_timeout_ms < 1_000 {
+            return Err(ConfigError::invalid("bus.heartbeat_timeout_ms", "must be at least 1000"));
+        }
+        if bus.poll_interval_ms == 0 {
+            return Err(ConfigError::invalid("bus.poll_interval_ms", "must be at least 1"));
+        }
+        let mut queues: Vec<(String, QueueSettings)> = vec![("bus".into(), bus.queue(""))];
+        queues.extend(bus.queues.keys().map(|name| (format!("bus.queues.{name}"), bus.queue(name))));
+        for (path, q) in queues {
+            if q.max_attempts == 0 {
+                return Err(ConfigError::invalid(format!("{path}.max_attempts"), "must be at least 1"));
+            }
+            if q.concurrency == 0 {
+                return Err(ConfigError::invalid(format!("{path}.concurrency"), "must be at least 1"));
+            }
+            if q.batch_size == 0 || q.batch_size > 1_000 {
+                return Err(ConfigError::invalid(format!("{path}.batch_size"), "must be 1 to 1000"));
+            }
+            if q.backoff_base_ms == 0 || q.backoff_max_ms < q.backoff_base_ms {
+                return Err(ConfigError::invalid(
+                    format!("{path}.backoff_base_ms"),
+                    "must be at least 1 and not above backoff_max_ms",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `HOOKBUS_BUS__PREFIX` -> `bus.prefix`.
+fn env_provider(vars: BTreeMap<String, String>) -> impl figment::Provider {
+    // figment's Env reads the real process environment; tests give their own
+    // map, so the same mapping is built from a snapshot.
+    let mut dict = figment::value::Dict::new();
+    for (name, value) in vars {
+        let path = name.trim_start_matches("HOOKBUS_").to_ascii_lowercase().replace("__", ".");
+        dict.insert(path, parse_env_value(&value));
+    }
+    Serialized::globals(nest(dict))
+}
+
+/// Turns `{"bus.prefix": v}` into `{"bus": {"prefix": v}}`.
+fn nest(flat: figment::value::Dict) -> figment::value::Dict {
+    use figment::value::{Dict, Value};
+    let mut root = Dict::new();
+    for (path, value) in flat {
+        let parts: Vec<&str> = path.split('.').collect();
+        let mut node = &mut root;
+        for part in &parts[..parts.len() - 1] {
+            let entry = node
+                .entry((*part).to_string())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if !matches!(entry, Value::Dict(..)) {
+                *entry = Value::from(Dict::new());
+            }
+            node = match entry {
+                Value::Dict(_, d) => d,
+                _ => unreachable!("made a dict above"),
+            };
+        }
+        node.insert(parts[parts.len() - 1].to_string(), value);
+    }
+    root
+}
+
+fn parse_env_value(value: &str) -> figment::value::Value {
+    // Same rules as figment's Env: numbers and booleans are typed, the rest is text.
+    value.parse().unwrap_or_else(|_| figment::value::Value::from(value.to_string()))
+}
+
+fn from_figment(err: figment::Error, path: &Path) -> ConfigError {
+    if err.path.is_empty() {
+        // No setting to blame: the file itself did not parse.
+        return ConfigError::File { path: path.to_path_buf(), reason: err.to_string() };
+    }
+    let setting = err.path.join(".");
+    let env_name = format!("HOOKBUS_{}", err.path.join("__").to_ascii_uppercase());
+    ConfigError::invalid(format!("{setting} ({env_name})"), err.kind.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::load_from(&vars(pairs), Some(Path::new("/nonexistent/hookbus.toml")))
+            .or_else(|e| match e {
+                ConfigError::File { .. } => Settings::load_from(&vars(pairs), None),
+                other => Err(other),
+            })
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let s = load(&[]).expect("defaults load");
+        assert_eq!(s.bus.prefix, "hookbus");
+        assert_eq!(s.bus.max_attempts, 8);
+        assert_eq!(s.bus.grace_period_ms, 20_000);
+        assert_eq!(s.bus.heartbeat_timeout_ms, 30_000);
+        assert_eq!(s.bus.dead_max_redrives, 5);
+        assert_eq!(s.bus.dead_sweep_interval_ms, 3_600_000);
+    }
+
+    #[test]
+    fn environment_overrides_with_double_underscore_nesting() {
+        let s = load(&[
+            ("HOOKBUS_BUS__PREFIX", "acme"),
+            ("HOOKBUS_BUS__MAX_ATTEMPTS", "3"),
+            ("HOOKBUS_BUS__QUEUES__COMMIT__CONCURRENCY", "2"),
+            ("REDIS_URL", "redis://example:6380/0"),
+        ])
+        .expect("loads");
+        assert_eq!(s.bus.prefix, "acme");
+        assert_eq!(s.bus.queue("normalise").max_attempts, 3);
+        assert_eq!(s.bus.queue("commit").concurrency, 2);
+        assert_eq!(s.bus.queue("commit").max_attempts, 3);
+        assert_eq!(s.redis.url.expose(), "redis://example:6380/0");
+    }
+
+    #[test]
+    fn file_layer_sits_between_defaults_and_environment() {
+        let dir = std::env::temp_dir().join(format!("hookbus-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("hookbus.toml");
+        std::fs::write(&file, "[bus]\nprefix = \"fromfile\"\nconcurrency = 4\n").expect("write");
+        let path = file.to_string_lossy().to_string();
+        let s = load(&[("HOOKBUS_CONFIG", &path), ("HOOKBUS_BUS__CONCURRENCY", "9")]).expect("loads");
+        assert_eq!(s.bus.prefix, "fromfile");
+        assert_eq!(s.bus.concurrency, 9);
+    }
+
+    #[test]
+    fn a_bad_value_names_the_setting() {
+        let err = load(&[("HOOKBUS_BUS__MAX_ATTEMPTS", "lots")]).expect_err("not a number");
+        assert!(err.to_string().contains("bus.max_attempts"), "{err}");
+        let err = load(&[("HOOKBUS_BUS__PREFIX", "has space")]).expect_err("bad prefix");
+        assert!(err.to_string().contains("HOOKBUS_BUS__PREFIX"), "{err}");
+        let err = load(&[("REDIS_URL", "http://x")]).expect_err("bad url");
+        assert!(err.to_string().contains("REDIS_URL"), "{err}");
+        let err = load(&[("HOOKBUS_BUS__QUEUES__COMMIT__BATCH_SIZE", "0")]).expect_err("zero batch");
+        assert!(err.to_string().contains("bus.queues.commit.batch_size"), "{err}");
+        let err = load(&[("HOOKBUS_BUS__NO_SUCH", "1")]).expect_err("unknown");
+        assert!(err.to_string().contains("no_such"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = load(&[("REDIS_URL", "redis://:hunter2@host:1")]).expect("loads");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}
