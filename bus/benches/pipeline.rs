@@ -1,0 +1,246 @@
+//! Bus pipeline benchmark: four no-op stages, ~1 KiB messages.
+//!
+//! ```text
+//! cargo bench -p hookbus-bus --bench pipeline            # 100,000 messages
+//! BENCH_MESSAGES=20000 cargo bench -p hookbus-bus --bench pipeline
+//! ```
+//!
+//! Over Redis, stages 1-3 are `hookbus-test-stage` processes and stage 4 runs
+//! in this process, which also produces and measures — one process per
+//! stage, against a redis-server started here. In memory, all four stages
+//! run in this process. For each it prints:
+//!
+//! - end-to-end throughput: every message pushed at once, time until the
+//!   last one leaves stage 4;
+//! - latency p50/p99 from first enqueue to leaving stage 4, at a paced rate;
+//! - peak resident memory of each process.
+
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use hookbus_bus::redis::RedisBackend;
+use hookbus_bus::{
+    Backend, Envelope, HandlerError, MemoryBackend, Outbox, Plugin, Runner, RunnerOptions, Shutdown,
+};
+use hookbus_config::BusSettings;
+use hookbus_testkit::RedisServer;
+
+const STAGES: [&str; 4] = ["s1", "s2", "s3", "s4"];
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Body {
+    n: u64,
+    /// When the message entered stage 1, µs since the epoch.
+    t0_us: u64,
+    #[serde(with = "serde_bytes")]
+    pad: Vec<u8>,
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+fn message(n: u64) -> Envelope {
+    let body = Body { n, t0_us: now_us(), pad: vec![b'x'; 1000] };
+    Envelope::with_payload("bench.noop", &body).expect("payload")
+}
+
+/// Stages 1-3 in memory: forward the payload unchanged.
+struct Forward {
+    input: &'static str,
+    output: &'static str,
+}
+
+#[async_trait]
+impl Plugin for Forward {
+    fn name(&self) -> &str {
+        "forward"
+    }
+    fn input(&self) -> &str {
+        self.input
+    }
+    async fn handle(&self, message: &Envelope, out: &mut Outbox) -> Result<(), HandlerError> {
+        out.emit(self.output, Envelope::new(message.kind.clone(), message.payload.clone()));
+        Ok(())
+    }
+}
+
+/// Stage 4: counts and records latency.
+#[derive(Default)]
+struct Sink {
+    done: AtomicU64,
+    latencies_us: Mutex<Vec<u64>>,
+    measure: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl Plugin for Sink {
+    fn name(&self) -> &str {
+        "sink"
+    }
+    fn input(&self) -> &str {
+        "s4"
+    }
+    async fn handle(&self, message: &Envelope, _out: &mut Outbox) -> Result<(), HandlerError> {
+        if self.measure.load(Ordering::Relaxed) {
+            let body: Body = message.payload_as()?;
+            let latency = now_us().saturating_sub(body.t0_us);
+            self.latencies_us.lock().expect("lock").push(latency);
+        }
+        self.done.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn settings() -> BusSettings {
+    let mut bus = BusSettings::default();
+    bus.batch_size = 500;
+    bus.concurrency = 32;
+    bus.poll_interval_ms = 5;
+    bus
+}
+
+async fn wait_done(sink: &Sink, target: u64, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while sink.done.load(Ordering::Relaxed) < target {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    true
+}
+
+struct Figures {
+    throughput: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    paced_rate: u64,
+}
+
+async fn measure(backend: Arc<dyn Backend>, sink: Arc<Sink>, total: u64, paced_rate: u64) -> Figures {
+    // Throughput: everything at once.
+    let start = Instant::now();
+    for chunk in (0..total).collect::<Vec<_>>().chunks(1_000) {
+        let batch: Vec<Envelope> = chunk.iter().map(|&n| message(n)).collect();
+        backend.push("s1", &batch).await.expect("push");
+    }
+    assert!(wait_done(&sink, total, Duration::from_secs(600)).await, "pipeline did not drain");
+    let throughput = total as f64 / start.elapsed().as_secs_f64();
+
+    // Latency: a steady rate, in 10 ms ticks.
+    sink.measure.store(true, Ordering::Relaxed);
+    let paced_total = paced_rate * 5;
+    let per_tick = (paced_rate / 100).max(1);
+    let before = sink.done.load(Ordering::Relaxed);
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    let mut sent = 0;
+    while sent < paced_total {
+        ticker.tick().await;
+        let batch: Vec<Envelope> = (sent..sent + per_tick).map(message).collect();
+        backend.push("s1", &batch).await.expect("push");
+        sent += per_tick;
+    }
+    assert!(wait_done(&sink, before + sent, Duration::from_secs(120)).await, "paced run did not drain");
+    let mut lat = sink.latencies_us.lock().expect("lock").clone();
+    lat.sort_unstable();
+    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0) as f64 / 1000.0;
+    Figures { throughput, p50_ms: pct(0.50), p99_ms: pct(0.99), paced_rate }
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn print(label: &str, f: &Figures, target: f64, memory: &str) {
+    println!("{label}");
+    println!("  end-to-end throughput : {:>10.0} msgs/s   (target >= {target:.0})", f.throughput);
+    println!("  latency at {:>6} msgs/s: p50 {:.2} ms, p99 {:.2} ms", f.paced_rate, f.p50_ms, f.p99_ms);
+    println!("  peak memory           : {memory}");
+}
+
+fn main() {
+    let total: u64 = std::env::var("BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let paced: u64 = std::env::var("BENCH_PACED_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    println!("bus pipeline: 4 no-op stages, {total} messages of ~1 KiB, {} cores", num_cpus());
+
+    // In memory.
+    let figures = runtime.block_on(async {
+        let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let sink = Arc::new(Sink::default());
+        let shutdown = Shutdown::new();
+        let bus = settings();
+        let mut tasks = Vec::new();
+        for w in STAGES.windows(2) {
+            let plugin = Arc::new(Forward { input: w[0], output: w[1] });
+            let runner = Runner::new(backend.clone(), plugin, RunnerOptions::from_settings(&bus, w[0]));
+            tasks.push(tokio::spawn(runner.run(shutdown.clone())));
+        }
+        let runner = Runner::new(backend.clone(), sink.clone(), RunnerOptions::from_settings(&bus, "s4"));
+        tasks.push(tokio::spawn(runner.run(shutdown.clone())));
+        let figures = measure(backend, sink, total, paced).await;
+        shutdown.trigger();
+        for t in tasks {
+            let _ = t.await;
+        }
+        figures
+    });
+    print("in memory (one process)", &figures, 1_000_000.0, &format!("{} MiB", peak_rss_kib(std::process::id()) / 1024));
+
+    // Over Redis.
+    let server = RedisServer::start();
+    let stage_bin = env!("CARGO_BIN_EXE_hookbus-test-stage");
+    let bus = settings();
+    let mut children: Vec<Child> = STAGES
+        .windows(2)
+        .map(|w| {
+            Command::new(stage_bin)
+                .args(["--input", w[0], "--output", w[1]])
+                .env("REDIS_URL", server.url())
+                .env("HOOKBUS_BUS__BATCH_SIZE", bus.batch_size.to_string())
+                .env("HOOKBUS_BUS__CONCURRENCY", bus.concurrency.to_string())
+                .env("HOOKBUS_BUS__POLL_INTERVAL_MS", bus.poll_interval_ms.to_string())
+                .env("RUST_LOG", "warn")
+                .spawn()
+                .expect("start stage process")
+        })
+        .collect();
+    let figures = runtime.block_on(async {
+        let backend: Arc<dyn Backend> = Arc::new(RedisBackend::connect(&server.url(), "hookbus", 8, false).expect("pool"));
+        let sink = Arc::new(Sink::default());
+        let shutdown = Shutdown::new();
+        let runner = Runner::new(backend.clone(), sink.clone(), RunnerOptions::from_settings(&bus, "s4"));
+        let task = tokio::spawn(runner.run(shutdown.clone()));
+        let figures = measure(backend, sink, total, paced).await;
+        shutdown.trigger();
+        let _ = task.await;
+        figures
+    });
+    let memory: Vec<String> = children
+        .iter()
+        .zip(["s1", "s2", "s3"])
+        .map(|(c, s)| format!("{s} {} MiB", peak_rss_kib(c.id()) / 1024))
+        .chain(std::iter::once(format!("s4+producer {} MiB", peak_rss_kib(std::process::id()) / 1024)))
+        .collect();
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    print("redis (one process per stage, local redis-server)", &figures, 32_000.0, &memory.join(", "));
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
