@@ -34,7 +34,10 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub fn invalid(setting: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError::Invalid { setting: setting.into(), reason: reason.into() }
+        ConfigError::Invalid {
+            setting: setting.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -51,9 +54,40 @@ pub fn exit_on_error<T>(result: Result<T, ConfigError>) -> T {
 }
 
 /// A value that must never be printed: `Debug` and `Display` show `***`.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Deserializes from text or from a number or boolean (an environment value
+/// such as `12345` arrives typed), keeping the text exactly.
+#[derive(Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TextVisitor).map(Secret)
+    }
+}
+
+/// Accepts text, or a scalar that is read back as the text it was written as.
+struct TextVisitor;
+
+impl serde::de::Visitor<'_> for TextVisitor {
+    type Value = String;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
@@ -85,6 +119,138 @@ impl fmt::Display for Secret {
 pub struct Settings {
     pub redis: RedisSettings,
     pub bus: BusSettings,
+    pub github: GithubSettings,
+    pub api: ApiSettings,
+    pub gateway: GatewaySettings,
+}
+
+/// Talking to GitHub: the webhook secret, the API token and where the API is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GithubSettings {
+    /// Key of the `X-Hub-Signature-256` HMAC (`HOOKBUS_GITHUB__WEBHOOK_SECRET`).
+    /// The gateway refuses to start without one outside dev mode.
+    pub webhook_secret: Secret,
+    /// Token for the GitHub API: write-back, tie-break fetches, contents-API mode.
+    pub token: Secret,
+    /// API base URL; GitHub Enterprise, or a local fake in tests.
+    pub api_url: String,
+}
+
+impl Default for GithubSettings {
+    fn default() -> Self {
+        GithubSettings {
+            webhook_secret: Secret::default(),
+            token: Secret::default(),
+            api_url: "https://api.github.com".into(),
+        }
+    }
+}
+
+impl GithubSettings {
+    /// The webhook secret, or the error a gateway outside dev mode stops with.
+    pub fn require_webhook_secret(&self) -> Result<&Secret, ConfigError> {
+        if self.webhook_secret.expose().trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "github.webhook_secret (HOOKBUS_GITHUB__WEBHOOK_SECRET)",
+                "is required: set it to the secret configured on the GitHub webhook",
+            ));
+        }
+        Ok(&self.webhook_secret)
+    }
+}
+
+/// The client API (`/api/v1`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Bearer tokens accepted on `/api/v1`, comma-separated in
+    /// `HOOKBUS_API__TOKENS`. None configured: every API call is refused.
+    pub tokens: Tokens,
+}
+
+/// A list of secrets, written as one comma-separated string or as a list.
+#[derive(Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Tokens(Vec<Secret>);
+
+impl Tokens {
+    pub fn new(tokens: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Tokens(tokens.into_iter().map(|t| Secret::new(t)).collect())
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &Secret> {
+        self.0.iter()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} tokens>", self.0.len())
+    }
+}
+
+impl<'de> Deserialize<'de> for Tokens {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            List(Vec<Secret>),
+            One(Secret),
+        }
+        let list = match Form::deserialize(deserializer)? {
+            Form::List(list) => list,
+            Form::One(joined) => joined.expose().split(',').map(Secret::new).collect(),
+        };
+        Ok(Tokens(
+            list.into_iter()
+                .map(|t| Secret::new(t.expose().trim()))
+                .filter(|t| !t.is_empty())
+                .collect(),
+        ))
+    }
+}
+
+/// The HTTP gateway (`hookbus-gateway`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// Listen port; Heroku's `PORT` sets it.
+    pub port: u16,
+    /// Largest webhook body accepted; GitHub caps payloads at 25 MiB.
+    pub max_body_bytes: usize,
+    /// On SIGTERM, how long in-flight requests may take before the process
+    /// exits anyway. Under Heroku's 30 s.
+    pub grace_period_ms: u64,
+    /// How long an accepted `X-GitHub-Delivery` id is remembered, so that a
+    /// redelivery within this time is answered as a duplicate.
+    pub delivery_retention_ms: u64,
+    /// Longest a request waits on Redis before answering 503: a dead Redis
+    /// must fail fast, GitHub times out after 10 s.
+    pub redis_timeout_ms: u64,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings {
+            port: 8080,
+            max_body_bytes: 25 * 1024 * 1024,
+            grace_period_ms: 20_000,
+            delivery_retention_ms: 7 * 24 * 3_600_000,
+            redis_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl GatewaySettings {
+    pub fn grace_period(&self) -> Duration {
+        Duration::from_millis(self.grace_period_ms)
+    }
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
 }
 
 /// Where Redis is.
@@ -221,11 +387,18 @@ impl Settings {
     /// file named by `HOOKBUS_CONFIG` in it, or `file`, or [`DEFAULT_FILE`].
     pub fn load_from(vars: &[(String, String)], file: Option<&Path>) -> Result<Self, ConfigError> {
         let get = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let explicit = get("HOOKBUS_CONFIG").map(PathBuf::from).or_else(|| file.map(Path::to_path_buf));
-        let path = explicit.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_FILE));
+        let explicit = get("HOOKBUS_CONFIG")
+            .map(PathBuf::from)
+            .or_else(|| file.map(Path::to_path_buf));
+        let path = explicit
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_FILE));
         if let Some(p) = &explicit {
             if !p.exists() {
-                return Err(ConfigError::File { path: p.clone(), reason: "does not exist".into() });
+                return Err(ConfigError::File {
+                    path: p.clone(),
+                    reason: "does not exist".into(),
+                });
             }
         }
 
@@ -242,6 +415,17 @@ impl Settings {
         if let Some(url) = get("REDIS_URL") {
             figment = figment.merge(Serialized::default("redis.url", url));
         }
+        if let Some(port) = get("PORT") {
+            let port: u16 = port
+                .trim()
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| {
+                    ConfigError::invalid("gateway.port (PORT)", "must be a port number, 1 to 65535")
+                })?;
+            figment = figment.merge(Serialized::default("gateway.port", port));
+        }
         let settings: Settings = figment.extract().map_err(|err| from_figment(err, &path))?;
         settings.validate()?;
         Ok(settings)
@@ -250,14 +434,20 @@ impl Settings {
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let url = self.redis.url.expose();
-        if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("memory://")) {
+        if !(url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("memory://"))
+        {
             return Err(ConfigError::invalid(
                 "redis.url (REDIS_URL)",
                 "must start with redis:// or rediss://",
             ));
         }
         if self.redis.pool_size == 0 {
-            return Err(ConfigError::invalid("redis.pool_size", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "redis.pool_size",
+                "must be at least 1",
+            ));
         }
         let bus = &self.bus;
         if bus.prefix.is_empty() || bus.prefix.contains(['{', '}', ' ']) {
@@ -267,22 +457,41 @@ impl Settings {
             ));
         }
         if bus.heartbeat_timeout_ms < 1_000 {
-            return Err(ConfigError::invalid("bus.heartbeat_timeout_ms", "must be at least 1000"));
+            return Err(ConfigError::invalid(
+                "bus.heartbeat_timeout_ms",
+                "must be at least 1000",
+            ));
         }
         if bus.poll_interval_ms == 0 {
-            return Err(ConfigError::invalid("bus.poll_interval_ms", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "bus.poll_interval_ms",
+                "must be at least 1",
+            ));
         }
         let mut queues: Vec<(String, QueueSettings)> = vec![("bus".into(), bus.queue(""))];
-        queues.extend(bus.queues.keys().map(|name| (format!("bus.queues.{name}"), bus.queue(name))));
+        queues.extend(
+            bus.queues
+                .keys()
+                .map(|name| (format!("bus.queues.{name}"), bus.queue(name))),
+        );
         for (path, q) in queues {
             if q.max_attempts == 0 {
-                return Err(ConfigError::invalid(format!("{path}.max_attempts"), "must be at least 1"));
+                return Err(ConfigError::invalid(
+                    format!("{path}.max_attempts"),
+                    "must be at least 1",
+                ));
             }
             if q.concurrency == 0 {
-                return Err(ConfigError::invalid(format!("{path}.concurrency"), "must be at least 1"));
+                return Err(ConfigError::invalid(
+                    format!("{path}.concurrency"),
+                    "must be at least 1",
+                ));
             }
             if q.batch_size == 0 || q.batch_size > 1_000 {
-                return Err(ConfigError::invalid(format!("{path}.batch_size"), "must be 1 to 1000"));
+                return Err(ConfigError::invalid(
+                    format!("{path}.batch_size"),
+                    "must be 1 to 1000",
+                ));
             }
             if q.backoff_base_ms == 0 || q.backoff_max_ms < q.backoff_base_ms {
                 return Err(ConfigError::invalid(
@@ -290,6 +499,38 @@ impl Settings {
                     "must be at least 1 and not above backoff_max_ms",
                 ));
             }
+        }
+        let api_url = &self.github.api_url;
+        if !(api_url.starts_with("http://") || api_url.starts_with("https://")) {
+            return Err(ConfigError::invalid(
+                "github.api_url (HOOKBUS_GITHUB__API_URL)",
+                "must start with http:// or https://",
+            ));
+        }
+        let gateway = &self.gateway;
+        if gateway.port == 0 {
+            return Err(ConfigError::invalid(
+                "gateway.port (PORT)",
+                "must be a port number, 1 to 65535",
+            ));
+        }
+        if gateway.max_body_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "gateway.max_body_bytes",
+                "must be at least 1",
+            ));
+        }
+        if gateway.delivery_retention_ms < 60_000 {
+            return Err(ConfigError::invalid(
+                "gateway.delivery_retention_ms",
+                "must be at least 60000 (GitHub redelivers for days)",
+            ));
+        }
+        if gateway.redis_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "gateway.redis_timeout_ms",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -301,7 +542,10 @@ fn env_provider(vars: BTreeMap<String, String>) -> impl figment::Provider {
     // map, so the same mapping is built from a snapshot.
     let mut dict = figment::value::Dict::new();
     for (name, value) in vars {
-        let path = name.trim_start_matches("HOOKBUS_").to_ascii_lowercase().replace("__", ".");
+        let path = name
+            .trim_start_matches("HOOKBUS_")
+            .to_ascii_lowercase()
+            .replace("__", ".");
         dict.insert(path, parse_env_value(&value));
     }
     Serialized::globals(nest(dict))
@@ -332,14 +576,34 @@ fn nest(flat: figment::value::Dict) -> figment::value::Dict {
 }
 
 fn parse_env_value(value: &str) -> figment::value::Value {
-    // Same rules as figment's Env: numbers and booleans are typed, the rest is text.
-    value.parse().unwrap_or_else(|_| figment::value::Value::from(value.to_string()))
+    use figment::value::Value;
+    // Integers and booleans are typed; everything else stays text exactly as
+    // written, so a secret or a comma-separated list is never reinterpreted
+    // (figment's own parser would read `[a]` as an array, `1e5` as a float).
+    if let Ok(n) = value.parse::<i64>() {
+        if n.to_string() == value {
+            return Value::from(n);
+        }
+    }
+    if let Ok(n) = value.parse::<u64>() {
+        if n.to_string() == value {
+            return Value::from(n);
+        }
+    }
+    match value {
+        "true" => Value::from(true),
+        "false" => Value::from(false),
+        _ => Value::from(value.to_string()),
+    }
 }
 
 fn from_figment(err: figment::Error, path: &Path) -> ConfigError {
     if err.path.is_empty() {
         // No setting to blame: the file itself did not parse.
-        return ConfigError::File { path: path.to_path_buf(), reason: err.to_string() };
+        return ConfigError::File {
+            path: path.to_path_buf(),
+            reason: err.to_string(),
+        };
     }
     let setting = err.path.join(".");
     let env_name = format!("HOOKBUS_{}", err.path.join("__").to_ascii_uppercase());
@@ -351,15 +615,19 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn load(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        Settings::load_from(&vars(pairs), Some(Path::new("/nonexistent/hookbus.toml")))
-            .or_else(|e| match e {
+        Settings::load_from(&vars(pairs), Some(Path::new("/nonexistent/hookbus.toml"))).or_else(
+            |e| match e {
                 ConfigError::File { .. } => Settings::load_from(&vars(pairs), None),
                 other => Err(other),
-            })
+            },
+        )
     }
 
     #[test]
@@ -396,7 +664,8 @@ mod tests {
         let file = dir.join("hookbus.toml");
         std::fs::write(&file, "[bus]\nprefix = \"fromfile\"\nconcurrency = 4\n").expect("write");
         let path = file.to_string_lossy().to_string();
-        let s = load(&[("HOOKBUS_CONFIG", &path), ("HOOKBUS_BUS__CONCURRENCY", "9")]).expect("loads");
+        let s =
+            load(&[("HOOKBUS_CONFIG", &path), ("HOOKBUS_BUS__CONCURRENCY", "9")]).expect("loads");
         assert_eq!(s.bus.prefix, "fromfile");
         assert_eq!(s.bus.concurrency, 9);
     }
@@ -409,10 +678,81 @@ mod tests {
         assert!(err.to_string().contains("HOOKBUS_BUS__PREFIX"), "{err}");
         let err = load(&[("REDIS_URL", "http://x")]).expect_err("bad url");
         assert!(err.to_string().contains("REDIS_URL"), "{err}");
-        let err = load(&[("HOOKBUS_BUS__QUEUES__COMMIT__BATCH_SIZE", "0")]).expect_err("zero batch");
-        assert!(err.to_string().contains("bus.queues.commit.batch_size"), "{err}");
+        let err =
+            load(&[("HOOKBUS_BUS__QUEUES__COMMIT__BATCH_SIZE", "0")]).expect_err("zero batch");
+        assert!(
+            err.to_string().contains("bus.queues.commit.batch_size"),
+            "{err}"
+        );
         let err = load(&[("HOOKBUS_BUS__NO_SUCH", "1")]).expect_err("unknown");
         assert!(err.to_string().contains("no_such"), "{err}");
+    }
+
+    #[test]
+    fn gateway_defaults_match_the_spec() {
+        let s = load(&[]).expect("defaults load");
+        assert_eq!(s.gateway.max_body_bytes, 25 * 1024 * 1024);
+        assert_eq!(s.gateway.delivery_retention_ms, 7 * 24 * 3_600_000);
+        assert_eq!(s.github.api_url, "https://api.github.com");
+        assert!(s.api.tokens.is_empty());
+    }
+
+    #[test]
+    fn port_comes_from_heroku_port_and_is_checked() {
+        assert_eq!(load(&[("PORT", "5123")]).expect("loads").gateway.port, 5123);
+        let err = load(&[("PORT", "http")]).expect_err("not a port");
+        assert!(err.to_string().contains("PORT"), "{err}");
+        let err = load(&[("PORT", "70000")]).expect_err("too big");
+        assert!(err.to_string().contains("PORT"), "{err}");
+    }
+
+    #[test]
+    fn api_tokens_are_a_comma_separated_list() {
+        let s = load(&[("HOOKBUS_API__TOKENS", " alpha,beta ,,12345")]).expect("loads");
+        let tokens: Vec<&str> = s.api.tokens.iter().map(Secret::expose).collect();
+        assert_eq!(tokens, ["alpha", "beta", "12345"]);
+        let s = load(&[("HOOKBUS_API__TOKENS", "424242")]).expect("a numeric token loads");
+        assert_eq!(
+            s.api.tokens.iter().next().map(Secret::expose),
+            Some("424242")
+        );
+        assert!(!format!("{s:?}").contains("424242"));
+    }
+
+    #[test]
+    fn secrets_keep_their_exact_text() {
+        for raw in ["12345", "1e5", "[abc]", "true", "007"] {
+            let s = load(&[("HOOKBUS_GITHUB__WEBHOOK_SECRET", raw)]).expect("loads");
+            assert_eq!(s.github.webhook_secret.expose(), raw);
+        }
+    }
+
+    #[test]
+    fn a_missing_webhook_secret_names_the_variable() {
+        let s = load(&[]).expect("loads");
+        let err = s.github.require_webhook_secret().expect_err("no secret");
+        assert!(
+            err.to_string().contains("HOOKBUS_GITHUB__WEBHOOK_SECRET"),
+            "{err}"
+        );
+        let s = load(&[("HOOKBUS_GITHUB__WEBHOOK_SECRET", "s3cret")]).expect("loads");
+        assert_eq!(
+            s.github.require_webhook_secret().map(Secret::expose).ok(),
+            Some("s3cret")
+        );
+    }
+
+    #[test]
+    fn bad_gateway_values_name_the_setting() {
+        let err = load(&[("HOOKBUS_GATEWAY__MAX_BODY_BYTES", "0")]).expect_err("zero");
+        assert!(err.to_string().contains("gateway.max_body_bytes"), "{err}");
+        let err = load(&[("HOOKBUS_GATEWAY__DELIVERY_RETENTION_MS", "10")]).expect_err("short");
+        assert!(
+            err.to_string().contains("gateway.delivery_retention_ms"),
+            "{err}"
+        );
+        let err = load(&[("HOOKBUS_GITHUB__API_URL", "ftp://x")]).expect_err("bad url");
+        assert!(err.to_string().contains("HOOKBUS_GITHUB__API_URL"), "{err}");
     }
 
     #[test]
