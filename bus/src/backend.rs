@@ -33,12 +33,35 @@ impl ConsumerId {
 /// until settled, and returns to `pending` if the consumer dies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    /// The entry's name in the consumer's in-flight set: `<fetch seq>:<n>`.
-    pub token: String,
-    /// Message id, when the bytes decoded; key locks are held by id.
+    /// The entry's place in the consumer's in-flight set.
+    pub token: LeaseToken,
+    /// Message id of a keyed message: key locks are held by id.
     pub id: Option<String>,
     /// Ordering key, when the message has one.
     pub key: Option<String>,
+}
+
+/// Which fetch (the consumer's sequence number) and which message in it
+/// (from 1). Its text form `<seq>:<n>` names the in-flight entry in Redis;
+/// sorting by it gives fetch order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseToken {
+    pub seq: u64,
+    pub n: u32,
+}
+
+impl std::fmt::Display for LeaseToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.seq, self.n)
+    }
+}
+
+impl std::str::FromStr for LeaseToken {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (seq, n) = s.split_once(':').ok_or(())?;
+        Ok(LeaseToken { seq: seq.parse().map_err(|_| ())?, n: n.parse().map_err(|_| ())? })
+    }
 }
 
 /// A fetched message.
@@ -123,6 +146,15 @@ pub trait Backend: Send + Sync + 'static {
     /// take their key's lock or wait behind its holder.
     async fn push(&self, queue: &str, messages: &[Envelope]) -> Result<(), BusError>;
 
+    /// Like [`Backend::push`], but may take the messages out of `messages`
+    /// (the in-memory backend stores them without copying). On error the
+    /// vector is left as it was, so the caller can retry.
+    async fn push_vec(&self, queue: &str, messages: &mut Vec<Envelope>) -> Result<(), BusError> {
+        self.push(queue, messages).await?;
+        messages.clear();
+        Ok(())
+    }
+
     /// Puts bytes on `pending` as a foreign producer's `LPUSH` would; used to
     /// prove the bus copes with anything found there.
     async fn push_raw(&self, queue: &str, raw: Bytes) -> Result<(), BusError>;
@@ -138,7 +170,7 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Settles leases. Settling a lease that is no longer held (its consumer
     /// was declared dead and the message put back) does nothing.
-    async fn settle(&self, consumer: &ConsumerId, settlements: Vec<(Lease, Settlement)>) -> Result<(), BusError>;
+    async fn settle(&self, consumer: &ConsumerId, settlements: &[(Lease, Settlement)]) -> Result<(), BusError>;
 
     /// Refreshes this consumer's heartbeat and puts back the in-flight
     /// messages of consumers whose heartbeat is older than `timeout_ms`.

@@ -64,13 +64,14 @@ pub enum PayloadError {
 impl Envelope {
     /// A fresh message (attempt 0, enqueued now) with its own trace.
     pub fn new(kind: impl Into<String>, payload: Bytes) -> Self {
-        let id = new_id();
+        let now = now_ms();
+        let id = id_at(now);
         Envelope {
             trace_id: id.clone(),
             id,
             kind: kind.into(),
             attempts: 0,
-            enqueued_at: now_ms(),
+            enqueued_at: now,
             key: None,
             redrives: 0,
             payload,
@@ -262,8 +263,18 @@ fn value_to_json(value: &ValueRef<'_>) -> serde_json::Value {
 }
 
 /// A new unique message id (UUID v7: time-ordered, so ids sort by creation).
+/// The random bits come from the thread-local generator, not a system call
+/// per id: ids are made once per message per stage.
 pub fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+    id_at(now_ms())
+}
+
+fn id_at(now_ms: i64) -> String {
+    let random: [u8; 10] = rand::random();
+    let millis = u64::try_from(now_ms).unwrap_or(0);
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    id.hyphenated().encode_lower(&mut buf).to_owned()
 }
 
 /// Milliseconds since the Unix epoch.

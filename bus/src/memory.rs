@@ -15,7 +15,8 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::backend::{
-    Backend, ConsumerId, DeadSelector, Delivery, HeartbeatReport, Lease, QueueDepths, Settlement, SweepReport,
+    Backend, ConsumerId, DeadSelector, Delivery, HeartbeatReport, Lease, LeaseToken, QueueDepths, Settlement,
+    SweepReport,
 };
 use crate::envelope::{now_ms, DeadContent, DeadLetter, Envelope};
 use crate::error::BusError;
@@ -32,8 +33,6 @@ struct Queue {
     work: Notify,
 }
 
-/// Position of a lease in fetch order: (fetch sequence, index in the fetch).
-type Slot = (u64, u32);
 
 #[derive(Default)]
 struct QueueState {
@@ -56,7 +55,7 @@ struct QueueState {
 #[derive(Default)]
 struct ConsumerState {
     last_seen_ms: i64,
-    in_flight: BTreeMap<Slot, Envelope>,
+    in_flight: BTreeMap<LeaseToken, Envelope>,
 }
 
 impl MemoryBackend {
@@ -66,6 +65,9 @@ impl MemoryBackend {
 
     fn queue(&self, name: &str) -> Arc<Queue> {
         let mut queues = lock(&self.queues);
+        if let Some(queue) = queues.get(name) {
+            return queue.clone();
+        }
         queues.entry(name.to_string()).or_default().clone()
     }
 }
@@ -76,14 +78,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn token(slot: Slot) -> String {
-    format!("{}:{}", slot.0, slot.1)
-}
-
-fn parse_token(token: &str) -> Option<Slot> {
-    let (seq, n) = token.split_once(':')?;
-    Some((seq.parse().ok()?, n.parse().ok()?))
-}
 
 impl QueueState {
     /// Enqueues at the tail, taking the key's lock or waiting behind it.
@@ -161,6 +155,18 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    async fn push_vec(&self, queue: &str, messages: &mut Vec<Envelope>) -> Result<(), BusError> {
+        let q = self.queue(queue);
+        {
+            let mut state = lock(&q.state);
+            for envelope in messages.drain(..) {
+                state.admit(envelope);
+            }
+        }
+        q.work.notify_waiters();
+        Ok(())
+    }
+
     async fn push_raw(&self, queue: &str, raw: Bytes) -> Result<(), BusError> {
         // Nothing but envelopes can live in memory: what does not decode is
         // dead-lettered on arrival, as the Redis backend does on fetch.
@@ -196,8 +202,8 @@ impl Backend for MemoryBackend {
         me.last_seen_ms = now;
         let retried: Vec<Delivery> = me
             .in_flight
-            .range((seq, 0)..=(seq, u32::MAX))
-            .map(|(slot, envelope)| delivery(*slot, envelope.clone()))
+            .range(LeaseToken { seq, n: 0 }..=LeaseToken { seq, n: u32::MAX })
+            .map(|(token, envelope)| delivery(*token, envelope.clone()))
             .collect();
         if !retried.is_empty() {
             return Ok(retried);
@@ -205,9 +211,9 @@ impl Backend for MemoryBackend {
         let take = max.min(state.pending.len());
         let mut out = Vec::with_capacity(take);
         for (n, envelope) in state.pending.drain(..take).enumerate() {
-            let slot = (seq, n as u32 + 1);
-            me.in_flight.insert(slot, envelope.clone());
-            out.push(delivery(slot, envelope));
+            let token = LeaseToken { seq, n: n as u32 + 1 };
+            out.push(delivery(token, envelope.clone()));
+            me.in_flight.insert(token, envelope);
         }
         // A keyed message that did not take its lock at push time (it cannot
         // happen here, but the Redis twin must cope with foreign producers)
@@ -215,16 +221,15 @@ impl Backend for MemoryBackend {
         Ok(out)
     }
 
-    async fn settle(&self, consumer: &ConsumerId, settlements: Vec<(Lease, Settlement)>) -> Result<(), BusError> {
+    async fn settle(&self, consumer: &ConsumerId, settlements: &[(Lease, Settlement)]) -> Result<(), BusError> {
         let q = self.queue(&consumer.queue);
         let mut state = lock(&q.state);
         let mut woke = false;
         for (lease, settlement) in settlements {
-            let Some(slot) = parse_token(&lease.token) else { continue };
             let Some(held) = state
                 .consumers
                 .get_mut(&consumer.name)
-                .and_then(|c| c.in_flight.remove(&slot))
+                .and_then(|c| c.in_flight.remove(&lease.token))
             else {
                 continue; // no longer ours: it was put back when we looked dead
             };
@@ -238,13 +243,13 @@ impl Backend for MemoryBackend {
                 Settlement::Retry { envelope, due_ms } => {
                     let n = state.delayed_seq;
                     state.delayed_seq += 1;
-                    state.delayed.insert((due_ms, n), envelope);
+                    state.delayed.insert((*due_ms, n), envelope.clone());
                 }
                 Settlement::Dead(letter) => {
-                    state.dead.push_front(letter);
+                    state.dead.push_front(letter.clone());
                     release(&mut state);
                 }
-                Settlement::Requeue => state.pending.push_front(held.clone()),
+                Settlement::Requeue => state.pending.push_front(held),
             }
             woke = true;
         }
@@ -365,11 +370,9 @@ impl Backend for MemoryBackend {
     }
 }
 
-fn delivery(slot: Slot, envelope: Envelope) -> Delivery {
-    Delivery {
-        lease: Lease { token: token(slot), id: Some(envelope.id.clone()), key: envelope.key.clone() },
-        envelope,
-    }
+fn delivery(token: LeaseToken, envelope: Envelope) -> Delivery {
+    let id = envelope.key.as_ref().map(|_| envelope.id.clone());
+    Delivery { lease: Lease { token, id, key: envelope.key.clone() }, envelope }
 }
 
 /// Whether the sweep may re-drive this letter.

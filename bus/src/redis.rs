@@ -14,7 +14,8 @@ use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
 use redis::{AsyncCommands, Script};
 
 use crate::backend::{
-    Backend, ConsumerId, DeadSelector, Delivery, HeartbeatReport, Lease, QueueDepths, Settlement, SweepReport,
+    Backend, ConsumerId, DeadSelector, Delivery, HeartbeatReport, Lease, LeaseToken, QueueDepths, Settlement,
+    SweepReport,
 };
 use crate::envelope::{now_ms, DeadContent, DeadLetter, Envelope};
 use crate::error::BusError;
@@ -171,7 +172,7 @@ impl RedisBackend {
                 Some(key) => keys.held(key),
                 None => keys.pending(),
             });
-            call.arg(&item.token)
+            call.arg(item.token.to_string())
                 .arg(item.op)
                 .arg(item.key.as_deref().unwrap_or(""))
                 .arg(item.id.as_deref().unwrap_or(""))
@@ -218,7 +219,7 @@ impl RedisBackend {
 }
 
 struct SettleItem {
-    token: String,
+    token: LeaseToken,
     op: &'static str,
     key: Option<String>,
     id: Option<String>,
@@ -274,10 +275,16 @@ impl Backend for RedisBackend {
         let mut deliveries = Vec::with_capacity(flat.len() / 2);
         let mut garbage = Vec::new();
         for pair in flat.chunks_exact(2) {
-            let token = String::from_utf8_lossy(&pair[0]).into_owned();
+            let Some(token) = std::str::from_utf8(&pair[0]).ok().and_then(|t| t.parse::<LeaseToken>().ok()) else {
+                return Err(BusError::Protocol(format!("fetch returned a bad lease token {:?}", pair[0])));
+            };
             match Envelope::decode(&pair[1]) {
                 Ok(envelope) => deliveries.push(Delivery {
-                    lease: Lease { token, id: Some(envelope.id.clone()), key: envelope.key.clone() },
+                    lease: Lease {
+                        token,
+                        id: envelope.key.as_ref().map(|_| envelope.id.clone()),
+                        key: envelope.key.clone(),
+                    },
                     envelope,
                 }),
                 Err(err) => garbage.push(SettleItem {
@@ -310,7 +317,7 @@ impl Backend for RedisBackend {
             let lease = &deliveries[i].lease;
             let key = lease.key.as_deref().unwrap_or("");
             call.key(keys.held(key));
-            call.arg(&lease.token).arg(key).arg(lease.id.as_deref().unwrap_or(""));
+            call.arg(lease.token.to_string()).arg(key).arg(lease.id.as_deref().unwrap_or(""));
         }
         let mut conn = self.conn().await?;
         let verdicts: Vec<i64> = timed(call.invoke_async(&mut conn)).await?;
@@ -328,17 +335,17 @@ impl Backend for RedisBackend {
             .collect())
     }
 
-    async fn settle(&self, consumer: &ConsumerId, settlements: Vec<(Lease, Settlement)>) -> Result<(), BusError> {
+    async fn settle(&self, consumer: &ConsumerId, settlements: &[(Lease, Settlement)]) -> Result<(), BusError> {
         let items = settlements
-            .into_iter()
+            .iter()
             .map(|(lease, settlement)| {
                 let (op, data, score) = match settlement {
                     Settlement::Ack => ("ack", Vec::new(), 0),
-                    Settlement::Retry { envelope, due_ms } => ("retry", envelope.encode(), due_ms),
+                    Settlement::Retry { envelope, due_ms } => ("retry", envelope.encode(), *due_ms),
                     Settlement::Dead(letter) => ("dead", letter.encode(), 0),
                     Settlement::Requeue => ("requeue", Vec::new(), 0),
                 };
-                SettleItem { token: lease.token, op, key: lease.key, id: lease.id, data, score }
+                SettleItem { token: lease.token, op, key: lease.key.clone(), id: lease.id.clone(), data, score }
             })
             .collect();
         self.settle_raw(consumer, items).await

@@ -3,9 +3,13 @@
 //! Four kinds of task cooperate:
 //!
 //! - the **fetcher** leases batches, never more than there are free slots
-//!   (`concurrency + batch_size` messages leased at once);
-//! - `concurrency` **workers** run the handler, one message at a time each,
-//!   inside a span carrying the message's `trace_id`;
+//!   (`concurrency + batch_size` messages leased at once), onto a shared
+//!   work queue;
+//! - `concurrency` **workers** take messages off the work queue one at a
+//!   time and run the handler inside a span carrying the message's
+//!   `trace_id`; each hands its results to the settler in chunks (when the
+//!   work queue runs dry, or every couple of milliseconds), so a burst costs
+//!   a few channel operations per batch rather than per message;
 //! - the **settler** batches results: it enqueues the outputs of finished
 //!   messages first, then acknowledges them in one call — so a crash in
 //!   between duplicates outputs (at-least-once) and never loses them;
@@ -16,16 +20,16 @@
 //! the grace period, and whatever is still leased goes back to the head of
 //! `pending` with its attempt count unchanged.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use hookbus_config::{BusSettings, QueueSettings};
 use rand::Rng;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -103,8 +107,41 @@ struct Finished {
     lease: Lease,
     settlement: Settlement,
     outputs: Vec<(String, Envelope)>,
-    _slot: OwnedSemaphorePermit,
 }
+
+/// Leased messages waiting for a worker.
+#[derive(Default)]
+struct WorkQueue {
+    items: Mutex<VecDeque<Delivery>>,
+    ready: Notify,
+    /// The fetcher has stopped: no more items will come.
+    closed: AtomicBool,
+}
+
+impl WorkQueue {
+    fn pop(&self) -> Option<Delivery> {
+        self.items.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    fn extend(&self, deliveries: Vec<Delivery>, wake: usize) {
+        self.items.lock().unwrap_or_else(|p| p.into_inner()).extend(deliveries);
+        for _ in 0..wake {
+            self.ready.notify_one();
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.ready.notify_waiters();
+    }
+}
+
+/// A worker hands its results over at least this often while busy.
+const FLUSH_EVERY: Duration = Duration::from_millis(2);
 
 impl Runner {
     pub fn new(backend: Arc<dyn Backend>, plugin: Arc<dyn Plugin>, options: RunnerOptions) -> Self {
@@ -135,8 +172,8 @@ impl Runner {
 
         let q = &self.options.queue;
         let slots = Arc::new(Semaphore::new(q.concurrency + q.batch_size));
-        let (work_tx, work_rx) = async_channel::bounded::<(Delivery, OwnedSemaphorePermit)>(q.batch_size);
-        let (done_tx, done_rx) = mpsc::channel::<Finished>(q.concurrency + q.batch_size);
+        let work = Arc::new(WorkQueue::default());
+        let (done_tx, done_rx) = mpsc::channel::<Vec<Finished>>(q.concurrency * 2);
         // Fires after the grace period: whatever is still running is abandoned.
         let hard_stop = Shutdown::new();
 
@@ -145,19 +182,18 @@ impl Runner {
             workers.spawn(worker(
                 self.plugin.clone(),
                 q.clone(),
-                work_rx.clone(),
+                work.clone(),
                 done_tx.clone(),
                 shutdown.clone(),
                 self.stats.clone(),
             ));
         }
-        drop(work_rx);
         drop(done_tx);
         let settler = tokio::spawn(settler(
             self.backend.clone(),
             consumer.clone(),
             done_rx,
-            q.batch_size,
+            slots.clone(),
             hard_stop.clone(),
         ));
         let heartbeat_stop = Shutdown::new();
@@ -168,7 +204,8 @@ impl Runner {
             heartbeat_stop.clone(),
         ));
 
-        fetcher(&*self.backend, &consumer, &self.options, slots, work_tx, &shutdown).await;
+        fetcher(&*self.backend, &consumer, &self.options, slots, &work, &shutdown).await;
+        work.close();
 
         // Drain: workers finish what they started (unstarted messages are
         // left leased), within the grace period.
@@ -225,7 +262,7 @@ async fn fetcher(
     consumer: &ConsumerId,
     options: &RunnerOptions,
     slots: Arc<Semaphore>,
-    work: async_channel::Sender<(Delivery, OwnedSemaphorePermit)>,
+    work: &WorkQueue,
     shutdown: &Shutdown,
 ) {
     let batch = options.queue.batch_size;
@@ -269,73 +306,116 @@ async fn fetcher(
             continue;
         }
         idle = Duration::from_millis(1);
-        for delivery in deliveries {
-            let Some(one) = permit.split(1) else { break };
-            if work.send((delivery, one)).await.is_err() {
-                break 'fetching;
-            }
+        // One slot per leased message, given back by the settler.
+        if let Some(used) = permit.split(deliveries.len()) {
+            used.forget();
         }
+        drop(permit);
+        let wake = deliveries.len().min(options.queue.concurrency);
+        work.extend(deliveries, wake);
     }
 }
 
 async fn worker(
     plugin: Arc<dyn Plugin>,
     queue: QueueSettings,
-    work: async_channel::Receiver<(Delivery, OwnedSemaphorePermit)>,
-    done: mpsc::Sender<Finished>,
+    work: Arc<WorkQueue>,
+    done: mpsc::Sender<Vec<Finished>>,
     shutdown: Shutdown,
     stats: Arc<RunnerStats>,
 ) {
-    while let Ok((delivery, slot)) = work.recv().await {
-        if shutdown.is_triggered() {
-            // Not started: it stays leased and goes back to the head.
+    let mut finished: Vec<Finished> = Vec::new();
+    let mut since = Instant::now();
+    let mut clock = Instant::now();
+    loop {
+        // After shutdown, messages not yet started stay leased and go back
+        // to the head when the runner deregisters.
+        let next = if shutdown.is_triggered() { None } else { work.pop() };
+        if let Some(delivery) = next {
+            if finished.is_empty() {
+                since = clock;
+            }
+            let (result, ended) = handle(&*plugin, &queue, delivery, &stats, clock).await;
+            finished.push(result);
+            clock = ended;
+            if ended.duration_since(since) >= FLUSH_EVERY && done.send(std::mem::take(&mut finished)).await.is_err() {
+                return;
+            }
             continue;
         }
-        let Delivery { lease, envelope } = delivery;
-        let span = tracing::info_span!(
-            "message",
-            queue = plugin.input(),
-            id = %envelope.id,
-            kind = %envelope.kind,
-            trace_id = %envelope.trace_id,
-            attempt = envelope.attempts + 1,
-        );
-        let started = Instant::now();
-        let mut outbox = Outbox::new(&envelope.trace_id);
-        let result = AssertUnwindSafe(plugin.handle(&envelope, &mut outbox))
-            .catch_unwind()
-            .instrument(span.clone())
-            .await
-            .unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(HandlerError::Transient(format!("handler panicked: {what}")))
-            });
-        stats.handler_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        let _entered = span.enter();
-        let (settlement, outputs) = match result {
-            Ok(()) => {
-                stats.handled.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("handled");
-                (Settlement::Ack, outbox.into_messages())
-            }
-            Err(err) => {
-                let settlement = failure(&queue, envelope, err);
-                match &settlement {
-                    Settlement::Dead(_) => stats.dead.fetch_add(1, Ordering::Relaxed),
-                    _ => stats.retried.fetch_add(1, Ordering::Relaxed),
-                };
-                (settlement, Vec::new())
-            }
-        };
-        drop(_entered);
-        if done.send(Finished { lease, settlement, outputs, _slot: slot }).await.is_err() {
-            break;
+        if !finished.is_empty() && done.send(std::mem::take(&mut finished)).await.is_err() {
+            return;
         }
+        if shutdown.is_triggered() || work.closed.load(Ordering::Acquire) {
+            return;
+        }
+        // Register for a wake-up before looking again, so an item pushed in
+        // between is not missed.
+        let ready = work.ready.notified();
+        tokio::pin!(ready);
+        ready.as_mut().enable();
+        if !work.is_empty() {
+            continue;
+        }
+        tokio::select! {
+            _ = ready => {}
+            _ = shutdown.cancelled() => {}
+        }
+        clock = Instant::now();
     }
+}
+
+/// Runs the handler on one message (starting at `started`) and decides its
+/// settlement; also returns when it ended, so the caller needs no clock read
+/// of its own.
+async fn handle(
+    plugin: &dyn Plugin,
+    queue: &QueueSettings,
+    delivery: Delivery,
+    stats: &RunnerStats,
+    started: Instant,
+) -> (Finished, Instant) {
+    let Delivery { lease, envelope } = delivery;
+    let span = tracing::info_span!(
+        "message",
+        queue = plugin.input(),
+        id = %envelope.id,
+        kind = %envelope.kind,
+        trace_id = %envelope.trace_id,
+        attempt = envelope.attempts + 1,
+    );
+    let mut outbox = Outbox::new(&envelope.trace_id);
+    let result = AssertUnwindSafe(plugin.handle(&envelope, &mut outbox))
+        .catch_unwind()
+        .instrument(span.clone())
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(HandlerError::Transient(format!("handler panicked: {what}")))
+        });
+    let ended = Instant::now();
+    stats.handler_micros.fetch_add(ended.duration_since(started).as_micros() as u64, Ordering::Relaxed);
+    let _entered = span.enter();
+    let (settlement, outputs) = match result {
+        Ok(()) => {
+            stats.handled.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("handled");
+            (Settlement::Ack, outbox.into_messages())
+        }
+        Err(err) => {
+            let settlement = failure(queue, envelope, err);
+            match &settlement {
+                Settlement::Dead(_) => stats.dead.fetch_add(1, Ordering::Relaxed),
+                _ => stats.retried.fetch_add(1, Ordering::Relaxed),
+            };
+            (settlement, Vec::new())
+        }
+    };
+    (Finished { lease, settlement, outputs }, ended)
 }
 
 /// Decides what a failed message becomes.
@@ -379,30 +459,39 @@ pub fn retry_delay(queue: &QueueSettings, failed_attempts: u32) -> Duration {
 async fn settler(
     backend: Arc<dyn Backend>,
     consumer: ConsumerId,
-    mut done: mpsc::Receiver<Finished>,
-    batch: usize,
+    mut done: mpsc::Receiver<Vec<Finished>>,
+    slots: Arc<Semaphore>,
     hard_stop: Shutdown,
 ) {
-    let mut buf = Vec::with_capacity(batch);
-    while done.recv_many(&mut buf, batch).await > 0 {
-        let mut outputs: BTreeMap<String, Vec<Envelope>> = BTreeMap::new();
-        let mut settlements = Vec::with_capacity(buf.len());
-        for finished in buf.drain(..) {
+    let mut chunks = Vec::new();
+    while done.recv_many(&mut chunks, 64).await > 0 {
+        let mut outputs: Vec<(String, Vec<Envelope>)> = Vec::new();
+        let mut settlements = Vec::new();
+        for finished in chunks.drain(..).flatten() {
             for (queue, envelope) in finished.outputs {
-                outputs.entry(queue).or_default().push(envelope);
+                match outputs.iter_mut().find(|(q, _)| *q == queue) {
+                    Some((_, list)) => list.push(envelope),
+                    None => outputs.push((queue, vec![envelope])),
+                }
             }
             settlements.push((finished.lease, finished.settlement));
-            // `finished._slot` drops after the settle below.
         }
-        for (queue, envelopes) in &outputs {
-            if !retry_until(&hard_stop, "enqueue outputs", || backend.push(queue, envelopes)).await {
-                return; // left leased: redelivered after restart
+        for (queue, envelopes) in &mut outputs {
+            // A failed push leaves the vector whole for the next try.
+            let mut backoff = Backoff::new();
+            while let Err(err) = backend.push_vec(queue, envelopes).await {
+                tracing::warn!(error = %err, %queue, "enqueue outputs failed; retrying");
+                tokio::select! {
+                    _ = hard_stop.cancelled() => return, // left leased: redelivered after restart
+                    _ = tokio::time::sleep(backoff.next()) => {}
+                }
             }
         }
-        let settlements = &settlements;
-        if !retry_until(&hard_stop, "acknowledge", || backend.settle(&consumer, settlements.clone())).await {
+        let n = settlements.len();
+        if !retry_until(&hard_stop, "acknowledge", || backend.settle(&consumer, &settlements)).await {
             return;
         }
+        slots.add_permits(n);
     }
 }
 

@@ -105,8 +105,8 @@ async fn ack_removes_the_message_for_good(f: Fixture) {
     b.push("q", &[msg(1), msg(2)]).await.expect("push");
     let c = consumer("q");
     let got = b.fetch(&c, 1, 10).await.expect("fetch");
-    let acks = got.iter().map(|d| (d.lease.clone(), Settlement::Ack)).collect();
-    b.settle(&c, acks).await.expect("settle");
+    let acks: Vec<_> = got.iter().map(|d| (d.lease.clone(), Settlement::Ack)).collect();
+    b.settle(&c, &acks).await.expect("settle");
     let depths = b.depths("q").await.expect("depths");
     assert_eq!(depths.pending + depths.in_flight + depths.delayed + depths.dead, 0);
     // Gone even when the consumer disappears.
@@ -142,10 +142,10 @@ async fn same_key_runs_one_at_a_time_in_enqueue_order(f: Fixture) {
     // Finishing 1 releases 2 (and only 2), to any consumer.
     let first = b.fetch(&c1, 1, 10).await.expect("same fetch");
     let lease1 = first.iter().find(|d| n_of(&d.envelope) == 1).expect("1").lease.clone();
-    b.settle(&c1, vec![(lease1, Settlement::Ack)]).await.expect("ack 1");
+    b.settle(&c1, &vec![(lease1, Settlement::Ack)]).await.expect("ack 1");
     let got = b.fetch(&c2, 2, 10).await.expect("fetch");
     assert_eq!(got.iter().map(|d| n_of(&d.envelope)).collect::<Vec<_>>(), vec![2]);
-    b.settle(&c2, vec![(got[0].lease.clone(), Settlement::Ack)]).await.expect("ack 2");
+    b.settle(&c2, &vec![(got[0].lease.clone(), Settlement::Ack)]).await.expect("ack 2");
     assert_eq!(fetch_ns(b, &c2, 3, 10).await, vec![4]);
 }
 
@@ -160,7 +160,7 @@ async fn dead_letter_releases_the_key_to_the_next_message(f: Fixture) {
         reason: "broken".into(),
         dead_at: 1,
     };
-    b.settle(&c, vec![(got[0].lease.clone(), Settlement::Dead(letter))]).await.expect("dead");
+    b.settle(&c, &vec![(got[0].lease.clone(), Settlement::Dead(letter))]).await.expect("dead");
     assert_eq!(fetch_ns(b, &c, 2, 10).await, vec![2]);
     assert_eq!(b.depths("q").await.expect("depths").dead, 1);
 }
@@ -174,7 +174,7 @@ async fn retried_message_holds_back_its_key(f: Fixture) {
     let mut retry = one.envelope.clone();
     retry.attempts += 1;
     let due = hookbus_bus::envelope::now_ms() + 150;
-    b.settle(&c, vec![(one.lease.clone(), Settlement::Retry { envelope: retry, due_ms: due })])
+    b.settle(&c, &vec![(one.lease.clone(), Settlement::Retry { envelope: retry, due_ms: due })])
         .await
         .expect("retry");
     // While 1 waits for its retry, 2 must not run.
@@ -183,7 +183,7 @@ async fn retried_message_holds_back_its_key(f: Fixture) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let again = b.fetch(&c, 3, 10).await.expect("fetch after due");
     assert_eq!(again.iter().map(|d| (n_of(&d.envelope), d.envelope.attempts)).collect::<Vec<_>>(), vec![(1, 1)]);
-    b.settle(&c, vec![(again[0].lease.clone(), Settlement::Ack)]).await.expect("ack");
+    b.settle(&c, &vec![(again[0].lease.clone(), Settlement::Ack)]).await.expect("ack");
     assert_eq!(fetch_ns(b, &c, 4, 10).await, vec![2]);
 }
 
@@ -211,7 +211,7 @@ async fn late_settle_of_a_reaped_lease_does_nothing(f: Fixture) {
     b.heartbeat(&live, 1_000).await.expect("reap");
     // The slow consumer wakes up and acks: the message was already put back,
     // so this must neither drop it nor release its key.
-    b.settle(&slow, vec![(got[0].lease.clone(), Settlement::Ack)]).await.expect("late ack");
+    b.settle(&slow, &vec![(got[0].lease.clone(), Settlement::Ack)]).await.expect("late ack");
     assert_eq!(fetch_ns(b, &live, 1, 10).await, vec![1]);
 }
 
@@ -222,7 +222,7 @@ async fn deregister_puts_unfinished_back_at_the_head_unchanged(f: Fixture) {
     b.push("q", &[first, msg(2), msg(3), msg(4)]).await.expect("push");
     let c = consumer("q");
     let got = b.fetch(&c, 1, 3).await.expect("fetch");
-    b.settle(&c, vec![(got[1].lease.clone(), Settlement::Ack)]).await.expect("ack 2");
+    b.settle(&c, &vec![(got[1].lease.clone(), Settlement::Ack)]).await.expect("ack 2");
     assert_eq!(b.deregister(&c).await.expect("deregister"), 2);
     let next = consumer("q");
     let again = b.fetch(&next, 1, 10).await.expect("fetch");
@@ -400,7 +400,7 @@ async fn runner_survives_a_panicking_handler(f: Fixture) {
 async fn kill_all(b: &dyn Backend, ns: &[u32]) {
     let c = consumer("q");
     let got = b.fetch(&c, 1, 100).await.expect("fetch");
-    let settle = got
+    let settle: Vec<_> = got
         .iter()
         .filter(|d| ns.contains(&n_of(&d.envelope)))
         .map(|d| {
@@ -412,7 +412,7 @@ async fn kill_all(b: &dyn Backend, ns: &[u32]) {
             (d.lease.clone(), Settlement::Dead(letter))
         })
         .collect();
-    b.settle(&c, settle).await.expect("settle");
+    b.settle(&c, &settle).await.expect("settle");
     b.deregister(&c).await.expect("deregister");
 }
 
