@@ -23,9 +23,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use hookbus_bus::redis::RedisBackend;
-use hookbus_bus::{
-    Backend, Envelope, HandlerError, MemoryBackend, Outbox, Plugin, Runner, RunnerOptions, Shutdown,
-};
+use hookbus_bus::{Backend, Envelope, HandlerError, MemoryBackend, Outbox, Plugin, Runner, RunnerOptions, Shutdown};
 use hookbus_config::BusSettings;
 use hookbus_testkit::RedisServer;
 
@@ -97,11 +95,7 @@ impl Plugin for Sink {
 }
 
 fn settings() -> BusSettings {
-    let mut bus = BusSettings::default();
-    bus.batch_size = 500;
-    bus.concurrency = 32;
-    bus.poll_interval_ms = 5;
-    bus
+    BusSettings { batch_size: 500, concurrency: 32, poll_interval_ms: 5, ..BusSettings::default() }
 }
 
 async fn wait_done(sink: &Sink, target: u64, limit: Duration) -> bool {
@@ -200,7 +194,12 @@ fn main() {
         }
         figures
     });
-    print("in memory (one process)", &figures, 1_000_000.0, &format!("{} MiB", peak_rss_kib(std::process::id()) / 1024));
+    print(
+        "in memory (one process)",
+        &figures,
+        1_000_000.0,
+        &format!("{} MiB", peak_rss_kib(std::process::id()) / 1024),
+    );
 
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "memory") {
         return;
@@ -225,7 +224,8 @@ fn main() {
         })
         .collect();
     let figures = runtime.block_on(async {
-        let backend: Arc<dyn Backend> = Arc::new(RedisBackend::connect(&server.url(), "hookbus", 8, false).expect("pool"));
+        let backend: Arc<dyn Backend> =
+            Arc::new(RedisBackend::connect(&server.url(), "hookbus", 8, false).expect("pool"));
         let sink = Arc::new(Sink::default());
         let shutdown = Shutdown::new();
         let runner = Runner::new(backend.clone(), sink.clone(), RunnerOptions::from_settings(&bus, "s4"));

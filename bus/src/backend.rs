@@ -21,9 +21,7 @@ pub struct ConsumerId {
 
 impl ConsumerId {
     pub fn new(queue: &str) -> Self {
-        let host = std::env::var("DYNO")
-            .or_else(|_| std::env::var("HOSTNAME"))
-            .unwrap_or_else(|_| "local".into());
+        let host = std::env::var("DYNO").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "local".into());
         let tag: u32 = rand::random();
         ConsumerId { queue: queue.to_string(), name: format!("{host}:{}:{tag:08x}", std::process::id()) }
     }

@@ -97,10 +97,8 @@ impl Envelope {
 
     /// Decodes the payload as `T`.
     pub fn payload_as<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
-        rmp_serde::from_slice(&self.payload).map_err(|source| PayloadError::Decode {
-            ty: std::any::type_name::<T>(),
-            source,
-        })
+        rmp_serde::from_slice(&self.payload)
+            .map_err(|source| PayloadError::Decode { ty: std::any::type_name::<T>(), source })
     }
 
     /// The wire form.
@@ -145,7 +143,7 @@ impl Envelope {
 
     /// Reads an envelope; unknown fields are ignored.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        Ok(read_map(bytes)?.into_envelope()?)
+        read_map(bytes)?.into_envelope()
     }
 }
 
@@ -231,16 +229,12 @@ fn value_to_json(value: &ValueRef<'_>) -> serde_json::Value {
     match value {
         ValueRef::Nil => J::Null,
         ValueRef::Boolean(b) => J::Bool(*b),
-        ValueRef::Integer(i) => i
-            .as_i64()
-            .map(J::from)
-            .or_else(|| i.as_u64().map(J::from))
-            .unwrap_or(J::Null),
+        ValueRef::Integer(i) => i.as_i64().map(J::from).or_else(|| i.as_u64().map(J::from)).unwrap_or(J::Null),
         ValueRef::F32(f) => J::from(f64::from(*f)),
         ValueRef::F64(f) => J::from(*f),
-        ValueRef::String(s) => J::String(s.as_str().map(str::to_owned).unwrap_or_else(|| {
-            String::from_utf8_lossy(s.as_bytes()).into_owned()
-        })),
+        ValueRef::String(s) => J::String(
+            s.as_str().map(str::to_owned).unwrap_or_else(|| String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        ),
         ValueRef::Binary(b) => match std::str::from_utf8(b) {
             Ok(text) => J::String(text.to_owned()),
             Err(_) => J::String(format!("<{} bytes of binary>", b.len())),
@@ -279,10 +273,7 @@ fn id_at(now_ms: i64) -> String {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -298,9 +289,7 @@ fn is_map_marker(byte: Option<u8>) -> bool {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
-        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The fields of an envelope or dead-letter map, as read.
@@ -353,16 +342,15 @@ fn read_map(bytes: &[u8]) -> Result<Fields, DecodeError> {
     let mut fields = Fields::default();
     for _ in 0..len {
         let name = match rmpv::decode::read_value_ref(&mut rd) {
-            Ok(ValueRef::String(s)) => s
-                .into_str()
-                .ok_or_else(|| DecodeError("envelope has a key that is not UTF-8".into()))?,
+            Ok(ValueRef::String(s)) => {
+                s.into_str().ok_or_else(|| DecodeError("envelope has a key that is not UTF-8".into()))?
+            }
             Ok(_) => return Err(DecodeError("envelope has a key that is not a string".into())),
             Err(err) => return Err(DecodeError(format!("truncated or malformed MessagePack: {err}"))),
         };
         let before = rd;
-        let value = rmpv::decode::read_value_ref(&mut rd).map_err(|err| {
-            DecodeError(format!("envelope field `{name}` is truncated or malformed: {err}"))
-        })?;
+        let value = rmpv::decode::read_value_ref(&mut rd)
+            .map_err(|err| DecodeError(format!("envelope field `{name}` is truncated or malformed: {err}")))?;
         let raw_value = &before[..before.len() - rd.len()];
         let wrong = |want: &str| DecodeError(format!("envelope field `{name}` must be {want}"));
         match name {
@@ -522,11 +510,7 @@ mod tests {
 
     #[test]
     fn dead_letters_round_trip_and_carry_envelope_fields() {
-        let dead = DeadLetter {
-            content: DeadContent::Envelope(sample()),
-            reason: "boom".into(),
-            dead_at: 5,
-        };
+        let dead = DeadLetter { content: DeadContent::Envelope(sample()), reason: "boom".into(), dead_at: 5 };
         let bytes = dead.encode();
         assert_eq!(DeadLetter::decode(&bytes), Ok(dead));
         // A dead entry is still readable as the envelope it holds.

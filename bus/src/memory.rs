@@ -33,7 +33,6 @@ struct Queue {
     work: Notify,
 }
 
-
 #[derive(Default)]
 struct QueueState {
     /// Front is the head: the next message to fetch.
@@ -78,16 +77,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-
 impl QueueState {
     /// Enqueues at the tail, taking the key's lock or waiting behind it.
     fn admit(&mut self, envelope: Envelope) {
         match &envelope.key {
             None => self.pending.push_back(envelope),
             Some(key) => match self.key_holders.get(key) {
-                Some(holder) if holder != &envelope.id => {
-                    self.held.entry(key.clone()).or_default().push_back(envelope)
-                }
+                Some(holder) if holder != &envelope.id => self.held.entry(key.clone()).or_default().push_back(envelope),
                 _ => {
                     self.key_holders.insert(key.clone(), envelope.id.clone());
                     self.pending.push_back(envelope);
@@ -226,10 +222,7 @@ impl Backend for MemoryBackend {
         let mut state = lock(&q.state);
         let mut woke = false;
         for (lease, settlement) in settlements {
-            let Some(held) = state
-                .consumers
-                .get_mut(&consumer.name)
-                .and_then(|c| c.in_flight.remove(&lease.token))
+            let Some(held) = state.consumers.get_mut(&consumer.name).and_then(|c| c.in_flight.remove(&lease.token))
             else {
                 continue; // no longer ours: it was put back when we looked dead
             };
@@ -355,11 +348,8 @@ impl Backend for MemoryBackend {
             .filter(|letter| !sweepable(letter, max_redrives) && letter.dead_at <= settled_before)
             .cloned()
             .collect();
-        let redriven = redrive(
-            &mut state,
-            |letter| sweepable(letter, max_redrives) && letter.dead_at <= settled_before,
-            true,
-        );
+        let redriven =
+            redrive(&mut state, |letter| sweepable(letter, max_redrives) && letter.dead_at <= settled_before, true);
         drop(state);
         q.work.notify_waiters();
         Ok(SweepReport { ran: true, redriven, given_up })

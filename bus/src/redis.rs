@@ -104,9 +104,7 @@ impl RedisBackend {
             },
             ..PoolConfig::default()
         });
-        let pool = config
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|err| BusError::Setup(err.to_string()))?;
+        let pool = config.create_pool(Some(Runtime::Tokio1)).map_err(|err| BusError::Setup(err.to_string()))?;
         Ok(RedisBackend {
             pool,
             prefix: prefix.to_string(),
@@ -148,10 +146,7 @@ impl RedisBackend {
         for (envelope, dead) in entries {
             let key = envelope.key.as_deref().unwrap_or("");
             call.key(if key.is_empty() { keys.pending() } else { keys.held(key) });
-            call.arg(key)
-                .arg(&envelope.id)
-                .arg(envelope.encode())
-                .arg(dead.as_deref().unwrap_or(b""));
+            call.arg(key).arg(&envelope.id).arg(envelope.encode()).arg(dead.as_deref().unwrap_or(b""));
         }
         timed(call.invoke_async(&mut conn)).await
     }
@@ -327,12 +322,7 @@ impl Backend for RedisBackend {
             .filter(|(_, &v)| v == 0)
             .map(|(&i, _)| i)
             .collect();
-        Ok(deliveries
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| !parked.contains(i))
-            .map(|(_, d)| d)
-            .collect())
+        Ok(deliveries.into_iter().enumerate().filter(|(i, _)| !parked.contains(i)).map(|(_, d)| d).collect())
     }
 
     async fn settle(&self, consumer: &ConsumerId, settlements: &[(Lease, Settlement)]) -> Result<(), BusError> {
@@ -435,10 +425,7 @@ impl Backend for RedisBackend {
         // The head is the right end: read the last n, oldest first.
         let mut raws: Vec<Vec<u8>> = timed(conn.lrange(self.keys(queue).pending(), -(n as isize), -1)).await?;
         raws.reverse();
-        Ok(raws
-            .into_iter()
-            .map(|raw| Envelope::decode(&raw).map_err(|_| Bytes::from(raw)))
-            .collect())
+        Ok(raws.into_iter().map(|raw| Envelope::decode(&raw).map_err(|_| Bytes::from(raw))).collect())
     }
 
     async fn dead_list(&self, queue: &str, n: usize) -> Result<Vec<DeadLetter>, BusError> {

@@ -189,13 +189,8 @@ impl Runner {
             ));
         }
         drop(done_tx);
-        let settler = tokio::spawn(settler(
-            self.backend.clone(),
-            consumer.clone(),
-            done_rx,
-            slots.clone(),
-            hard_stop.clone(),
-        ));
+        let settler =
+            tokio::spawn(settler(self.backend.clone(), consumer.clone(), done_rx, slots.clone(), hard_stop.clone()));
         let heartbeat_stop = Shutdown::new();
         let heartbeat = tokio::spawn(heartbeat(
             self.backend.clone(),
@@ -210,11 +205,8 @@ impl Runner {
         // Drain: workers finish what they started (unstarted messages are
         // left leased), within the grace period.
         let deadline = tokio::time::Instant::now() + self.options.grace_period;
-        let drained = tokio::time::timeout_at(deadline, async {
-            while workers.join_next().await.is_some() {}
-        })
-        .await
-        .is_ok();
+        let drained =
+            tokio::time::timeout_at(deadline, async { while workers.join_next().await.is_some() {} }).await.is_ok();
         if !drained {
             tracing::warn!(%queue, "grace period over; abandoning unfinished handlers");
             workers.abort_all();
@@ -603,7 +595,9 @@ mod tests {
         }
         envelope.attempts = q.max_attempts - 1;
         match failure(&q, envelope, HandlerError::transient("x")) {
-            Settlement::Dead(letter) => assert!(letter.reason.starts_with("gave up after 8 attempts"), "{}", letter.reason),
+            Settlement::Dead(letter) => {
+                assert!(letter.reason.starts_with("gave up after 8 attempts"), "{}", letter.reason)
+            }
             other => panic!("expected dead, got {other:?}"),
         }
     }

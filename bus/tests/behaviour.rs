@@ -122,18 +122,13 @@ async fn a_repeated_fetch_returns_the_same_leases(f: Fixture) {
     let c = consumer("q");
     let first = b.fetch(&c, 7, 2).await.expect("fetch");
     let again = b.fetch(&c, 7, 2).await.expect("fetch again");
-    assert_eq!(
-        first.iter().map(|d| &d.lease).collect::<Vec<_>>(),
-        again.iter().map(|d| &d.lease).collect::<Vec<_>>()
-    );
+    assert_eq!(first.iter().map(|d| &d.lease).collect::<Vec<_>>(), again.iter().map(|d| &d.lease).collect::<Vec<_>>());
     assert_eq!(fetch_ns(b, &c, 8, 5).await, vec![3]);
 }
 
 async fn same_key_runs_one_at_a_time_in_enqueue_order(f: Fixture) {
     let b = &*f.backend;
-    b.push("q", &[keyed(1, "a"), keyed(2, "a"), keyed(3, "b"), keyed(4, "a"), msg(5)])
-        .await
-        .expect("push");
+    b.push("q", &[keyed(1, "a"), keyed(2, "a"), keyed(3, "b"), keyed(4, "a"), msg(5)]).await.expect("push");
     let (c1, c2) = (consumer("q"), consumer("q"));
     // Only the first of each key is runnable.
     assert_eq!(fetch_ns(b, &c1, 1, 10).await, vec![1, 3, 5]);
@@ -142,10 +137,10 @@ async fn same_key_runs_one_at_a_time_in_enqueue_order(f: Fixture) {
     // Finishing 1 releases 2 (and only 2), to any consumer.
     let first = b.fetch(&c1, 1, 10).await.expect("same fetch");
     let lease1 = first.iter().find(|d| n_of(&d.envelope) == 1).expect("1").lease.clone();
-    b.settle(&c1, &vec![(lease1, Settlement::Ack)]).await.expect("ack 1");
+    b.settle(&c1, &[(lease1, Settlement::Ack)]).await.expect("ack 1");
     let got = b.fetch(&c2, 2, 10).await.expect("fetch");
     assert_eq!(got.iter().map(|d| n_of(&d.envelope)).collect::<Vec<_>>(), vec![2]);
-    b.settle(&c2, &vec![(got[0].lease.clone(), Settlement::Ack)]).await.expect("ack 2");
+    b.settle(&c2, &[(got[0].lease.clone(), Settlement::Ack)]).await.expect("ack 2");
     assert_eq!(fetch_ns(b, &c2, 3, 10).await, vec![4]);
 }
 
@@ -155,12 +150,9 @@ async fn dead_letter_releases_the_key_to_the_next_message(f: Fixture) {
     let c = consumer("q");
     let got = b.fetch(&c, 1, 10).await.expect("fetch");
     assert_eq!(got.len(), 1);
-    let letter = DeadLetter {
-        content: DeadContent::Envelope(got[0].envelope.clone()),
-        reason: "broken".into(),
-        dead_at: 1,
-    };
-    b.settle(&c, &vec![(got[0].lease.clone(), Settlement::Dead(letter))]).await.expect("dead");
+    let letter =
+        DeadLetter { content: DeadContent::Envelope(got[0].envelope.clone()), reason: "broken".into(), dead_at: 1 };
+    b.settle(&c, &[(got[0].lease.clone(), Settlement::Dead(letter))]).await.expect("dead");
     assert_eq!(fetch_ns(b, &c, 2, 10).await, vec![2]);
     assert_eq!(b.depths("q").await.expect("depths").dead, 1);
 }
@@ -174,16 +166,14 @@ async fn retried_message_holds_back_its_key(f: Fixture) {
     let mut retry = one.envelope.clone();
     retry.attempts += 1;
     let due = hookbus_bus::envelope::now_ms() + 150;
-    b.settle(&c, &vec![(one.lease.clone(), Settlement::Retry { envelope: retry, due_ms: due })])
-        .await
-        .expect("retry");
+    b.settle(&c, &[(one.lease.clone(), Settlement::Retry { envelope: retry, due_ms: due })]).await.expect("retry");
     // While 1 waits for its retry, 2 must not run.
     assert_eq!(fetch_ns(b, &c, 2, 10).await, Vec::<u32>::new());
     assert_eq!(b.depths("q").await.expect("depths").delayed, 1);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let again = b.fetch(&c, 3, 10).await.expect("fetch after due");
     assert_eq!(again.iter().map(|d| (n_of(&d.envelope), d.envelope.attempts)).collect::<Vec<_>>(), vec![(1, 1)]);
-    b.settle(&c, &vec![(again[0].lease.clone(), Settlement::Ack)]).await.expect("ack");
+    b.settle(&c, &[(again[0].lease.clone(), Settlement::Ack)]).await.expect("ack");
     assert_eq!(fetch_ns(b, &c, 4, 10).await, vec![2]);
 }
 
@@ -211,7 +201,7 @@ async fn late_settle_of_a_reaped_lease_does_nothing(f: Fixture) {
     b.heartbeat(&live, 1_000).await.expect("reap");
     // The slow consumer wakes up and acks: the message was already put back,
     // so this must neither drop it nor release its key.
-    b.settle(&slow, &vec![(got[0].lease.clone(), Settlement::Ack)]).await.expect("late ack");
+    b.settle(&slow, &[(got[0].lease.clone(), Settlement::Ack)]).await.expect("late ack");
     assert_eq!(fetch_ns(b, &live, 1, 10).await, vec![1]);
 }
 
@@ -222,7 +212,7 @@ async fn deregister_puts_unfinished_back_at_the_head_unchanged(f: Fixture) {
     b.push("q", &[first, msg(2), msg(3), msg(4)]).await.expect("push");
     let c = consumer("q");
     let got = b.fetch(&c, 1, 3).await.expect("fetch");
-    b.settle(&c, &vec![(got[1].lease.clone(), Settlement::Ack)]).await.expect("ack 2");
+    b.settle(&c, &[(got[1].lease.clone(), Settlement::Ack)]).await.expect("ack 2");
     assert_eq!(b.deregister(&c).await.expect("deregister"), 2);
     let next = consumer("q");
     let again = b.fetch(&next, 1, 10).await.expect("fetch");
@@ -281,14 +271,16 @@ fn scripted(act: impl Fn(u32, u32) -> Result<(), HandlerError> + Send + Sync + '
 }
 
 fn fast_options() -> RunnerOptions {
-    let mut bus = BusSettings::default();
-    bus.backoff_base_ms = 10;
-    bus.backoff_max_ms = 40;
-    bus.max_attempts = 3;
-    bus.concurrency = 2;
-    bus.batch_size = 8;
-    bus.poll_interval_ms = 5;
-    bus.grace_period_ms = 2_000;
+    let bus = BusSettings {
+        backoff_base_ms: 10,
+        backoff_max_ms: 40,
+        max_attempts: 3,
+        concurrency: 2,
+        batch_size: 8,
+        poll_interval_ms: 5,
+        grace_period_ms: 2_000,
+        ..BusSettings::default()
+    };
     RunnerOptions::from_settings(&bus, "q")
 }
 
@@ -322,7 +314,8 @@ async fn runner_retries_with_backoff_then_dead_letters(f: Fixture) {
         _ => Ok(()),
     });
     f.backend.push("q", &[msg(1), msg(2)]).await.expect("push");
-    let report = run_until(&f.backend, plugin.clone(), |d| d.dead == 1 && d.pending + d.delayed + d.in_flight == 0).await;
+    let report =
+        run_until(&f.backend, plugin.clone(), |d| d.dead == 1 && d.pending + d.delayed + d.in_flight == 0).await;
     assert_eq!((report.handled, report.dead), (1, 1));
     let mut seen = plugin.seen.lock().expect("lock").clone();
     seen.sort();
@@ -378,11 +371,8 @@ async fn runner_copies_trace_id_and_emits_only_on_success(f: Fixture) {
     f.backend.push("q", &[one, two]).await.expect("push");
     run_until(&f.backend, plugin, |d| d.pending + d.delayed + d.in_flight == 0).await;
     let out = f.backend.peek("next", 10).await.expect("peek");
-    let mut got: Vec<(u32, String)> = out
-        .into_iter()
-        .map(|e| e.expect("envelope"))
-        .map(|e| (n_of(&e), e.trace_id))
-        .collect();
+    let mut got: Vec<(u32, String)> =
+        out.into_iter().map(|e| e.expect("envelope")).map(|e| (n_of(&e), e.trace_id)).collect();
     got.sort();
     // Message 2 failed once: its output from that attempt was not emitted.
     assert_eq!(got, vec![(10, "trace-one".to_string()), (20, "trace-two".to_string())]);

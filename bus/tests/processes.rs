@@ -127,7 +127,8 @@ fn sigterm_lets_a_short_handler_finish_within_the_grace_period() {
     let server = RedisServer::start();
     let b = backend(&server);
     block_on(b.push("work", &[work(1, 700)])).expect("push");
-    let mut child = stage(&server, &["--input", "work", "--record", "done"], &[("HOOKBUS_BUS__GRACE_PERIOD_MS", "10000")]);
+    let mut child =
+        stage(&server, &["--input", "work", "--record", "done"], &[("HOOKBUS_BUS__GRACE_PERIOD_MS", "10000")]);
     assert!(eventually(Duration::from_secs(10), || in_flight(&server, "work") == 1));
     signal(&child, "TERM");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(10)).code(), Some(0));
@@ -238,10 +239,7 @@ fn redis_restart_midflow_loses_nothing_through_two_stages() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
     let counter = Arc::new(Counter { seen: Mutex::default() });
     let shutdown = Shutdown::new();
-    let mut bus = BusSettings::default();
-    bus.poll_interval_ms = 10;
-    bus.backoff_base_ms = 20;
-    bus.backoff_max_ms = 200;
+    let bus = BusSettings { poll_interval_ms: 10, backoff_base_ms: 20, backoff_max_ms: 200, ..BusSettings::default() };
     let handles = runtime.block_on(async {
         let b: Arc<dyn Backend> = Arc::new(RedisBackend::connect(&url, "hookbus", 8, false).expect("pool"));
         let producer = b.clone();
@@ -256,7 +254,8 @@ fn redis_restart_midflow_loses_nothing_through_two_stages() {
             }
         });
         let first = tokio::spawn(
-            Runner::new(b.clone(), Arc::new(Forward), RunnerOptions::from_settings(&bus, "first")).run(shutdown.clone()),
+            Runner::new(b.clone(), Arc::new(Forward), RunnerOptions::from_settings(&bus, "first"))
+                .run(shutdown.clone()),
         );
         let second = tokio::spawn(
             Runner::new(b.clone(), counter.clone(), RunnerOptions::from_settings(&bus, "second")).run(shutdown.clone()),

@@ -57,11 +57,7 @@ impl Plugin for Stage {
         if let (true, Some(conn), Some(list)) = (self.order_check, conn.as_mut(), &self.record) {
             let running: i64 = conn.incr(format!("{list}:running:{key}"), 1).await.map_err(HandlerError::transient)?;
             let last: Option<u64> = conn
-                .set_options(
-                    format!("{list}:last:{key}"),
-                    work.seq,
-                    redis::SetOptions::default().get(true),
-                )
+                .set_options(format!("{list}:last:{key}"), work.seq, redis::SetOptions::default().get(true))
                 .await
                 .map_err(HandlerError::transient)?;
             if running != 1 {
@@ -108,7 +104,8 @@ async fn main() {
     hookbus_bus::telemetry::init();
     let args: Vec<String> = std::env::args().collect();
     let settings = exit_on_error(Settings::load());
-    let input = exit_on_error(arg_value(&args, "--input").ok_or_else(|| ConfigError::invalid("--input", "is required")));
+    let input =
+        exit_on_error(arg_value(&args, "--input").ok_or_else(|| ConfigError::invalid("--input", "is required")));
     let max_sleep_ms = exit_on_error(
         arg_value(&args, "--max-sleep-ms")
             .map(|v| v.parse::<u64>().map_err(|e| ConfigError::invalid("--max-sleep-ms", e.to_string())))
