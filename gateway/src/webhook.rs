@@ -1,0 +1,238 @@
+//! `POST /webhooks/github` (SPEC §6).
+//!
+//! Order of checks, cheapest and least trusting first: the two GitHub
+//! headers (400), the size (413, before reading more than the limit), the
+//! signature over the raw bytes (401), the content type (415) and JSON
+//! (400). Only then is anything written: one script call that enqueues the
+//! `github.webhook` message and marks the delivery as seen (see
+//! [`crate::intake`]). The answer is 202 (200 for `ping`) after Redis
+//! acknowledged, 503 when it could not be reached, never 2xx otherwise.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use hookbus_bus::envelope::now_ms;
+use hookbus_bus::{DeadContent, Envelope, QUEUES};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Serialize;
+
+use crate::intake::{Admission, Mark};
+use crate::rejection::Rejection;
+use crate::{metrics, signature, Gateway};
+
+/// The message kind the gateway writes for `normalise`.
+pub const KIND: &str = "github.webhook";
+
+/// Dead letters searched per queue when a known delivery comes again.
+const DEAD_SCAN: usize = 1_000;
+
+/// The `github.webhook` payload (SPEC §3). Borrowed: a 25 MiB body is not
+/// copied to be encoded.
+#[derive(Debug, Serialize)]
+pub struct WebhookPayload<'a> {
+    pub event: &'a str,
+    pub delivery: &'a str,
+    /// When the gateway accepted it, ms since epoch.
+    pub received_at: i64,
+    /// The request body exactly as received (for form posts, the decoded
+    /// `payload` field), already verified.
+    #[serde(with = "serde_bytes")]
+    pub body: &'a [u8],
+}
+
+/// Headers as GitHub sends them, checked.
+struct Delivery {
+    event: String,
+    id: String,
+}
+
+/// The handler: every outcome is counted and answered as JSON.
+pub async fn receive(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
+    let mut event_label = "unverified".to_string();
+    let delivery_header = header_text(&headers, "x-github-delivery").unwrap_or("").to_string();
+    match accept(&gateway, &headers, body, &mut event_label).await {
+        Ok(response) => response,
+        Err(rejection) => {
+            metrics::webhook(&event_label, rejection.result_label());
+            tracing::warn!(
+                status = rejection.status.as_u16(),
+                reason = %rejection.reason,
+                event = %event_label,
+                delivery = %printable(&delivery_header),
+                "webhook refused"
+            );
+            rejection.into_response()
+        }
+    }
+}
+
+async fn accept(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    body: Body,
+    event_label: &mut String,
+) -> Result<Response, Rejection> {
+    let delivery = github_headers(headers)?;
+    let raw = read_limited(body, headers, gateway.max_body).await?;
+    signature::verify(
+        gateway.secret.expose().as_bytes(),
+        &raw,
+        headers.get("x-hub-signature-256").map(|v| v.as_bytes()),
+    )
+    .map_err(|err| Rejection::unauthorized(err.to_string()))?;
+    // Signed by GitHub from here on, so its event name may become a label.
+    event_label.clone_from(&delivery.event);
+    let json = json_body(headers, raw)?;
+
+    let payload = WebhookPayload {
+        event: &delivery.event,
+        delivery: &delivery.id,
+        received_at: now_ms(),
+        body: &json,
+    };
+    // A fresh envelope's trace id is its own id: the webhook starts the trace.
+    let envelope = Envelope::with_payload(KIND, &payload)
+        .map_err(|err| Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode message: {err}")))?;
+    let mark = Mark::Delivery(delivery.id.clone());
+
+    let admission = gateway
+        .bounded(gateway.intake.admit(&mark, &envelope, None))
+        .await
+        .map_err(|err| Rejection::unavailable(format!("queue unavailable, nothing stored: {err}")))?;
+    let (status, body, result) = match admission {
+        Admission::Queued => (accepted_status(&delivery), accepted_body(&envelope, &delivery), "accepted"),
+        Admission::Seen { message_id } => match ended_dead(gateway, &message_id).await? {
+            false => (
+                accepted_status(&delivery),
+                serde_json::json!({ "duplicate": true, "id": message_id, "delivery": delivery.id }),
+                "duplicate",
+            ),
+            true => {
+                let again = gateway
+                    .bounded(gateway.intake.admit(&mark, &envelope, Some(&message_id)))
+                    .await
+                    .map_err(|err| Rejection::unavailable(format!("queue unavailable, nothing stored: {err}")))?;
+                match again {
+                    Admission::Queued => (accepted_status(&delivery), accepted_body(&envelope, &delivery), "redelivered"),
+                    // Another copy of this redelivery won the race.
+                    Admission::Seen { message_id } => (
+                        accepted_status(&delivery),
+                        serde_json::json!({ "duplicate": true, "id": message_id, "delivery": delivery.id }),
+                        "duplicate",
+                    ),
+                }
+            }
+        },
+    };
+    metrics::webhook(&delivery.event, result);
+    tracing::info!(
+        trace_id = %envelope.trace_id,
+        delivery = %delivery.id,
+        event = %delivery.event,
+        result,
+        bytes = json.len(),
+        "webhook {result}"
+    );
+    Ok((status, Json(body)).into_response())
+}
+
+fn accepted_status(delivery: &Delivery) -> StatusCode {
+    if delivery.event == "ping" {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    }
+}
+
+fn accepted_body(envelope: &Envelope, delivery: &Delivery) -> serde_json::Value {
+    serde_json::json!({ "id": envelope.id, "delivery": delivery.id })
+}
+
+/// Whether the message a delivery became (or any message it caused: they
+/// share its trace id) lies among the dead letters of a pipeline queue.
+async fn ended_dead(gateway: &Gateway, trace_id: &str) -> Result<bool, Rejection> {
+    for queue in QUEUES {
+        let letters = gateway
+            .bounded(gateway.backend.dead_list(queue, DEAD_SCAN))
+            .await
+            .map_err(|err| Rejection::unavailable(format!("queue unavailable, nothing stored: {err}")))?;
+        let found = letters.iter().any(|letter| match &letter.content {
+            DeadContent::Envelope(envelope) => envelope.trace_id == trace_id,
+            DeadContent::Raw(_) => false,
+        });
+        if found {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn github_headers(headers: &HeaderMap) -> Result<Delivery, Rejection> {
+    let event = header_text(headers, "x-github-event")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Rejection::bad_request("missing X-GitHub-Event header"))?;
+    if event.len() > 64 || !event.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.') {
+        return Err(Rejection::bad_request("X-GitHub-Event is not an event name"));
+    }
+    let id = header_text(headers, "x-github-delivery")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Rejection::bad_request("missing X-GitHub-Delivery header"))?;
+    if id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+        return Err(Rejection::bad_request("X-GitHub-Delivery is not a delivery id"));
+    }
+    Ok(Delivery { event: event.to_string(), id: id.to_string() })
+}
+
+fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+/// A header value fit for one log line.
+fn printable(value: &str) -> String {
+    value.chars().filter(|c| !c.is_control()).take(128).collect()
+}
+
+fn too_large(limit: usize) -> Rejection {
+    Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than {limit} bytes"))
+}
+
+/// Reads at most `limit` bytes; a larger body is refused without reading on.
+async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Rejection> {
+    let declared = header_text(headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
+        Err(err) => Err(Rejection::bad_request(format!("could not read the body: {err}"))),
+    }
+}
+
+/// The JSON document of a verified body: the body itself, or for a form post
+/// its `payload` field.
+fn json_body(headers: &HeaderMap, raw: Bytes) -> Result<Bytes, Rejection> {
+    let content_type = header_text(headers, header::CONTENT_TYPE.as_str()).unwrap_or("application/json");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let json = match mime.as_str() {
+        "application/json" | "" => raw,
+        "application/x-www-form-urlencoded" => form_urlencoded::parse(&raw)
+            .find(|(name, _)| name == "payload")
+            .map(|(_, value)| Bytes::from(value.into_owned()))
+            .ok_or_else(|| Rejection::bad_request("form body has no payload field"))?,
+        _ => {
+            return Err(Rejection::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "content type must be application/json or application/x-www-form-urlencoded",
+            ))
+        }
+    };
+    serde_json::from_slice::<serde::de::IgnoredAny>(&json)
+        .map_err(|err| Rejection::bad_request(format!("body is not JSON: {err}")))?;
+    Ok(json)
+}
