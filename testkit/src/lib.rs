@@ -94,9 +94,7 @@ impl RedisServer {
 
     /// A blocking connection for test assertions.
     pub fn client(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .and_then(|c| c.get_connection())
-            .expect("connect to the test redis-server")
+        redis::Client::open(self.url()).and_then(|c| c.get_connection()).expect("connect to the test redis-server")
     }
 
     /// Kills the server (SIGKILL: no chance to save) and waits for it to die.
@@ -123,10 +121,7 @@ impl Drop for RedisServer {
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
 /// Polls `check` every 10 ms until it returns true or `timeout` passes.
