@@ -34,10 +34,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub fn invalid(setting: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            setting: setting.into(),
-            reason: reason.into(),
-        }
+        ConfigError::Invalid { setting: setting.into(), reason: reason.into() }
     }
 }
 
@@ -204,12 +201,7 @@ impl<'de> Deserialize<'de> for Tokens {
             Form::List(list) => list,
             Form::One(joined) => joined.expose().split(',').map(Secret::new).collect(),
         };
-        Ok(Tokens(
-            list.into_iter()
-                .map(|t| Secret::new(t.expose().trim()))
-                .filter(|t| !t.is_empty())
-                .collect(),
-        ))
+        Ok(Tokens(list.into_iter().map(|t| Secret::new(t.expose().trim())).filter(|t| !t.is_empty()).collect()))
     }
 }
 
@@ -268,11 +260,7 @@ pub struct RedisSettings {
 
 impl Default for RedisSettings {
     fn default() -> Self {
-        RedisSettings {
-            url: Secret::new("redis://127.0.0.1:6379"),
-            pool_size: 16,
-            tls_insecure: true,
-        }
+        RedisSettings { url: Secret::new("redis://127.0.0.1:6379"), pool_size: 16, tls_insecure: true }
     }
 }
 
@@ -387,18 +375,11 @@ impl Settings {
     /// file named by `HOOKBUS_CONFIG` in it, or `file`, or [`DEFAULT_FILE`].
     pub fn load_from(vars: &[(String, String)], file: Option<&Path>) -> Result<Self, ConfigError> {
         let get = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let explicit = get("HOOKBUS_CONFIG")
-            .map(PathBuf::from)
-            .or_else(|| file.map(Path::to_path_buf));
-        let path = explicit
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_FILE));
+        let explicit = get("HOOKBUS_CONFIG").map(PathBuf::from).or_else(|| file.map(Path::to_path_buf));
+        let path = explicit.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_FILE));
         if let Some(p) = &explicit {
             if !p.exists() {
-                return Err(ConfigError::File {
-                    path: p.clone(),
-                    reason: "does not exist".into(),
-                });
+                return Err(ConfigError::File { path: p.clone(), reason: "does not exist".into() });
             }
         }
 
@@ -406,11 +387,8 @@ impl Settings {
         if path.exists() {
             figment = figment.merge(Toml::file(&path));
         }
-        let env: BTreeMap<String, String> = vars
-            .iter()
-            .filter(|(k, _)| k.starts_with("HOOKBUS_") && k != "HOOKBUS_CONFIG")
-            .cloned()
-            .collect();
+        let env: BTreeMap<String, String> =
+            vars.iter().filter(|(k, _)| k.starts_with("HOOKBUS_") && k != "HOOKBUS_CONFIG").cloned().collect();
         figment = figment.merge(env_provider(env));
         if let Some(url) = get("REDIS_URL") {
             figment = figment.merge(Serialized::default("redis.url", url));
@@ -421,9 +399,7 @@ impl Settings {
                 .parse()
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| {
-                    ConfigError::invalid("gateway.port (PORT)", "must be a port number, 1 to 65535")
-                })?;
+                .ok_or_else(|| ConfigError::invalid("gateway.port (PORT)", "must be a port number, 1 to 65535"))?;
             figment = figment.merge(Serialized::default("gateway.port", port));
         }
         let settings: Settings = figment.extract().map_err(|err| from_figment(err, &path))?;
@@ -434,20 +410,11 @@ impl Settings {
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let url = self.redis.url.expose();
-        if !(url.starts_with("redis://")
-            || url.starts_with("rediss://")
-            || url.starts_with("memory://"))
-        {
-            return Err(ConfigError::invalid(
-                "redis.url (REDIS_URL)",
-                "must start with redis:// or rediss://",
-            ));
+        if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("memory://")) {
+            return Err(ConfigError::invalid("redis.url (REDIS_URL)", "must start with redis:// or rediss://"));
         }
         if self.redis.pool_size == 0 {
-            return Err(ConfigError::invalid(
-                "redis.pool_size",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::invalid("redis.pool_size", "must be at least 1"));
         }
         let bus = &self.bus;
         if bus.prefix.is_empty() || bus.prefix.contains(['{', '}', ' ']) {
@@ -457,41 +424,22 @@ impl Settings {
             ));
         }
         if bus.heartbeat_timeout_ms < 1_000 {
-            return Err(ConfigError::invalid(
-                "bus.heartbeat_timeout_ms",
-                "must be at least 1000",
-            ));
+            return Err(ConfigError::invalid("bus.heartbeat_timeout_ms", "must be at least 1000"));
         }
         if bus.poll_interval_ms == 0 {
-            return Err(ConfigError::invalid(
-                "bus.poll_interval_ms",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::invalid("bus.poll_interval_ms", "must be at least 1"));
         }
         let mut queues: Vec<(String, QueueSettings)> = vec![("bus".into(), bus.queue(""))];
-        queues.extend(
-            bus.queues
-                .keys()
-                .map(|name| (format!("bus.queues.{name}"), bus.queue(name))),
-        );
+        queues.extend(bus.queues.keys().map(|name| (format!("bus.queues.{name}"), bus.queue(name))));
         for (path, q) in queues {
             if q.max_attempts == 0 {
-                return Err(ConfigError::invalid(
-                    format!("{path}.max_attempts"),
-                    "must be at least 1",
-                ));
+                return Err(ConfigError::invalid(format!("{path}.max_attempts"), "must be at least 1"));
             }
             if q.concurrency == 0 {
-                return Err(ConfigError::invalid(
-                    format!("{path}.concurrency"),
-                    "must be at least 1",
-                ));
+                return Err(ConfigError::invalid(format!("{path}.concurrency"), "must be at least 1"));
             }
             if q.batch_size == 0 || q.batch_size > 1_000 {
-                return Err(ConfigError::invalid(
-                    format!("{path}.batch_size"),
-                    "must be 1 to 1000",
-                ));
+                return Err(ConfigError::invalid(format!("{path}.batch_size"), "must be 1 to 1000"));
             }
             if q.backoff_base_ms == 0 || q.backoff_max_ms < q.backoff_base_ms {
                 return Err(ConfigError::invalid(
@@ -509,16 +457,10 @@ impl Settings {
         }
         let gateway = &self.gateway;
         if gateway.port == 0 {
-            return Err(ConfigError::invalid(
-                "gateway.port (PORT)",
-                "must be a port number, 1 to 65535",
-            ));
+            return Err(ConfigError::invalid("gateway.port (PORT)", "must be a port number, 1 to 65535"));
         }
         if gateway.max_body_bytes == 0 {
-            return Err(ConfigError::invalid(
-                "gateway.max_body_bytes",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::invalid("gateway.max_body_bytes", "must be at least 1"));
         }
         if gateway.delivery_retention_ms < 60_000 {
             return Err(ConfigError::invalid(
@@ -527,10 +469,7 @@ impl Settings {
             ));
         }
         if gateway.redis_timeout_ms == 0 {
-            return Err(ConfigError::invalid(
-                "gateway.redis_timeout_ms",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::invalid("gateway.redis_timeout_ms", "must be at least 1"));
         }
         Ok(())
     }
@@ -542,10 +481,7 @@ fn env_provider(vars: BTreeMap<String, String>) -> impl figment::Provider {
     // map, so the same mapping is built from a snapshot.
     let mut dict = figment::value::Dict::new();
     for (name, value) in vars {
-        let path = name
-            .trim_start_matches("HOOKBUS_")
-            .to_ascii_lowercase()
-            .replace("__", ".");
+        let path = name.trim_start_matches("HOOKBUS_").to_ascii_lowercase().replace("__", ".");
         dict.insert(path, parse_env_value(&value));
     }
     Serialized::globals(nest(dict))
@@ -559,9 +495,7 @@ fn nest(flat: figment::value::Dict) -> figment::value::Dict {
         let parts: Vec<&str> = path.split('.').collect();
         let mut node = &mut root;
         for part in &parts[..parts.len() - 1] {
-            let entry = node
-                .entry((*part).to_string())
-                .or_insert_with(|| Value::from(Dict::new()));
+            let entry = node.entry((*part).to_string()).or_insert_with(|| Value::from(Dict::new()));
             if !matches!(entry, Value::Dict(..)) {
                 *entry = Value::from(Dict::new());
             }
@@ -600,10 +534,7 @@ fn parse_env_value(value: &str) -> figment::value::Value {
 fn from_figment(err: figment::Error, path: &Path) -> ConfigError {
     if err.path.is_empty() {
         // No setting to blame: the file itself did not parse.
-        return ConfigError::File {
-            path: path.to_path_buf(),
-            reason: err.to_string(),
-        };
+        return ConfigError::File { path: path.to_path_buf(), reason: err.to_string() };
     }
     let setting = err.path.join(".");
     let env_name = format!("HOOKBUS_{}", err.path.join("__").to_ascii_uppercase());
@@ -615,19 +546,14 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn load(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        Settings::load_from(&vars(pairs), Some(Path::new("/nonexistent/hookbus.toml"))).or_else(
-            |e| match e {
-                ConfigError::File { .. } => Settings::load_from(&vars(pairs), None),
-                other => Err(other),
-            },
-        )
+        Settings::load_from(&vars(pairs), Some(Path::new("/nonexistent/hookbus.toml"))).or_else(|e| match e {
+            ConfigError::File { .. } => Settings::load_from(&vars(pairs), None),
+            other => Err(other),
+        })
     }
 
     #[test]
@@ -664,8 +590,7 @@ mod tests {
         let file = dir.join("hookbus.toml");
         std::fs::write(&file, "[bus]\nprefix = \"fromfile\"\nconcurrency = 4\n").expect("write");
         let path = file.to_string_lossy().to_string();
-        let s =
-            load(&[("HOOKBUS_CONFIG", &path), ("HOOKBUS_BUS__CONCURRENCY", "9")]).expect("loads");
+        let s = load(&[("HOOKBUS_CONFIG", &path), ("HOOKBUS_BUS__CONCURRENCY", "9")]).expect("loads");
         assert_eq!(s.bus.prefix, "fromfile");
         assert_eq!(s.bus.concurrency, 9);
     }
@@ -678,12 +603,8 @@ mod tests {
         assert!(err.to_string().contains("HOOKBUS_BUS__PREFIX"), "{err}");
         let err = load(&[("REDIS_URL", "http://x")]).expect_err("bad url");
         assert!(err.to_string().contains("REDIS_URL"), "{err}");
-        let err =
-            load(&[("HOOKBUS_BUS__QUEUES__COMMIT__BATCH_SIZE", "0")]).expect_err("zero batch");
-        assert!(
-            err.to_string().contains("bus.queues.commit.batch_size"),
-            "{err}"
-        );
+        let err = load(&[("HOOKBUS_BUS__QUEUES__COMMIT__BATCH_SIZE", "0")]).expect_err("zero batch");
+        assert!(err.to_string().contains("bus.queues.commit.batch_size"), "{err}");
         let err = load(&[("HOOKBUS_BUS__NO_SUCH", "1")]).expect_err("unknown");
         assert!(err.to_string().contains("no_such"), "{err}");
     }
@@ -712,10 +633,7 @@ mod tests {
         let tokens: Vec<&str> = s.api.tokens.iter().map(Secret::expose).collect();
         assert_eq!(tokens, ["alpha", "beta", "12345"]);
         let s = load(&[("HOOKBUS_API__TOKENS", "424242")]).expect("a numeric token loads");
-        assert_eq!(
-            s.api.tokens.iter().next().map(Secret::expose),
-            Some("424242")
-        );
+        assert_eq!(s.api.tokens.iter().next().map(Secret::expose), Some("424242"));
         assert!(!format!("{s:?}").contains("424242"));
     }
 
@@ -731,15 +649,9 @@ mod tests {
     fn a_missing_webhook_secret_names_the_variable() {
         let s = load(&[]).expect("loads");
         let err = s.github.require_webhook_secret().expect_err("no secret");
-        assert!(
-            err.to_string().contains("HOOKBUS_GITHUB__WEBHOOK_SECRET"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("HOOKBUS_GITHUB__WEBHOOK_SECRET"), "{err}");
         let s = load(&[("HOOKBUS_GITHUB__WEBHOOK_SECRET", "s3cret")]).expect("loads");
-        assert_eq!(
-            s.github.require_webhook_secret().map(Secret::expose).ok(),
-            Some("s3cret")
-        );
+        assert_eq!(s.github.require_webhook_secret().map(Secret::expose).ok(), Some("s3cret"));
     }
 
     #[test]
@@ -747,10 +659,7 @@ mod tests {
         let err = load(&[("HOOKBUS_GATEWAY__MAX_BODY_BYTES", "0")]).expect_err("zero");
         assert!(err.to_string().contains("gateway.max_body_bytes"), "{err}");
         let err = load(&[("HOOKBUS_GATEWAY__DELIVERY_RETENTION_MS", "10")]).expect_err("short");
-        assert!(
-            err.to_string().contains("gateway.delivery_retention_ms"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("gateway.delivery_retention_ms"), "{err}");
         let err = load(&[("HOOKBUS_GITHUB__API_URL", "ftp://x")]).expect_err("bad url");
         assert!(err.to_string().contains("HOOKBUS_GITHUB__API_URL"), "{err}");
     }

@@ -91,7 +91,8 @@ async fn queue_change(gateway: &Gateway, headers: &HeaderMap, body: Body) -> Res
 pub async fn operation(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let answer = async {
         authorize(&gateway, &headers)?;
-        let well_formed = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        let well_formed =
+            !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         let found = match well_formed {
             true => gateway
                 .bounded(gateway.intake.lookup(&Mark::Change(id.clone())))
@@ -268,7 +269,10 @@ fn validate_fields(fields: Option<&Value>, resource: &str, action: &str) -> Resu
     }
     let required = required_on_create(resource);
     if action == "create" && !fields.contains_key(required) {
-        return Err(Rejection::invalid_field(format!("fields.{required}"), format!("is required to create a {resource}")));
+        return Err(Rejection::invalid_field(
+            format!("fields.{required}"),
+            format!("is required to create a {resource}"),
+        ));
     }
     Ok(())
 }
@@ -308,7 +312,7 @@ fn text<'v>(map: &'v Map<String, Value>, name: &str) -> Result<Option<&'v str>, 
     }
 }
 
-fn one_of<'v>(map: &'v Map<String, Value>, name: &str, allowed: &[&'static str]) -> Result<&'static str, Rejection> {
+fn one_of(map: &Map<String, Value>, name: &str, allowed: &[&'static str]) -> Result<&'static str, Rejection> {
     let value = text(map, name)?.ok_or_else(|| Rejection::invalid_field(name, "is required"))?;
     allowed
         .iter()
@@ -359,9 +363,12 @@ mod tests {
 
     #[test]
     fn each_fault_names_its_field() {
-        let base = || serde_json::json!({ "repository": "o/r", "resource": "issue", "action": "update", "number": 3,
-            "fields": { "title": "x" }, "actor": actor() });
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        let base = || {
+            serde_json::json!({ "repository": "o/r", "resource": "issue", "action": "update", "number": 3,
+            "fields": { "title": "x" }, "actor": actor() })
+        };
+        type Breakage = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(&str, Breakage)> = vec![
             ("repository", Box::new(|c| c["repository"] = "no-slash".into())),
             ("resource", Box::new(|c| c["resource"] = "wiki".into())),
             ("action", Box::new(|c| c["action"] = "upsert".into())),

@@ -55,10 +55,6 @@ pub async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
             }
         }
     }
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        gateway.metrics.render(),
-    )
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], gateway.metrics.render())
         .into_response()
 }

@@ -61,8 +61,7 @@ pub trait Intake: Send + Sync + 'static {
     /// Pushes `envelope` and sets `mark` to its id, unless `mark` already
     /// names a message other than `replacing`. Returns only after the store
     /// acknowledged the write.
-    async fn admit(&self, mark: &Mark, envelope: &Envelope, replacing: Option<&str>)
-        -> Result<Admission, IntakeError>;
+    async fn admit(&self, mark: &Mark, envelope: &Envelope, replacing: Option<&str>) -> Result<Admission, IntakeError>;
 
     /// The message id `mark` names, if it is still remembered.
     async fn lookup(&self, mark: &Mark) -> Result<Option<String>, IntakeError>;
@@ -127,12 +126,7 @@ pub fn mark_key(prefix: &str, mark: &Mark) -> String {
 
 #[async_trait]
 impl Intake for RedisIntake {
-    async fn admit(
-        &self,
-        mark: &Mark,
-        envelope: &Envelope,
-        replacing: Option<&str>,
-    ) -> Result<Admission, IntakeError> {
+    async fn admit(&self, mark: &Mark, envelope: &Envelope, replacing: Option<&str>) -> Result<Admission, IntakeError> {
         let mut call = self.script.prepare_invoke();
         call.key(self.keys.pending())
             .key(self.mark_key(mark))
@@ -185,12 +179,7 @@ impl LocalIntake {
 
 #[async_trait]
 impl Intake for LocalIntake {
-    async fn admit(
-        &self,
-        mark: &Mark,
-        envelope: &Envelope,
-        replacing: Option<&str>,
-    ) -> Result<Admission, IntakeError> {
+    async fn admit(&self, mark: &Mark, envelope: &Envelope, replacing: Option<&str>) -> Result<Admission, IntakeError> {
         let mut marks = self.marks.lock().await;
         let now = Instant::now();
         if let Ok(mut last) = self.last_prune.lock() {
@@ -211,10 +200,7 @@ impl Intake for LocalIntake {
 
     async fn lookup(&self, mark: &Mark) -> Result<Option<String>, IntakeError> {
         let marks = self.marks.lock().await;
-        Ok(marks
-            .get(mark)
-            .filter(|(_, expires)| *expires > Instant::now())
-            .map(|(holder, _)| holder.clone()))
+        Ok(marks.get(mark).filter(|(_, expires)| *expires > Instant::now()).map(|(holder, _)| holder.clone()))
     }
 
     async fn ping(&self) -> Result<(), IntakeError> {

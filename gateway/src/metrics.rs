@@ -22,9 +22,7 @@ pub const REQUEST_DURATION: &str = "hookbus_http_request_duration_seconds";
 
 /// Latency buckets, seconds: fine below 10 ms, where an accepted webhook
 /// should be.
-const BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// The process-wide recorder. The `metrics` facade has one global recorder,
 /// so every gateway in a process (tests start many) shares it.

@@ -31,7 +31,11 @@ impl Rejection {
     }
     pub fn invalid_field(field: impl Into<String>, reason: impl Into<String>) -> Self {
         let field = field.into();
-        Rejection { status: StatusCode::UNPROCESSABLE_ENTITY, reason: format!("{field}: {}", reason.into()), field: Some(field) }
+        Rejection {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            reason: format!("{field}: {}", reason.into()),
+            field: Some(field),
+        }
     }
 
     /// The label `hookbus_webhooks_total` counts this refusal under.

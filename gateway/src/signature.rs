@@ -24,9 +24,7 @@ pub enum SignatureError {
 /// HMAC of `body` under `secret`, comparing in constant time.
 pub fn verify(secret: &[u8], body: &[u8], header: Option<&[u8]>) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
-    let hex_digest = header
-        .strip_prefix(PREFIX.as_bytes())
-        .ok_or(SignatureError::Malformed)?;
+    let hex_digest = header.strip_prefix(PREFIX.as_bytes()).ok_or(SignatureError::Malformed)?;
     let mut claimed = [0u8; 32];
     hex::decode_to_slice(hex_digest, &mut claimed).map_err(|_| SignatureError::Malformed)?;
     let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| SignatureError::Mismatch)?;

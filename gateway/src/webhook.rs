@@ -89,12 +89,7 @@ async fn accept(
     event_label.clone_from(&delivery.event);
     let json = json_body(headers, raw)?;
 
-    let payload = WebhookPayload {
-        event: &delivery.event,
-        delivery: &delivery.id,
-        received_at: now_ms(),
-        body: &json,
-    };
+    let payload = WebhookPayload { event: &delivery.event, delivery: &delivery.id, received_at: now_ms(), body: &json };
     // A fresh envelope's trace id is its own id: the webhook starts the trace.
     let envelope = Envelope::with_payload(KIND, &payload)
         .map_err(|err| Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode message: {err}")))?;
@@ -118,7 +113,9 @@ async fn accept(
                     .await
                     .map_err(|err| Rejection::unavailable(format!("queue unavailable, nothing stored: {err}")))?;
                 match again {
-                    Admission::Queued => (accepted_status(&delivery), accepted_body(&envelope, &delivery), "redelivered"),
+                    Admission::Queued => {
+                        (accepted_status(&delivery), accepted_body(&envelope, &delivery), "redelivered")
+                    }
                     // Another copy of this redelivery won the race.
                     Admission::Seen { message_id } => (
                         accepted_status(&delivery),

@@ -1,0 +1,499 @@
+//! The gateway over real HTTP against a real redis-server: what is accepted
+//! lands on `hookbus:{normalise}:pending` byte for byte; what is refused
+//! leaves nothing behind.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use hookbus_bus::{ConsumerId, DeadContent, DeadLetter, Settlement};
+use hookbus_gateway::signature::sign;
+use hookbus_testkit::RedisServer;
+use reqwest::StatusCode;
+use support::*;
+
+// ---- accepted ------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fixture_lands_on_normalise_pending_byte_for_byte() {
+    let gw = TestGateway::start().await;
+    let fixtures = fixtures();
+    assert!(fixtures.len() >= 90, "fixtures/github is incomplete: {}", fixtures.len());
+    let mut sent = std::collections::HashMap::new();
+    for (event, name, body) in &fixtures {
+        let id = delivery();
+        let response = gw.webhook(event, &id, body.clone()).send().await.expect("request");
+        let expected = if event == "ping" { StatusCode::OK } else { StatusCode::ACCEPTED };
+        assert_eq!(response.status(), expected, "{event}/{name}");
+        let answer = json(response).await;
+        assert_eq!(answer["delivery"], id.as_str(), "{event}/{name}");
+        sent.insert(id, (event.clone(), name.clone(), body.clone(), answer["id"].as_str().map(str::to_owned)));
+    }
+    let pending = gw.pending();
+    assert_eq!(pending.len(), fixtures.len());
+    for envelope in pending {
+        let webhook = webhook_payload(&envelope);
+        let (event, name, body, id) = sent.get(&webhook.delivery).expect("a delivery that was sent");
+        assert_eq!(&webhook.event, event);
+        assert!(webhook.body == *body, "{event}/{name}: body changed on the way");
+        assert_eq!(id.as_deref(), Some(envelope.id.as_str()), "the answer names the message");
+        assert_eq!(envelope.trace_id, envelope.id, "the webhook starts the trace");
+        assert_eq!(envelope.key, None);
+        assert_eq!(envelope.attempts, 0);
+        assert!(webhook.received_at > 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_encoded_webhook_is_stored_as_its_decoded_payload_json() {
+    let gw = TestGateway::start().await;
+    let json_body = fixture("issues", "opened.json");
+    let text = String::from_utf8(json_body.clone()).expect("utf-8");
+    let form: String = form_urlencoded::Serializer::new(String::new()).append_pair("payload", &text).finish();
+    let response = gw
+        .webhook_as("issues", &delivery(), form, "application/x-www-form-urlencoded", SECRET.as_bytes())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let pending = gw.pending();
+    assert_eq!(pending.len(), 1);
+    assert!(webhook_payload(&pending[0]).body == json_body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_is_answered_200_and_queued_like_any_event() {
+    let gw = TestGateway::start().await;
+    let id = delivery();
+    let response = gw.webhook("ping", &id, fixture("ping", "ping.json")).send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let pending = gw.pending();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(webhook_payload(&pending[0]).event, "ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_hookbus_does_not_sync_is_still_queued() {
+    let gw = TestGateway::start().await;
+    let response = gw.webhook("star", &delivery(), r#"{"action":"created"}"#).send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(gw.pending_len(), 1);
+}
+
+// ---- deduplication -------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_delivery_is_answered_duplicate_and_not_stored_again() {
+    let gw = TestGateway::start().await;
+    let id = delivery();
+    let body = fixture("issues", "labeled.json");
+    let first = json(gw.webhook("issues", &id, body.clone()).send().await.expect("first")).await;
+    let again = gw.webhook("issues", &id, body).send().await.expect("again");
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    let again = json(again).await;
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(gw.pending_len(), 1);
+    let mark = format!("hookbus:{{normalise}}:delivery:{id}");
+    assert_eq!(gw.get(&mark).as_deref(), first["id"].as_str());
+    let mut conn = gw.redis.client();
+    let ttl: i64 = redis::cmd("PTTL").arg(&mark).query(&mut conn).expect("PTTL");
+    assert!(ttl > 6 * 24 * 3_600_000, "the mark expires after the retention, got {ttl} ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_copies_of_one_delivery_store_one_message() {
+    let gw = TestGateway::start().await;
+    let id = delivery();
+    let body = fixture("issue_comment", "created.json");
+    let sends = (0..16).map(|_| gw.webhook("issue_comment", &id, body.clone()).send());
+    let answers = futures_join_all(sends).await;
+    assert!(answers.iter().all(|r| r.as_ref().is_ok_and(|r| r.status() == StatusCode::ACCEPTED)));
+    assert_eq!(gw.pending_len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_message_ended_dead_is_accepted_again() {
+    let gw = TestGateway::start().await;
+    let id = delivery();
+    let body = fixture("issues", "edited.json");
+    let first = json(gw.webhook("issues", &id, body.clone()).send().await.expect("first")).await;
+
+    // A normalise consumer takes the message and gives up on it.
+    let backend = hookbus_bus::connect(&gw.settings).expect("backend");
+    let consumer = ConsumerId::new("normalise");
+    backend.register(&consumer).await.expect("register");
+    let deliveries = backend.fetch(&consumer, 1, 10).await.expect("fetch");
+    assert_eq!(deliveries.len(), 1);
+    let taken = deliveries.into_iter().next().expect("one");
+    let dead = DeadLetter {
+        content: DeadContent::Envelope(taken.envelope.clone()),
+        reason: "test: malformed".into(),
+        dead_at: 1,
+    };
+    backend.settle(&consumer, &[(taken.lease, Settlement::Dead(dead))]).await.expect("settle");
+    assert_eq!(gw.pending_len(), 0);
+
+    let again = gw.webhook("issues", &id, body.clone()).send().await.expect("redelivery");
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    let again = json(again).await;
+    assert_eq!(again.get("duplicate"), None, "{again}");
+    assert_ne!(again["id"], first["id"]);
+    let pending = gw.pending();
+    assert_eq!(pending.len(), 1);
+    assert!(webhook_payload(&pending[0]).body == body);
+
+    // Once requeued, a further copy is a plain duplicate again.
+    let third = json(gw.webhook("issues", &id, body).send().await.expect("third")).await;
+    assert_eq!(third["duplicate"], true);
+    assert_eq!(gw.pending_len(), 1);
+}
+
+// ---- refused: nothing stored ----------------------------------------------
+
+async fn assert_refused(gw: &TestGateway, response: reqwest::Response, status: StatusCode, reason_has: &str) {
+    assert_eq!(response.status(), status);
+    let body = json(response).await;
+    let reason = body["error"].as_str().expect("an error reason");
+    assert!(reason.contains(reason_has), "{reason}");
+    assert!(!reason.contains(SECRET));
+    gw.assert_nothing_stored();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_event_header_is_400_and_nothing_is_stored() {
+    let gw = TestGateway::start().await;
+    let body = fixture("issues", "opened.json");
+    let response = gw
+        .http
+        .post(gw.url("/webhooks/github"))
+        .header("x-github-delivery", delivery())
+        .header("x-hub-signature-256", sign(SECRET.as_bytes(), &body))
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_refused(&gw, response, StatusCode::BAD_REQUEST, "X-GitHub-Event").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_delivery_header_is_400_and_nothing_is_stored() {
+    let gw = TestGateway::start().await;
+    let body = fixture("issues", "opened.json");
+    let response = gw
+        .http
+        .post(gw.url("/webhooks/github"))
+        .header("x-github-event", "issues")
+        .header("x-hub-signature-256", sign(SECRET.as_bytes(), &body))
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_refused(&gw, response, StatusCode::BAD_REQUEST, "X-GitHub-Delivery").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_signature_is_401_and_nothing_is_stored() {
+    let gw = TestGateway::start().await;
+    let response = gw
+        .http
+        .post(gw.url("/webhooks/github"))
+        .header("x-github-event", "issues")
+        .header("x-github-delivery", delivery())
+        .body(fixture("issues", "opened.json"))
+        .send()
+        .await
+        .expect("request");
+    assert_refused(&gw, response, StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_signature_is_401_and_nothing_is_stored() {
+    let gw = TestGateway::start().await;
+    let response = gw
+        .webhook_as("issues", &delivery(), fixture("issues", "opened.json"), "application/json", b"not the secret")
+        .send()
+        .await
+        .expect("request");
+    assert_refused(&gw, response, StatusCode::UNAUTHORIZED, "does not match").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_body_that_is_not_json_is_400_and_nothing_is_stored() {
+    let gw = TestGateway::start().await;
+    let response = gw.webhook("issues", &delivery(), "Hello, World!").send().await.expect("request");
+    assert_refused(&gw, response, StatusCode::BAD_REQUEST, "not JSON").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_post_without_payload_is_400_and_nothing_is_stored() {
+    let gw = TestGateway::start().await;
+    let response = gw
+        .webhook_as("issues", &delivery(), "other=1", "application/x-www-form-urlencoded", SECRET.as_bytes())
+        .send()
+        .await
+        .expect("request");
+    assert_refused(&gw, response, StatusCode::BAD_REQUEST, "payload").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_25_mib_is_413_and_nothing_is_stored() {
+    let gw = TestGateway::start().await;
+    let mut body = vec![b' '; 25 * 1024 * 1024 + 1];
+    body[0] = b'{';
+    body[25 * 1024 * 1024] = b'}';
+    let response = gw.webhook("issues", &delivery(), body).send().await.expect("request");
+    assert_refused(&gw, response, StatusCode::PAYLOAD_TOO_LARGE, "larger than").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_of_exactly_25_mib_is_accepted() {
+    let gw = TestGateway::start().await;
+    let mut body = vec![b' '; 25 * 1024 * 1024];
+    body[0] = b'{';
+    body[25 * 1024 * 1024 - 1] = b'}';
+    let response = gw.webhook("issues", &delivery(), body).send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(gw.pending_len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_answers_503_quickly_and_leaves_nothing_half_written() {
+    let mut gw = TestGateway::start_on(RedisServer::start_durable(), |_| {}).await;
+    let id = delivery();
+    let body = fixture("release", "published.json");
+    gw.redis.kill();
+    let started = Instant::now();
+    let response = gw.webhook("release", &id, body.clone()).send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(json(response).await["error"].is_string());
+
+    gw.redis.restart();
+    gw.assert_nothing_stored();
+    // The refused delivery is not remembered: GitHub's retry gets through.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = gw.webhook("release", &id, body.clone()).send().await.expect("retry");
+        if response.status() == StatusCode::ACCEPTED {
+            assert_eq!(json(response).await.get("duplicate"), None);
+            break;
+        }
+        assert!(Instant::now() < deadline, "gateway did not reconnect: {}", response.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(gw.pending_len(), 1);
+}
+
+// ---- client API -----------------------------------------------------------
+
+fn a_change() -> serde_json::Value {
+    serde_json::json!({
+        "repository": "octo-org/hello-world",
+        "resource": "issue",
+        "action": "update",
+        "number": 42,
+        "fields": { "title": "Renamed", "labels": ["bug"] },
+        "actor": { "login": "octocat", "name": "The Octocat", "email": "octocat@example.com" }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_without_a_valid_bearer_token_is_401_and_nothing_is_stored() {
+    let gw = TestGateway::start().await;
+    let url = gw.url("/api/v1/changes");
+    let none = gw.http.post(&url).json(&a_change()).send().await.expect("request");
+    assert_refused(&gw, none, StatusCode::UNAUTHORIZED, "missing bearer token").await;
+    let wrong = gw.http.post(&url).bearer_auth("nope").json(&a_change()).send().await.expect("request");
+    assert_eq!(wrong.headers().get("www-authenticate").map(|v| v.as_bytes()), Some(&b"Bearer"[..]));
+    assert_refused(&gw, wrong, StatusCode::UNAUTHORIZED, "not accepted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_change_is_queued_and_its_operation_can_be_read() {
+    let gw = TestGateway::start().await;
+    let response =
+        gw.http.post(gw.url("/api/v1/changes")).bearer_auth(TOKEN).json(&a_change()).send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let answer = json(response).await;
+    let operation = answer["operation"].as_str().expect("an operation id").to_string();
+    assert_eq!(answer["state"], "queued");
+
+    let pending = gw.pending();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].kind, "client.change");
+    assert_eq!(pending[0].id, operation);
+    let payload: serde_json::Value = pending[0].payload_as().expect("payload");
+    assert_eq!(payload["operation"], operation.as_str());
+    assert_eq!(payload["change"], a_change());
+
+    let status = gw
+        .http
+        .get(gw.url(&format!("/api/v1/operations/{operation}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(status.status(), StatusCode::OK);
+    let status = json(status).await;
+    assert_eq!(status["id"], operation.as_str());
+    assert_eq!(status["state"], "queued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_change_is_422_naming_the_field_and_nothing_is_stored() {
+    let gw = TestGateway::start().await;
+    let mut change = a_change();
+    change["fields"]["state"] = "merged".into();
+    let response =
+        gw.http.post(gw.url("/api/v1/changes")).bearer_auth(TOKEN).json(&change).send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = json(response).await;
+    assert_eq!(body["field"], "fields.state");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("fields.state")));
+    gw.assert_nothing_stored();
+
+    let not_json = gw.http.post(gw.url("/api/v1/changes")).bearer_auth(TOKEN).body("{").send().await.expect("request");
+    assert_refused(&gw, not_json, StatusCode::BAD_REQUEST, "not JSON").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_operation_is_404() {
+    let gw = TestGateway::start().await;
+    for id in ["0192f3c4-0000-7000-8000-000000000000", "not..an..id"] {
+        let response =
+            gw.http.get(gw.url(&format!("/api/v1/operations/{id}"))).bearer_auth(TOKEN).send().await.expect("request");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert!(json(response).await["error"].is_string());
+    }
+    let anonymous = gw.http.get(gw.url("/api/v1/operations/x")).send().await.expect("request");
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+}
+
+// ---- health and metrics ----------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_and_readyz_follows_redis() {
+    let mut gw = TestGateway::start().await;
+    let (http, base) = (gw.http.clone(), gw.base.clone());
+    let get = |path: &str| http.get(format!("{base}{path}")).send();
+    assert_eq!(get("/healthz").await.expect("healthz").status(), StatusCode::OK);
+    assert_eq!(get("/readyz").await.expect("readyz").status(), StatusCode::OK);
+    gw.redis.kill();
+    let started = Instant::now();
+    let down = get("/readyz").await.expect("readyz");
+    assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(json(down).await["error"].as_str().is_some_and(|e| e.contains("redis")));
+    assert_eq!(get("/healthz").await.expect("healthz").status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_webhooks_and_show_queue_depths_and_latency() {
+    let gw = TestGateway::start().await;
+    gw.webhook("issues", &delivery(), fixture("issues", "opened.json")).send().await.expect("request");
+    gw.webhook("issues", &delivery(), "not json").send().await.expect("request");
+    let response = gw.http.get(gw.url("/metrics")).send().await.expect("metrics");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"].to_str().is_ok_and(|t| t.starts_with("text/plain")));
+    let text = response.text().await.expect("text");
+    for expected in [
+        r#"hookbus_webhooks_total{event="issues",result="accepted"}"#,
+        r#"hookbus_webhooks_total{event="issues",result="bad_request"}"#,
+        r#"hookbus_queue_depth{queue="normalise",state="pending"}"#,
+        r#"hookbus_queue_depth{queue="notify",state="dead"}"#,
+        r#"hookbus_http_request_duration_seconds_bucket{method="POST",route="/webhooks/github",status="202",le="0.01"}"#,
+    ] {
+        assert!(text.contains(expected), "missing {expected} in\n{text}");
+    }
+}
+
+async fn futures_join_all<F: std::future::Future + Send + 'static>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.expect("task"));
+    }
+    out
+}
+
+// ---- the binary -------------------------------------------------------------
+
+fn gateway_command(port: u16) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hookbus-gateway"));
+    let dir = std::env::temp_dir();
+    cmd.current_dir(dir)
+        .env_clear()
+        .env("PORT", port.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+#[test]
+fn the_binary_refuses_to_start_without_a_webhook_secret() {
+    let output = gateway_command(hookbus_testkit::free_port()).output().expect("run hookbus-gateway");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("HOOKBUS_GITHUB__WEBHOOK_SECRET"), "{stderr}");
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_webhook_finish_then_exits_0() {
+    use std::io::{Read, Write};
+    let redis = RedisServer::start();
+    let port = hookbus_testkit::free_port();
+    let mut child = gateway_command(port)
+        .env("REDIS_URL", redis.url())
+        .env("HOOKBUS_GITHUB__WEBHOOK_SECRET", SECRET)
+        .spawn()
+        .expect("start hookbus-gateway");
+    let address = format!("127.0.0.1:{port}");
+    let up = hookbus_testkit::eventually(Duration::from_secs(10), || std::net::TcpStream::connect(&address).is_ok());
+    assert!(up, "gateway did not listen");
+
+    // Headers and half the body now, the rest after SIGTERM.
+    let body = fixture("issues", "opened.json");
+    let (head, tail) = body.split_at(body.len() / 2);
+    let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let request = format!(
+        "POST /webhooks/github HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\n\
+         x-github-event: issues\r\nx-github-delivery: {}\r\nx-hub-signature-256: {}\r\ncontent-length: {}\r\n\r\n",
+        delivery(),
+        sign(SECRET.as_bytes(), &body),
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("headers");
+    stream.write_all(head).expect("first half");
+    stream.flush().expect("flush");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(killed.is_ok_and(|s| s.success()));
+    let refused =
+        hookbus_testkit::eventually(Duration::from_secs(5), || std::net::TcpStream::connect(&address).is_err());
+    assert!(refused, "still accepting connections after SIGTERM");
+
+    stream.write_all(tail).expect("second half");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 202"), "{response}");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "gateway did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    let mut conn = redis.client();
+    let stored: usize = redis::cmd("LLEN").arg(PENDING).query(&mut conn).expect("LLEN");
+    assert_eq!(stored, 1);
+}
