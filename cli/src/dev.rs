@@ -1,0 +1,163 @@
+//! `hookbus dev`: everything in one process.
+//!
+//! The gateway and every worker plugin run here, over the in-memory bus
+//! (or `--redis <url>`) — the same plugin code the worker binaries run. A
+//! webhook secret and an API token are made up on first start and kept in
+//! `./.hookbus/`, so `hookbus send` in the same directory signs correctly.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use hookbus_bus::{Backend, MemoryBackend, Plugin, RunnerOptions, Shutdown};
+use hookbus_config::{exit_on_error, Secret, Settings, Tokens};
+use hookbus_gateway::{serve, Gateway};
+
+use crate::send::DEV_SECRET_FILE;
+
+const DEV_DIR: &str = ".hookbus";
+const DEV_TOKEN_FILE: &str = ".hookbus/api-token";
+
+/// The worker plugins built so far, wired as their binaries wire them.
+fn plugins(_settings: &Settings, _backend: &Arc<dyn Backend>) -> Vec<Arc<dyn Plugin>> {
+    Vec::new()
+}
+
+pub async fn run(redis: Option<String>, port: Option<u16>) -> ExitCode {
+    let mut vars: Vec<(String, String)> = std::env::vars().collect();
+    if let Some(url) = &redis {
+        vars.push(("REDIS_URL".into(), url.clone()));
+    }
+    if let Some(port) = port {
+        vars.push(("PORT".into(), port.to_string()));
+    }
+    let mut settings = exit_on_error(Settings::load_from(&vars, None));
+    hookbus_bus::telemetry::init();
+
+    if let Err(err) = std::fs::create_dir_all(DEV_DIR) {
+        eprintln!("hookbus: cannot create {DEV_DIR}/: {err}");
+        return ExitCode::FAILURE;
+    }
+    if settings.github.webhook_secret.is_empty() {
+        match remembered(DEV_SECRET_FILE) {
+            Ok(secret) => settings.github.webhook_secret = Secret::new(secret),
+            Err(err) => {
+                eprintln!("hookbus: cannot keep the dev secret in {DEV_SECRET_FILE}: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let token = if settings.api.tokens.is_empty() {
+        match remembered(DEV_TOKEN_FILE) {
+            Ok(token) => {
+                settings.api.tokens = Tokens::new([token.clone()]);
+                Some(token)
+            }
+            Err(err) => {
+                eprintln!("hookbus: cannot keep the dev API token in {DEV_TOKEN_FILE}: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+
+    let backend: Arc<dyn Backend> = match &redis {
+        None => Arc::new(MemoryBackend::new()),
+        Some(_) => match hookbus_bus::connect(&settings) {
+            Ok(backend) => backend,
+            Err(err) => {
+                eprintln!("hookbus: cannot use Redis: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    if let Err(err) = backend.ping().await {
+        eprintln!("hookbus: cannot reach Redis at {}: {err}", crate::operator::redacted(settings.redis.url.expose()));
+        return ExitCode::FAILURE;
+    }
+    let gateway = match &redis {
+        None => Gateway::in_process(backend.clone(), &settings),
+        Some(_) => match Gateway::over_redis(backend.clone(), &settings) {
+            Ok(gateway) => gateway,
+            Err(err) => {
+                eprintln!("hookbus: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let address = SocketAddr::from(([127, 0, 0, 1], settings.gateway.port));
+    let listener = match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("hookbus: cannot listen on {address}: {err} (choose another with --port)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = match Shutdown::on_signals() {
+        Ok(shutdown) => shutdown,
+        Err(err) => {
+            eprintln!("hookbus: cannot install signal handlers: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let plugins = plugins(&settings, &backend);
+    let mut runners = Vec::new();
+    for plugin in &plugins {
+        let options = RunnerOptions::from_settings(&settings.bus, plugin.input());
+        runners.push(tokio::spawn(hookbus_bus::run(backend.clone(), plugin.clone(), options, shutdown.clone())));
+    }
+
+    let bus = match &redis {
+        None => "in memory (nothing survives a restart)".to_string(),
+        Some(url) => format!("Redis at {}", crate::operator::redacted(url)),
+    };
+    let stages: Vec<&str> = plugins.iter().map(|p| p.name()).collect();
+    println!("hookbus dev — bus {bus}");
+    println!("  webhooks   POST http://{address}/webhooks/github");
+    println!(
+        "  secret     {}   (sign with it; `hookbus send` reads {DEV_SECRET_FILE})",
+        settings.github.webhook_secret.expose()
+    );
+    println!("  client API POST http://{address}/api/v1/changes");
+    if let Some(token) = &token {
+        println!("  API token  {token}   (Authorization: Bearer …; kept in {DEV_TOKEN_FILE})");
+    }
+    println!("  health     http://{address}/healthz   metrics http://{address}/metrics");
+    if stages.is_empty() {
+        println!("  workers    none built yet: webhooks wait on the normalise queue");
+    } else {
+        println!("  workers    {}", stages.join(", "));
+    }
+    println!("Ctrl-C stops it cleanly.");
+
+    let grace = settings.gateway.grace_period();
+    let served = serve(listener, gateway.router(), shutdown.clone(), grace).await;
+    shutdown.trigger();
+    for runner in runners {
+        let _ = runner.await;
+    }
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("hookbus: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The value kept in `path`, made up (random hex) on first use.
+fn remembered(path: &str) -> std::io::Result<String> {
+    if let Ok(value) = std::fs::read_to_string(path) {
+        let value = value.trim().to_string();
+        if !value.is_empty() {
+            return Ok(value);
+        }
+    }
+    let bytes: [u8; 16] = rand::random();
+    let value: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(Path::new(path), &value)?;
+    Ok(value)
+}

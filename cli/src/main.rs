@@ -1,0 +1,111 @@
+//! `hookbus`: the operator's command and the one-process dev mode.
+//!
+//! - `hookbus dev` — the gateway and every worker plugin built so far in one
+//!   process over the in-memory bus (or `--redis <url>`).
+//! - `hookbus queues | peek | dead` — look at and act on the queues in
+//!   `REDIS_URL`, as an operator would with `redis-cli`, but decoded.
+//! - `hookbus send` — post a correctly signed webhook to a gateway.
+//!
+//! Exit codes: 0 done, 1 failed (Redis unreachable, request refused), 2 bad
+//! configuration or usage.
+
+mod dev;
+mod operator;
+mod send;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "hookbus", version, about = "GitHub webhooks to git commits over durable Redis queues")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway and the workers in one process (no Redis needed).
+    Dev {
+        /// Use this Redis instead of the in-memory bus.
+        #[arg(long)]
+        redis: Option<String>,
+        /// Port for the gateway (default: PORT or 8080).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Depths of every queue: pending, in-flight, delayed, held, dead.
+    Queues,
+    /// Show the next messages of a queue (or its dead letters), decoded.
+    Peek {
+        queue: String,
+        /// How many.
+        #[arg(short = 'n', default_value_t = 10)]
+        n: usize,
+        /// Show dead letters instead of pending messages.
+        #[arg(long)]
+        dead: bool,
+    },
+    /// List, retry or purge dead letters.
+    Dead {
+        #[command(subcommand)]
+        action: DeadAction,
+    },
+    /// Post a signed webhook to a gateway, with a fresh delivery id.
+    Send {
+        /// The JSON payload to send.
+        payload: PathBuf,
+        /// The X-GitHub-Event, e.g. `issues`.
+        #[arg(long)]
+        event: String,
+        /// Webhook URL (default: http://127.0.0.1:<PORT or 8080>/webhooks/github).
+        #[arg(long)]
+        url: Option<String>,
+        /// Secret to sign with (default: HOOKBUS_GITHUB__WEBHOOK_SECRET, or the
+        /// one `hookbus dev` wrote to .hookbus/secret).
+        #[arg(long)]
+        secret: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadAction {
+    /// Dead letters, newest first.
+    List {
+        queue: String,
+        #[arg(short = 'n', default_value_t = 20)]
+        n: usize,
+    },
+    /// Send dead letters back to pending with their attempts reset.
+    Retry {
+        queue: String,
+        /// Only this one (a message id, or `raw-…` for undecodable bytes).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Delete dead letters.
+    Purge {
+        queue: String,
+        /// Only this one.
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Dev { redis, port } => dev::run(redis, port).await,
+        Command::Queues => operator::queues().await,
+        Command::Peek { queue, n, dead } => operator::peek(&queue, n, dead).await,
+        Command::Dead { action } => match action {
+            DeadAction::List { queue, n } => operator::peek(&queue, n, true).await,
+            DeadAction::Retry { queue, id } => operator::dead_retry(&queue, id).await,
+            DeadAction::Purge { queue, id } => operator::dead_purge(&queue, id).await,
+        },
+        Command::Send { payload, event, url, secret } => send::run(&payload, &event, url, secret).await,
+    }
+}

@@ -1,0 +1,183 @@
+//! Operator commands over `REDIS_URL`: what `redis-cli` would show, decoded.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use hookbus_bus::backend::DeadSelector;
+use hookbus_bus::envelope::payload_to_json;
+use hookbus_bus::{Backend, DeadContent, DeadLetter, Envelope, QUEUES};
+use hookbus_config::{exit_on_error, Settings};
+use serde_json::{json, Value};
+
+/// Connects to the configured Redis and checks it answers; on failure says
+/// where it tried (without the password) and exits 1.
+async fn connect() -> Result<Arc<dyn Backend>, ExitCode> {
+    let settings = exit_on_error(Settings::load());
+    let url = redacted(settings.redis.url.expose());
+    let backend = match hookbus_bus::connect(&settings) {
+        Ok(backend) => backend,
+        Err(err) => {
+            eprintln!("hookbus: cannot use Redis at {url}: {err}");
+            return Err(ExitCode::FAILURE);
+        }
+    };
+    if let Err(err) = backend.ping().await {
+        eprintln!("hookbus: cannot reach Redis at {url} (set REDIS_URL): {err}");
+        return Err(ExitCode::FAILURE);
+    }
+    Ok(backend)
+}
+
+/// `redis://user:secret@host:6379/0` -> `redis://host:6379/0`.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}{}", &url[..scheme + 3], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+fn known_queue(queue: &str) -> Result<(), ExitCode> {
+    if QUEUES.contains(&queue) {
+        Ok(())
+    } else {
+        eprintln!("hookbus: unknown queue `{queue}`; the queues are {}", QUEUES.join(", "));
+        Err(ExitCode::from(2))
+    }
+}
+
+pub async fn queues() -> ExitCode {
+    let backend = match connect().await {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    println!(
+        "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "queue", "pending", "in-flight", "delayed", "held", "dead", "consumers"
+    );
+    for queue in QUEUES {
+        match backend.depths(queue).await {
+            Ok(d) => println!(
+                "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                queue, d.pending, d.in_flight, d.delayed, d.held, d.dead, d.consumers
+            ),
+            Err(err) => {
+                eprintln!("hookbus: reading {queue}: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+pub async fn peek(queue: &str, n: usize, dead: bool) -> ExitCode {
+    if let Err(code) = known_queue(queue) {
+        return code;
+    }
+    let backend = match connect().await {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let shown: Result<Vec<Value>, _> = if dead {
+        backend.dead_list(queue, n).await.map(|letters| letters.iter().map(dead_json).collect())
+    } else {
+        backend.peek(queue, n).await.map(|items| {
+            items
+                .iter()
+                .map(|item| match item {
+                    Ok(envelope) => envelope_json(envelope),
+                    Err(raw) => json!({ "undecodable": String::from_utf8_lossy(raw) }),
+                })
+                .collect()
+        })
+    };
+    match shown {
+        Ok(values) => {
+            for value in values {
+                println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("hookbus: reading {queue}: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn envelope_json(e: &Envelope) -> Value {
+    json!({
+        "id": e.id,
+        "kind": e.kind,
+        "attempts": e.attempts,
+        "enqueued_at": e.enqueued_at,
+        "trace_id": e.trace_id,
+        "key": e.key,
+        "redrives": e.redrives,
+        "payload": payload_to_json(&e.payload),
+    })
+}
+
+pub fn dead_json(letter: &DeadLetter) -> Value {
+    let mut value = match &letter.content {
+        DeadContent::Envelope(e) => envelope_json(e),
+        DeadContent::Raw(raw) => json!({ "id": letter.id(), "raw": String::from_utf8_lossy(raw) }),
+    };
+    value["dead_reason"] = json!(letter.reason);
+    value["dead_at"] = json!(letter.dead_at);
+    value
+}
+
+fn selector(id: Option<String>) -> DeadSelector {
+    id.map(DeadSelector::Id).unwrap_or(DeadSelector::All)
+}
+
+pub async fn dead_retry(queue: &str, id: Option<String>) -> ExitCode {
+    if let Err(code) = known_queue(queue) {
+        return code;
+    }
+    let backend = match connect().await {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    match backend.dead_retry(queue, &selector(id)).await {
+        Ok(n) => {
+            println!("{n} dead letter(s) of {queue} back on pending");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("hookbus: retrying dead letters of {queue}: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub async fn dead_purge(queue: &str, id: Option<String>) -> ExitCode {
+    if let Err(code) = known_queue(queue) {
+        return code;
+    }
+    let backend = match connect().await {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    match backend.dead_purge(queue, &selector(id)).await {
+        Ok(n) => {
+            println!("{n} dead letter(s) of {queue} deleted");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("hookbus: purging dead letters of {queue}: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_passwords_are_not_shown() {
+        assert_eq!(redacted("redis://h:secret@db.example:6380/0"), "redis://db.example:6380/0");
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

@@ -1,0 +1,160 @@
+//! The `hookbus` command as an operator and a new user run it: real
+//! processes, a real redis-server, real HTTP.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use hookbus_bus::redis::RedisBackend;
+use hookbus_bus::{Backend, Envelope};
+use hookbus_testkit::{eventually, free_port, workspace_root, RedisServer};
+
+const HOOKBUS: &str = env!("CARGO_BIN_EXE_hookbus");
+
+fn hookbus(server: &RedisServer, args: &[&str]) -> Output {
+    Command::new(HOOKBUS).args(args).env("REDIS_URL", server.url()).output().expect("run hookbus")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn block_on<T>(fut: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(fut)
+}
+
+fn webhook_envelope(body: &str) -> Envelope {
+    #[derive(serde::Serialize)]
+    struct Webhook<'a> {
+        event: &'a str,
+        delivery: &'a str,
+        received_at: i64,
+        #[serde(with = "serde_bytes")]
+        body: &'a [u8],
+    }
+    let payload = Webhook { event: "issues", delivery: "d-1", received_at: 1, body: body.as_bytes() };
+    Envelope::with_payload("github.webhook", &payload).expect("payload")
+}
+
+#[test]
+fn queues_prints_every_queue_with_its_depths() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url(), "hookbus", 2, false).expect("pool");
+    block_on(backend.push("commit", &[webhook_envelope("{}"), webhook_envelope("{}")])).expect("push");
+    let out = hookbus(&server, &["queues"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    let commit = text.lines().find(|l| l.starts_with("commit")).expect("a commit row");
+    let columns: Vec<&str> = commit.split_whitespace().collect();
+    assert_eq!(columns, vec!["commit", "2", "0", "0", "0", "0", "0"], "{text}");
+    for queue in ["normalise", "reconcile", "notify"] {
+        assert!(text.lines().any(|l| l.starts_with(queue)), "{queue} missing in\n{text}");
+    }
+}
+
+#[test]
+fn peek_decodes_envelopes_and_shows_utf8_bodies_as_text() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url(), "hookbus", 2, false).expect("pool");
+    block_on(backend.push("normalise", &[webhook_envelope(r#"{"action":"opened"}"#)])).expect("push");
+    let out = hookbus(&server, &["peek", "normalise", "-n", "5"]);
+    assert!(out.status.success(), "{out:?}");
+    let value: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("one JSON document");
+    assert_eq!(value["kind"], "github.webhook");
+    assert_eq!(value["payload"]["body"], r#"{"action":"opened"}"#);
+    assert_eq!(value["payload"]["event"], "issues");
+}
+
+#[test]
+fn dead_letters_are_listed_retried_and_purged() {
+    let server = RedisServer::start();
+    let mut redis = server.client();
+    // Garbage as a foreign producer would push it: it dies on the first fetch.
+    let _: () =
+        redis::cmd("LPUSH").arg("hookbus:{notify}:pending").arg("not an envelope").query(&mut redis).expect("lpush");
+    let backend = RedisBackend::connect(&server.url(), "hookbus", 2, false).expect("pool");
+    let consumer = hookbus_bus::ConsumerId::new("notify");
+    assert!(block_on(backend.fetch(&consumer, 1, 10)).expect("fetch").is_empty());
+
+    let listed = hookbus(&server, &["dead", "list", "notify"]);
+    assert!(listed.status.success());
+    let letter: serde_json::Value = serde_json::from_str(&stdout(&listed)).expect("json");
+    assert_eq!(letter["raw"], "not an envelope");
+    assert!(letter["dead_reason"].as_str().unwrap_or("").starts_with("undecodable message"), "{letter}");
+
+    // Raw bytes can never be handled, so retry leaves them; purge removes them.
+    let retried = hookbus(&server, &["dead", "retry", "notify"]);
+    assert!(stdout(&retried).starts_with("0 dead letter(s)"), "{}", stdout(&retried));
+    let id = letter["id"].as_str().expect("id").to_string();
+    let purged = hookbus(&server, &["dead", "purge", "notify", "--id", &id]);
+    assert!(stdout(&purged).starts_with("1 dead letter(s) of notify deleted"), "{}", stdout(&purged));
+    assert_eq!(block_on(backend.depths("notify")).expect("depths").dead, 0);
+}
+
+#[test]
+fn unreachable_redis_is_a_clear_error_and_exit_code_1() {
+    let out = Command::new(HOOKBUS)
+        .arg("queues")
+        .env("REDIS_URL", format!("redis://127.0.0.1:{}", free_port()))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach Redis") && err.contains("REDIS_URL"), "{err}");
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_the_setting() {
+    let out = Command::new(HOOKBUS).arg("queues").env("HOOKBUS_BUS__PREFIX", "has space").output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HOOKBUS_BUS__PREFIX"));
+}
+
+/// `hookbus dev`, killed on drop.
+struct Dev(Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn dev_mode_accepts_a_sample_sent_with_hookbus_send_and_stops_cleanly_on_ctrl_c() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port().to_string();
+    let mut dev = Dev(Command::new(HOOKBUS)
+        .args(["dev", "--port", &port])
+        .current_dir(dir.path())
+        .env_remove("HOOKBUS_GITHUB__WEBHOOK_SECRET")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start hookbus dev"));
+    let url = format!("http://127.0.0.1:{port}/webhooks/github");
+    let sample = workspace_root().join("fixtures/github/issues/opened.json");
+    let mut sent = None;
+    // `send` finds the secret dev mode wrote to .hookbus/secret in the same directory.
+    assert!(eventually(Duration::from_secs(20), || {
+        let out = Command::new(HOOKBUS)
+            .args(["send", &sample.to_string_lossy(), "--event", "issues", "--url", &url])
+            .current_dir(dir.path())
+            .env_remove("HOOKBUS_GITHUB__WEBHOOK_SECRET")
+            .output()
+            .expect("run send");
+        let ok = out.status.success();
+        sent = Some(out);
+        ok
+    }));
+    let sent = sent.expect("send output");
+    assert!(stdout(&sent).contains("202 Accepted"), "{}", stdout(&sent));
+
+    let status = Command::new("kill").args(["-INT", &dev.0.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let mut exit = None;
+    assert!(eventually(Duration::from_secs(20), || {
+        exit = dev.0.try_wait().expect("try_wait");
+        exit.is_some()
+    }));
+    assert_eq!(exit.and_then(|s| s.code()), Some(0));
+}
