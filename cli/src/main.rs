@@ -67,6 +67,10 @@ enum Command {
         /// one `hookbus dev` wrote to .hookbus/secret).
         #[arg(long)]
         secret: Option<String>,
+        /// Delivery id to send (default: a fresh one). Reuse one to see
+        /// the gateway's deduplication.
+        #[arg(long)]
+        delivery: Option<String>,
     },
 }
 
@@ -106,6 +110,8 @@ async fn main() -> ExitCode {
             DeadAction::Retry { queue, id } => operator::dead_retry(&queue, id).await,
             DeadAction::Purge { queue, id } => operator::dead_purge(&queue, id).await,
         },
-        Command::Send { payload, event, url, secret } => send::run(&payload, &event, url, secret).await,
+        Command::Send { payload, event, url, secret, delivery } => {
+            send::run(&payload, &event, url, secret, delivery).await
+        }
     }
 }

@@ -9,7 +9,13 @@ use hookbus_config::{exit_on_error, Settings};
 /// Where `hookbus dev` leaves the secret it generated.
 pub const DEV_SECRET_FILE: &str = ".hookbus/secret";
 
-pub async fn run(payload: &Path, event: &str, url: Option<String>, secret: Option<String>) -> ExitCode {
+pub async fn run(
+    payload: &Path,
+    event: &str,
+    url: Option<String>,
+    secret: Option<String>,
+    delivery: Option<String>,
+) -> ExitCode {
     let settings = exit_on_error(Settings::load());
     let body = match std::fs::read(payload) {
         Ok(body) => body,
@@ -29,7 +35,7 @@ pub async fn run(payload: &Path, event: &str, url: Option<String>, secret: Optio
         return ExitCode::from(2);
     };
     let url = url.unwrap_or_else(|| format!("http://127.0.0.1:{}/webhooks/github", settings.gateway.port));
-    let delivery = uuid::Uuid::new_v4().to_string();
+    let delivery = delivery.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let signature = hookbus_gateway::signature::sign(secret.as_bytes(), &body);
 
     let client = reqwest::Client::new();

@@ -120,7 +120,7 @@ impl Drop for Dev {
 }
 
 #[test]
-fn dev_mode_accepts_a_sample_sent_with_hookbus_send_and_stops_cleanly_on_ctrl_c() {
+fn dev_mode_accepts_a_signed_sample_once_and_stops_cleanly_on_ctrl_c() {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port().to_string();
     let mut dev = Dev(Command::new(HOOKBUS)
@@ -148,6 +148,17 @@ fn dev_mode_accepts_a_sample_sent_with_hookbus_send_and_stops_cleanly_on_ctrl_c(
     }));
     let sent = sent.expect("send output");
     assert!(stdout(&sent).contains("202 Accepted"), "{}", stdout(&sent));
+
+    // The same delivery again is recognised and not stored twice.
+    let text = stdout(&sent);
+    let delivery = text.split("delivery=").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("delivery id");
+    let again = Command::new(HOOKBUS)
+        .args(["send", &sample.to_string_lossy(), "--event", "issues", "--url", &url, "--delivery", delivery])
+        .current_dir(dir.path())
+        .env_remove("HOOKBUS_GITHUB__WEBHOOK_SECRET")
+        .output()
+        .expect("run send again");
+    assert!(stdout(&again).contains(r#""duplicate":true"#), "{}", stdout(&again));
 
     let status = Command::new("kill").args(["-INT", &dev.0.id().to_string()]).status().expect("kill");
     assert!(status.success());
