@@ -26,6 +26,14 @@ pub trait Plugin: Send + Sync + 'static {
     /// Handles one message. What it put in `out` is enqueued only if it
     /// returns `Ok`, before the message is acknowledged.
     async fn handle(&self, message: &Envelope, out: &mut Outbox) -> Result<(), HandlerError>;
+
+    /// Called when a message goes dead (permanent failure, or its attempts
+    /// ran out), with the dead letter's reason. What it puts in `out` is
+    /// enqueued together with the dead letter — so a stage that someone
+    /// waits on (reconcile waits on commit) can report the failure.
+    fn on_dead(&self, message: &Envelope, reason: &str, out: &mut Outbox) {
+        let _ = (message, reason, out);
+    }
 }
 
 /// Messages a handler emits. Each carries the input's `trace_id`.

@@ -400,11 +400,23 @@ async fn handle(
         }
         Err(err) => {
             let settlement = failure(queue, envelope, err);
+            let mut outputs = Vec::new();
             match &settlement {
-                Settlement::Dead(_) => stats.dead.fetch_add(1, Ordering::Relaxed),
-                _ => stats.retried.fetch_add(1, Ordering::Relaxed),
-            };
-            (settlement, Vec::new())
+                Settlement::Dead(letter) => {
+                    stats.dead.fetch_add(1, Ordering::Relaxed);
+                    if let DeadContent::Envelope(envelope) = &letter.content {
+                        // Tell whoever waits on this message that it gave up;
+                        // stored with the dead letter, before the ack.
+                        let mut last_words = Outbox::new(&envelope.trace_id);
+                        plugin.on_dead(envelope, &letter.reason, &mut last_words);
+                        outputs = last_words.into_messages();
+                    }
+                }
+                _ => {
+                    stats.retried.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            (settlement, outputs)
         }
     };
     (Finished { lease, settlement, outputs }, ended)

@@ -60,6 +60,7 @@ both_backends!(
     runner_defer_keeps_the_attempt_count,
     runner_copies_trace_id_and_emits_only_on_success,
     runner_survives_a_panicking_handler,
+    runner_on_dead_emits_last_words_with_the_dead_letter,
     dead_letters_can_be_listed_retried_and_purged,
     sweep_redrives_until_the_limit_then_gives_up,
 );
@@ -264,6 +265,11 @@ impl Plugin for Scripted {
         }
         (self.act)(n, message.attempts)
     }
+
+    fn on_dead(&self, message: &Envelope, reason: &str, out: &mut Outbox) {
+        let n = n_of(message);
+        let _ = out.emit_payload("graveyard", "test.dead", None, &serde_json::json!({ "n": n, "why": reason }));
+    }
 }
 
 fn scripted(act: impl Fn(u32, u32) -> Result<(), HandlerError> + Send + Sync + 'static) -> Arc<Scripted> {
@@ -442,4 +448,16 @@ async fn sweep_redrives_until_the_limit_then_gives_up(f: Fixture) {
     let first = b.sweep_dead("q", 60_000, 2).await.expect("sweep");
     let second = b.sweep_dead("q", 60_000, 2).await.expect("sweep");
     assert!(first.ran && !second.ran);
+}
+
+async fn runner_on_dead_emits_last_words_with_the_dead_letter(f: Fixture) {
+    let plugin = scripted(|n, _| if n == 1 { Err(HandlerError::permanent("no such repository")) } else { Ok(()) });
+    f.backend.push("q", &[msg(1).traced("trace-dead"), msg(2)]).await.expect("push");
+    run_until(&f.backend, plugin, |d| d.dead == 1 && d.pending + d.delayed + d.in_flight == 0).await;
+    let words = f.backend.peek("graveyard", 10).await.expect("peek");
+    assert_eq!(words.len(), 1, "only the dead message speaks");
+    let words = words.into_iter().next().and_then(Result::ok).expect("envelope");
+    assert_eq!(words.trace_id, "trace-dead");
+    let body: serde_json::Value = words.payload_as().expect("json");
+    assert_eq!(body, serde_json::json!({ "n": 1, "why": "no such repository" }));
 }
