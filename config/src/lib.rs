@@ -119,6 +119,8 @@ pub struct Settings {
     pub github: GithubSettings,
     pub api: ApiSettings,
     pub gateway: GatewaySettings,
+    pub normalise: NormaliseSettings,
+    pub git: GitSettings,
 }
 
 /// Talking to GitHub: the webhook secret, the API token and where the API is.
@@ -202,6 +204,154 @@ impl<'de> Deserialize<'de> for Tokens {
             Form::One(joined) => joined.expose().split(',').map(Secret::new).collect(),
         };
         Ok(Tokens(list.into_iter().map(|t| Secret::new(t.expose().trim())).filter(|t| !t.is_empty()).collect()))
+    }
+}
+
+/// The normalise worker (`hookbus-normalise`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NormaliseSettings {
+    /// Allow-list of `owner/name` repositories to sync, comma-separated in
+    /// `HOOKBUS_NORMALISE__REPOSITORIES`. Empty: every repository that
+    /// installation events have not disabled. Operations for others are
+    /// still emitted, marked so that reconcile records them `disabled`.
+    pub repositories: RepositoryList,
+}
+
+/// `owner/name` entries, written as one comma-separated string or as a list;
+/// kept lowercase (GitHub names are case-insensitive).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct RepositoryList(Vec<String>);
+
+impl RepositoryList {
+    pub fn new(names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        RepositoryList(names.into_iter().map(|n| n.into().trim().to_lowercase()).collect())
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// Whether `repository` may sync: listed, or the list is empty.
+    pub fn allows(&self, repository: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|r| r.eq_ignore_ascii_case(repository))
+    }
+}
+
+impl<'de> Deserialize<'de> for RepositoryList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            List(Vec<String>),
+            One(String),
+        }
+        let list = match Form::deserialize(deserializer)? {
+            Form::List(list) => list,
+            Form::One(joined) => joined.split(',').map(str::to_owned).collect(),
+        };
+        Ok(RepositoryList::new(list.into_iter().filter(|r| !r.trim().is_empty())))
+    }
+}
+
+/// Commit-to-git (`hookbus-commit`): where records are committed and pushed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GitSettings {
+    /// Where commits are pushed (`HOOKBUS_GIT__REMOTE`): a local path, a
+    /// `file://` URL, or an `https://` URL (authenticated with
+    /// `github.token`). Required by `hookbus-commit` only.
+    pub remote: String,
+    /// Branch committed to (`HOOKBUS_GIT__BRANCH`); created on the first
+    /// push to an empty remote.
+    pub branch: String,
+    /// The worker's own clone (`HOOKBUS_GIT__WORKDIR`), created when missing.
+    /// One per running worker: two processes must not share it.
+    pub workdir: PathBuf,
+    /// Committer of every commit (the author is whoever made the change).
+    pub committer_name: String,
+    pub committer_email: String,
+    /// How long a commit waits for others to share its push: a burst of
+    /// operations costs one push instead of one each.
+    pub push_window_ms: u64,
+    /// A batch this large is pushed without waiting out the window.
+    pub push_batch_max: usize,
+}
+
+impl Default for GitSettings {
+    fn default() -> Self {
+        GitSettings {
+            remote: String::new(),
+            branch: "main".into(),
+            workdir: PathBuf::from(".hookbus/commit-workdir"),
+            committer_name: "hookbus".into(),
+            committer_email: "hookbus@localhost".into(),
+            push_window_ms: 50,
+            push_batch_max: 64,
+        }
+    }
+}
+
+impl GitSettings {
+    /// The remote, or the error `hookbus-commit` stops with when none is set.
+    pub fn require_remote(&self) -> Result<&str, ConfigError> {
+        if self.remote.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "git.remote (HOOKBUS_GIT__REMOTE)",
+                "is required: set it to the repository to push to (a path, file:// or https:// URL)",
+            ));
+        }
+        Ok(&self.remote)
+    }
+
+    pub fn push_window(&self) -> Duration {
+        Duration::from_millis(self.push_window_ms)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let remote = self.remote.trim();
+        if remote.contains("://") && !(remote.starts_with("file://") || remote.starts_with("https://")) {
+            return Err(ConfigError::invalid(
+                "git.remote (HOOKBUS_GIT__REMOTE)",
+                "must be a local path, a file:// URL or an https:// URL",
+            ));
+        }
+        if remote.starts_with("git@") {
+            return Err(ConfigError::invalid(
+                "git.remote (HOOKBUS_GIT__REMOTE)",
+                "ssh remotes are not supported: use an https:// URL with HOOKBUS_GITHUB__TOKEN",
+            ));
+        }
+        let branch = &self.branch;
+        let bad_branch = branch.is_empty()
+            || branch.starts_with(['-', '/', '.'])
+            || branch.ends_with(['/', '.'])
+            || branch.ends_with(".lock")
+            || branch.contains("..")
+            || branch.contains("//")
+            || branch.contains("@{")
+            || branch.chars().any(|c| c.is_ascii_control() || " ~^:?*[\\".contains(c));
+        if bad_branch {
+            return Err(ConfigError::invalid("git.branch (HOOKBUS_GIT__BRANCH)", "is not a valid git branch name"));
+        }
+        if self.workdir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("git.workdir (HOOKBUS_GIT__WORKDIR)", "must not be empty"));
+        }
+        if self.committer_name.trim().is_empty() {
+            return Err(ConfigError::invalid("git.committer_name", "must not be empty"));
+        }
+        if !self.committer_email.contains('@') {
+            return Err(ConfigError::invalid("git.committer_email", "must be an email address"));
+        }
+        if self.push_window_ms > 10_000 {
+            return Err(ConfigError::invalid("git.push_window_ms", "must be at most 10000"));
+        }
+        if self.push_batch_max == 0 {
+            return Err(ConfigError::invalid("git.push_batch_max", "must be at least 1"));
+        }
+        Ok(())
     }
 }
 
@@ -471,6 +621,16 @@ impl Settings {
         if gateway.redis_timeout_ms == 0 {
             return Err(ConfigError::invalid("gateway.redis_timeout_ms", "must be at least 1"));
         }
+        self.git.validate()?;
+        let valid_part = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        for repository in self.normalise.repositories.iter() {
+            if !repository.split_once('/').is_some_and(|(owner, name)| valid_part(owner) && valid_part(name)) {
+                return Err(ConfigError::invalid(
+                    "normalise.repositories (HOOKBUS_NORMALISE__REPOSITORIES)",
+                    format!("{repository:?} is not \"owner/name\""),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -662,6 +822,51 @@ mod tests {
         assert!(err.to_string().contains("gateway.delivery_retention_ms"), "{err}");
         let err = load(&[("HOOKBUS_GITHUB__API_URL", "ftp://x")]).expect_err("bad url");
         assert!(err.to_string().contains("HOOKBUS_GITHUB__API_URL"), "{err}");
+    }
+
+    #[test]
+    fn normalise_repositories_are_a_comma_separated_allow_list() {
+        assert!(load(&[]).expect("defaults load").normalise.repositories.is_empty());
+        let s = load(&[("HOOKBUS_NORMALISE__REPOSITORIES", " Octo/Repo, acme/widgets ,")]).expect("loads");
+        let repositories: Vec<&str> = s.normalise.repositories.iter().collect();
+        assert_eq!(repositories, ["octo/repo", "acme/widgets"]);
+        assert!(s.normalise.repositories.allows("OCTO/repo"));
+        assert!(!s.normalise.repositories.allows("octo/other"));
+        let err = load(&[("HOOKBUS_NORMALISE__REPOSITORIES", "octo")]).expect_err("not owner/name");
+        assert!(err.to_string().contains("HOOKBUS_NORMALISE__REPOSITORIES"), "{err}");
+    }
+
+    #[test]
+    fn git_settings_default_and_come_from_the_environment() {
+        let s = load(&[]).expect("defaults load");
+        assert_eq!(s.git.branch, "main");
+        assert_eq!(s.git.push_window_ms, 50);
+        assert!(s.git.require_remote().is_err());
+        let s = load(&[
+            ("HOOKBUS_GIT__REMOTE", "https://github.com/acme/records.git"),
+            ("HOOKBUS_GIT__BRANCH", "records/live"),
+            ("HOOKBUS_GIT__WORKDIR", "/var/hookbus/clone"),
+            ("HOOKBUS_GIT__PUSH_WINDOW_MS", "0"),
+        ])
+        .expect("loads");
+        assert_eq!(s.git.require_remote().expect("set"), "https://github.com/acme/records.git");
+        assert_eq!(s.git.branch, "records/live");
+        assert_eq!(s.git.workdir, PathBuf::from("/var/hookbus/clone"));
+        assert_eq!(s.git.push_window_ms, 0);
+    }
+
+    #[test]
+    fn bad_git_settings_name_the_setting() {
+        let err = load(&[("HOOKBUS_GIT__REMOTE", "ssh://git@github.com/a/b")]).expect_err("ssh");
+        assert!(err.to_string().contains("HOOKBUS_GIT__REMOTE"), "{err}");
+        let err = load(&[("HOOKBUS_GIT__BRANCH", "has space")]).expect_err("bad branch");
+        assert!(err.to_string().contains("HOOKBUS_GIT__BRANCH"), "{err}");
+        let err = load(&[("HOOKBUS_GIT__BRANCH", "a..b")]).expect_err("bad branch");
+        assert!(err.to_string().contains("HOOKBUS_GIT__BRANCH"), "{err}");
+        let err = load(&[("HOOKBUS_GIT__COMMITTER_EMAIL", "nobody")]).expect_err("bad email");
+        assert!(err.to_string().contains("git.committer_email"), "{err}");
+        let err = load(&[("HOOKBUS_GIT__PUSH_WINDOW_MS", "soon")]).expect_err("not a number");
+        assert!(err.to_string().contains("git.push_window_ms"), "{err}");
     }
 
     #[test]
