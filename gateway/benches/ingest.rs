@@ -1,0 +1,200 @@
+//! Gateway ingestion benchmark: sustained signed webhooks (a real ~6 KiB
+//! payload, a fresh delivery id per request) over N keep-alive connections
+//! against a local redis-server, and in the same run a bare axum handler
+//! that answers 200 doing nothing, as the ceiling of this machine.
+//!
+//! `cargo bench -p hookbus-gateway --bench ingest`
+//! Tunables: `INGEST_SECS` (default 10 per target), `INGEST_CONNECTIONS`
+//! (default 64). All traffic stays on 127.0.0.1.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::Router;
+use hookbus_bus::Shutdown;
+use hookbus_config::{Secret, Settings};
+use hookbus_gateway::signature::sign;
+use hookbus_gateway::{serve, Gateway};
+use hookbus_testkit::RedisServer;
+
+const SECRET: &str = "benchmark-secret";
+
+struct Figures {
+    ok: usize,
+    failed: usize,
+    elapsed: Duration,
+    latencies_us: Vec<u64>,
+}
+
+impl Figures {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[rank] as f64 / 1000.0
+    }
+    fn print(&self, name: &str) {
+        println!(
+            "{name:<28} {:>10.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} ok, {} failed, {:.1} s)",
+            self.rate(),
+            self.percentile_ms(0.50),
+            self.percentile_ms(0.99),
+            self.ok,
+            self.failed,
+            self.elapsed.as_secs_f64()
+        );
+    }
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Drives `url` from `connections` tasks for `duration` after a short warm-up.
+async fn drive(url: String, body: Arc<Vec<u8>>, signature: String, connections: usize, duration: Duration) -> Figures {
+    let warmup = Duration::from_millis(500);
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let deadline = measure_from + duration;
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let (url, body, signature) = (url.clone(), body.clone(), signature.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().expect("client");
+                let (mut ok, mut failed, mut latencies) = (0usize, 0usize, Vec::with_capacity(1 << 16));
+                loop {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    let sent = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("x-github-event", "installation")
+                        .header("x-github-delivery", hookbus_bus::envelope::new_id())
+                        .header("x-hub-signature-256", &signature)
+                        .body(body.as_ref().clone())
+                        .send()
+                        .await;
+                    let good = match sent {
+                        Ok(response) => {
+                            let status = response.status();
+                            let _ = response.bytes().await;
+                            status.is_success()
+                        }
+                        Err(_) => false,
+                    };
+                    if now >= measure_from {
+                        if good {
+                            ok += 1;
+                            latencies.push(now.elapsed().as_micros() as u64);
+                        } else {
+                            failed += 1;
+                        }
+                    }
+                }
+                (ok, failed, latencies)
+            })
+        })
+        .collect();
+    let mut figures = Figures { ok: 0, failed: 0, elapsed: duration, latencies_us: Vec::new() };
+    for task in tasks {
+        let (ok, failed, latencies) = task.await.expect("client task");
+        figures.ok += ok;
+        figures.failed += failed;
+        figures.latencies_us.extend(latencies);
+    }
+    figures.latencies_us.sort_unstable();
+    figures
+}
+
+/// Serves `router` on a loopback port from its own runtime (the server's
+/// two workers compete with the client's for the machine, as in production
+/// they would compete with nothing: the ratio is what matters).
+fn spawn_server(router: Router, shutdown: Shutdown) -> (String, std::thread::JoinHandle<()>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            tx.send(listener.local_addr().expect("address")).expect("send address");
+            let _ = serve(listener, router, shutdown, Duration::from_secs(5)).await;
+        });
+    });
+    let address = rx.recv().expect("server address");
+    (format!("http://{address}"), thread)
+}
+
+fn main() {
+    let seconds = env_number("INGEST_SECS", 10);
+    let connections = env_number("INGEST_CONNECTIONS", 64) as usize;
+    let duration = Duration::from_secs(seconds);
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/github/installation/suspend.json");
+    let body = Arc::new(std::fs::read(&fixture).expect("fixture"));
+    let signature = sign(SECRET.as_bytes(), &body);
+    let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+
+    println!(
+        "gateway ingest benchmark: {} byte payload (installation/suspend), {connections} connections, {seconds} s per target",
+        body.len()
+    );
+
+    // Bare axum: the ceiling.
+    let shutdown = Shutdown::new();
+    let bare = Router::new().route("/webhooks/github", post(|| async { StatusCode::OK }));
+    let (base, server) = spawn_server(bare, shutdown.clone());
+    let bare_figures = client_rt.block_on(drive(
+        format!("{base}/webhooks/github"),
+        body.clone(),
+        signature.clone(),
+        connections,
+        duration,
+    ));
+    shutdown.trigger();
+    let _ = server.join();
+    bare_figures.print("bare axum (200, no work)");
+
+    // The gateway over a local redis-server.
+    let redis = RedisServer::start();
+    let mut settings = Settings::default();
+    settings.redis.url = Secret::new(redis.url());
+    settings.github.webhook_secret = Secret::new(SECRET);
+    let shutdown = Shutdown::new();
+    let (base, server) = {
+        let settings = settings.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shutdown = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+            runtime.block_on(async move {
+                let backend = hookbus_bus::connect(&settings).expect("backend");
+                let router = Gateway::over_redis(backend, &settings).expect("gateway").router();
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                tx.send(listener.local_addr().expect("address")).expect("send address");
+                let _ = serve(listener, router, shutdown, Duration::from_secs(5)).await;
+            });
+        });
+        (format!("http://{}", rx.recv().expect("address")), thread)
+    };
+    let gateway_figures =
+        client_rt.block_on(drive(format!("{base}/webhooks/github"), body, signature, connections, duration));
+    shutdown.trigger();
+    let _ = server.join();
+    gateway_figures.print("gateway (signed, to redis)");
+
+    let mut conn = redis.client();
+    let stored: u64 = redis::cmd("LLEN").arg("hookbus:{normalise}:pending").query(&mut conn).expect("LLEN");
+    println!("messages on hookbus:{{normalise}}:pending: {stored}");
+    println!(
+        "gateway / bare: {:.0}% of the bare handler's requests/s (target >= 50%), gateway p99 {:.2} ms (target < 10 ms)",
+        100.0 * gateway_figures.rate() / bare_figures.rate(),
+        gateway_figures.percentile_ms(0.99)
+    );
+}
