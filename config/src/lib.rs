@@ -121,6 +121,21 @@ pub struct Settings {
     pub gateway: GatewaySettings,
     pub normalise: NormaliseSettings,
     pub git: GitSettings,
+    pub reconcile: ReconcileSettings,
+}
+
+/// The reconcile worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconcileSettings {
+    /// How long operation records (the audit trail) are kept.
+    pub retention_ms: u64,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        ReconcileSettings { retention_ms: 7 * 24 * 3_600_000 }
+    }
 }
 
 /// Talking to GitHub: the webhook secret, the API token and where the API is.
@@ -559,6 +574,12 @@ impl Settings {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.reconcile.retention_ms < 60_000 {
+            return Err(ConfigError::invalid(
+                "reconcile.retention_ms (HOOKBUS_RECONCILE__RETENTION_MS)",
+                "must be at least 60000 (one minute)",
+            ));
+        }
         let url = self.redis.url.expose();
         if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("memory://")) {
             return Err(ConfigError::invalid("redis.url (REDIS_URL)", "must start with redis:// or rediss://"));
