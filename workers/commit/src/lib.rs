@@ -1,0 +1,235 @@
+//! hookbus-commit: commit-to-git (SPEC §6 "commit"). Each `sync.apply`
+//! operation becomes its record's file in a git repository, one commit per
+//! operation authored by whoever made the change, pushed to the configured
+//! remote.
+//!
+//! - [`wire`]: the payloads read (`sync.apply`) and written (`sync.outcome`
+//!   to reconcile, `record.synced` to notify).
+//! - [`record_file`]: paths, canonical bytes, commit messages and authors —
+//!   pure functions.
+//! - [`workdir`]: the worker's clone: commit, push, re-apply on a moved
+//!   remote, find an operation again by its `Hookbus-Operation` trailer.
+//! - [`push`]: batches the pushes of concurrent handlers.
+//! - [`error`]: what failed, and whether a retry can help.
+//!
+//! [`CommitPlugin`] is the plugin; the `hookbus-commit` binary runs it over
+//! Redis, `hookbus dev` over the in-memory bus. Invariant: an operation's
+//! outcome is emitted only once its commit is on the remote, and the trailer
+//! makes a redelivered operation find its commit instead of making another.
+//! Each running worker needs its own workdir; any number may push to one
+//! remote.
+
+pub mod error;
+pub mod push;
+pub mod record_file;
+pub mod wire;
+pub mod workdir;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hookbus_bus::{Envelope, HandlerError, Outbox, Plugin};
+use hookbus_config::Settings;
+
+pub use error::CommitError;
+pub use workdir::GitTarget;
+
+use crate::push::PushGroup;
+use crate::wire::{
+    ApplyPayload, Direction, OperationRef, Outcome, OutcomePayload, SyncedPayload, APPLY_KIND, OUTCOME_KIND,
+    SYNCED_KIND,
+};
+use crate::workdir::{Applied, Workdir};
+
+/// The queue the plugin reads.
+pub const INPUT: &str = "commit";
+/// Where outcomes go.
+pub const RECONCILE: &str = "reconcile";
+/// Where synced records go.
+pub const NOTIFY: &str = "notify";
+
+/// How pushes are batched.
+#[derive(Debug, Clone, Copy)]
+pub struct PushBatching {
+    /// How long a commit waits for others to share its push.
+    pub window: Duration,
+    /// A batch this large is pushed at once.
+    pub max: usize,
+}
+
+/// The commit-to-git stage.
+pub struct CommitPlugin {
+    workdir: Arc<Mutex<Workdir>>,
+    group: Arc<PushGroup>,
+}
+
+impl CommitPlugin {
+    pub fn new(target: GitTarget, batching: PushBatching) -> Result<Self, CommitError> {
+        let workdir = Arc::new(Mutex::new(Workdir::open(target)?));
+        let group = PushGroup::new(Arc::clone(&workdir), batching.window, batching.max.max(1));
+        Ok(CommitPlugin { workdir, group })
+    }
+
+    /// The plugin the settings describe (`git.*`, `github.token`).
+    pub fn from_settings(settings: &Settings) -> Result<Self, CommitError> {
+        let git = &settings.git;
+        let remote = git.require_remote().map_err(|e| CommitError::Config(e.to_string()))?;
+        let token = Some(settings.github.token.expose().to_string()).filter(|t| !t.is_empty());
+        let target = GitTarget {
+            remote: remote.to_string(),
+            branch: git.branch.clone(),
+            workdir: git.workdir.clone(),
+            token,
+            committer_name: git.committer_name.clone(),
+            committer_email: git.committer_email.clone(),
+        };
+        Self::new(target, PushBatching { window: git.push_window(), max: git.push_batch_max })
+    }
+
+    /// How many batch pushes have run.
+    pub fn push_batches(&self) -> u64 {
+        self.group.flushes()
+    }
+
+    /// Runs `f` on the workdir on a blocking thread (git2 blocks, and the
+    /// repository is used by one thread at a time).
+    async fn with_workdir<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Workdir) -> Result<T, CommitError> + Send + 'static,
+    ) -> Result<T, CommitError> {
+        let workdir = Arc::clone(&self.workdir);
+        tokio::task::spawn_blocking(move || {
+            let mut workdir = workdir.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut workdir)
+        })
+        .await
+        .unwrap_or_else(|err| Err(CommitError::Batch { permanent: false, reason: format!("git task failed: {err}") }))
+    }
+
+    async fn apply(&self, op: ApplyPayload, out: &mut Outbox) -> Result<(), CommitError> {
+        let operation = op.clone();
+        let applied = self.with_workdir(move |workdir| workdir.apply(&operation)).await?;
+        let result = match applied {
+            Applied::Skipped { path, reason } => Synced { commit: None, path, content: None, reason: Some(reason) },
+            Applied::Unchanged { path, content } => {
+                Synced { commit: None, path: Some(path), content, reason: Some("unchanged: no commit".into()) }
+            }
+            Applied::Committed { path } => {
+                let commit = self.group.pushed(&op.operation).await?;
+                let read_path = path.clone();
+                let content = match commit {
+                    Some(commit) => self.with_workdir(move |w| Ok(w.file_at(commit, &read_path))).await?,
+                    None => None,
+                };
+                let reason = commit.is_none().then(|| "unchanged on the remote's newer tip: no commit".to_string());
+                Synced { commit: commit.map(|c| c.to_string()), path: Some(path), content, reason }
+            }
+        };
+        tracing::info!(
+            operation = %op.operation,
+            key = %op.key,
+            commit = result.commit.as_deref().unwrap_or("none"),
+            "operation synced"
+        );
+        emit(&op, &result, out)
+    }
+}
+
+/// Where an operation ended up in git.
+struct Synced {
+    commit: Option<String>,
+    path: Option<String>,
+    /// The file's bytes in git now; `None` when there is no file.
+    content: Option<Vec<u8>>,
+    reason: Option<String>,
+}
+
+fn emit(op: &ApplyPayload, synced: &Synced, out: &mut Outbox) -> Result<(), CommitError> {
+    let encode = |err: hookbus_bus::envelope::PayloadError| CommitError::payload(op, err.to_string());
+    let outcome = OutcomePayload {
+        operation: op.operation.clone(),
+        key: op.key.clone(),
+        outcome: Outcome::Completed,
+        commit: synced.commit.clone(),
+        path: synced.path.clone(),
+        content_hash: synced.content.as_deref().map(record_file::content_hash),
+        reason: synced.reason.clone(),
+    };
+    out.emit_payload(RECONCILE, OUTCOME_KIND, Some(&op.key), &outcome).map_err(encode)?;
+    if synced.commit.is_some() || op.direction == Direction::Outbound {
+        let payload = SyncedPayload {
+            operation: op.operation.clone(),
+            key: op.key.clone(),
+            repository: op.repository.clone(),
+            kind: op.kind,
+            action: op.action.clone(),
+            direction: op.direction,
+            source: op.source.clone(),
+            commit: synced.commit.clone(),
+            path: synced.path.clone(),
+            record: synced.content.as_deref().and_then(|b| serde_json::from_slice(b).ok()),
+            actor: op.actor.clone(),
+            delivery: op.delivery.clone(),
+            updated_at: op.updated_at,
+            number: op.number,
+            id: op.id,
+            changes: op.changes.clone(),
+        };
+        out.emit_payload(NOTIFY, SYNCED_KIND, Some(&op.key), &payload).map_err(encode)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Plugin for CommitPlugin {
+    fn name(&self) -> &str {
+        "commit"
+    }
+
+    fn input(&self) -> &str {
+        INPUT
+    }
+
+    fn outputs(&self) -> Vec<String> {
+        vec![RECONCILE.into(), NOTIFY.into()]
+    }
+
+    async fn handle(&self, message: &Envelope, out: &mut Outbox) -> Result<(), HandlerError> {
+        if message.kind != APPLY_KIND {
+            return Err(HandlerError::permanent(format!("commit reads {APPLY_KIND}, not {}", message.kind)));
+        }
+        let op: ApplyPayload =
+            message.payload_as().map_err(|err| HandlerError::permanent(format!("{APPLY_KIND} payload: {err}")))?;
+        if !op.repository_enabled {
+            let synced = Synced {
+                commit: None,
+                path: None,
+                content: None,
+                reason: Some(format!("repository {} is not synced", op.repository)),
+            };
+            return emit(&op, &synced, out).map_err(HandlerError::from);
+        }
+        self.apply(op, out).await.map_err(|err| {
+            tracing::warn!(trace_id = %message.trace_id, error = %err, "commit failed");
+            HandlerError::from(err)
+        })
+    }
+
+    fn on_dead(&self, message: &Envelope, reason: &str, out: &mut Outbox) {
+        let Ok(op) = message.payload_as::<OperationRef>() else { return };
+        let key = message.key.clone().unwrap_or_default();
+        let outcome = OutcomePayload {
+            operation: op.operation,
+            key: key.clone(),
+            outcome: Outcome::Errored,
+            commit: None,
+            path: None,
+            content_hash: None,
+            reason: Some(reason.to_string()),
+        };
+        if let Err(err) = out.emit_payload(RECONCILE, OUTCOME_KIND, Some(&key), &outcome) {
+            tracing::error!(error = %err, "cannot report a dead operation to reconcile");
+        }
+    }
+}

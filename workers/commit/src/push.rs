@@ -1,0 +1,109 @@
+//! Batched pushes: handlers commit locally, then wait here; one push after
+//! a short window (or once the batch is full) carries every commit made
+//! meanwhile, and each waiter learns the commit that now carries its
+//! operation (re-applying on a moved remote may have rewritten it).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use git2::Oid;
+use tokio::sync::{oneshot, Notify};
+
+use crate::error::CommitError;
+use crate::workdir::Workdir;
+
+/// The pushed commit carrying a waiter's operation; `None` when, re-applied
+/// on the remote's newer tip, the operation changed nothing.
+type PushResult = Result<Option<Oid>, CommitError>;
+
+pub struct PushGroup {
+    workdir: Arc<Mutex<Workdir>>,
+    window: Duration,
+    batch_max: usize,
+    batch: Mutex<Batch>,
+    /// Cuts the window short when the batch is full.
+    full: Notify,
+    /// Batches flushed so far (for tests and the benchmark).
+    flushes: AtomicU64,
+}
+
+#[derive(Default)]
+struct Batch {
+    waiters: Vec<(String, oneshot::Sender<PushResult>)>,
+    /// Whether a flush is scheduled for the current waiters.
+    scheduled: bool,
+}
+
+impl PushGroup {
+    pub fn new(workdir: Arc<Mutex<Workdir>>, window: Duration, batch_max: usize) -> Arc<Self> {
+        Arc::new(PushGroup {
+            workdir,
+            window,
+            batch_max,
+            batch: Mutex::new(Batch::default()),
+            full: Notify::new(),
+            flushes: AtomicU64::new(0),
+        })
+    }
+
+    /// How many batches have been pushed (or found nothing to push).
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the commit carrying `operation` is pushed.
+    pub async fn pushed(self: &Arc<Self>, operation: &str) -> PushResult {
+        let (tx, rx) = oneshot::channel();
+        let schedule = {
+            let mut batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+            batch.waiters.push((operation.to_string(), tx));
+            if batch.waiters.len() >= self.batch_max {
+                self.full.notify_one();
+            }
+            !std::mem::replace(&mut batch.scheduled, true)
+        };
+        if schedule {
+            tokio::spawn(Arc::clone(self).flush());
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(CommitError::Batch { permanent: false, reason: "the batch push was abandoned (shutting down)".into() })
+        })
+    }
+
+    async fn flush(self: Arc<Self>) {
+        tokio::select! {
+            _ = tokio::time::sleep(self.window) => {}
+            _ = self.full.notified() => {}
+        }
+        let waiters = {
+            let mut batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+            batch.scheduled = false;
+            std::mem::take(&mut batch.waiters)
+        };
+        let workdir = Arc::clone(&self.workdir);
+        let operations: Vec<String> = waiters.iter().map(|(op, _)| op.clone()).collect();
+        let started = std::time::Instant::now();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut workdir = workdir.lock().unwrap_or_else(|p| p.into_inner());
+            workdir.push()?;
+            Ok::<_, CommitError>(operations.iter().map(|op| workdir.commit_of(op)).collect::<Vec<_>>())
+        })
+        .await
+        .unwrap_or_else(|err| Err(CommitError::Batch { permanent: false, reason: format!("push task failed: {err}") }));
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(commits = waiters.len(), elapsed_ms = started.elapsed().as_millis() as u64, "batch pushed");
+        match outcome {
+            Ok(commits) => {
+                for ((_, tx), commit) in waiters.into_iter().zip(commits) {
+                    let _ = tx.send(Ok(commit));
+                }
+            }
+            Err(err) => {
+                for (_, tx) in waiters {
+                    let _ = tx.send(Err(err.shared()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! The worker's own clone (a bare repository at `git.workdir`) and what is
+//! done to it: commit an operation, push, and re-apply unpushed commits on
+//! top of a remote that moved.
+//!
+//! Files are never written to a working tree: each commit's tree is built in
+//! memory from its parent's and the branch ref is moved once the commit
+//! object exists. A SIGKILL at any point therefore leaves either the old
+//! branch or the new commit, never a half-written state. A commit that was
+//! made but not pushed is found again by its `Hookbus-Operation` trailer
+//! when the message is redelivered, and pushed then.
+//!
+//! Not `Sync` (git2's `Repository` is not): the plugin keeps it behind one
+//! mutex and uses it from blocking threads.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use git2::build::TreeUpdateBuilder;
+use git2::{Cred, CredentialType, FetchOptions, FileMode, Oid, PushOptions, RemoteCallbacks, Repository};
+
+use crate::error::CommitError;
+use crate::record_file::{self, Desired};
+use crate::wire::ApplyPayload;
+
+/// How many commits back a redelivered operation is looked for.
+const SCAN_DEPTH: usize = 500;
+/// Pushes rejected in a row (the remote keeps moving) before giving up for
+/// this attempt; the bus retries later.
+const PUSH_TRIES: u32 = 5;
+/// The remote's name in the workdir.
+const REMOTE: &str = "origin";
+
+/// Where and as whom to commit.
+#[derive(Debug, Clone)]
+pub struct GitTarget {
+    /// A local path, `file://` or `https://` URL.
+    pub remote: String,
+    pub branch: String,
+    pub workdir: PathBuf,
+    /// Password for `https://` remotes (GitHub accepts a token for any user).
+    pub token: Option<String>,
+    pub committer_name: String,
+    pub committer_email: String,
+}
+
+impl GitTarget {
+    /// The remote's directory, when it is on this machine.
+    fn local_path(&self) -> Option<PathBuf> {
+        if let Some(rest) = self.remote.strip_prefix("file://") {
+            return Some(PathBuf::from(rest));
+        }
+        (!self.remote.contains("://")).then(|| PathBuf::from(&self.remote))
+    }
+}
+
+/// What applying one operation did to the local branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// No file to write, and why.
+    Skipped { path: Option<String>, reason: String },
+    /// The file already has these bytes (`None`: already absent).
+    Unchanged { path: String, content: Option<Vec<u8>> },
+    /// A commit on the local branch carries the operation (made now, or
+    /// before a crash); it is pushed with the next batch.
+    Committed { path: String },
+}
+
+/// What one write made of a parent commit.
+enum Write {
+    Skipped(String),
+    Unchanged(Option<Vec<u8>>),
+    Committed(Oid),
+}
+
+pub struct Workdir {
+    repo: Repository,
+    target: GitTarget,
+    branch_ref: String,
+    tracking_ref: String,
+    /// Operation -> commit, for the recent history of the local branch.
+    committed: HashMap<String, Oid>,
+    /// Commits this process made that the remote does not have yet, with
+    /// their operations: re-applied with the same logic when a push is
+    /// rejected. Commits left by an earlier process are replayed from
+    /// their own diffs instead.
+    pending: HashMap<Oid, ApplyPayload>,
+    /// Whether the remote has been read since the workdir was opened.
+    synced: bool,
+}
+
+impl Workdir {
+    /// Opens the workdir, creating it (and the remote's entry) when missing.
+    /// Does not contact the remote; the first [`Workdir::apply`] does.
+    pub fn open(target: GitTarget) -> Result<Self, CommitError> {
+        if let Some(path) = target.local_path() {
+            if !path.exists() {
+                return Err(CommitError::RemoteMissing { remote: target.remote.clone() });
+            }
+        }
+        let workdir_error =
+            |reason: String| CommitError::Workdir { path: target.workdir.display().to_string(), reason };
+        std::fs::create_dir_all(&target.workdir).map_err(|e| workdir_error(e.to_string()))?;
+        // A workdir belongs to one process; a lock file left there is from a
+        // process that was killed mid-update and would block every update.
+        remove_stale_locks(&target.workdir).map_err(|e| workdir_error(format!("removing stale locks: {e}")))?;
+        let repo = match Repository::open_bare(&target.workdir) {
+            Ok(repo) => repo,
+            Err(err) if err.code() == git2::ErrorCode::NotFound => {
+                Repository::init_bare(&target.workdir).map_err(|e| workdir_error(e.message().to_string()))?
+            }
+            Err(err) => return Err(workdir_error(err.message().to_string())),
+        };
+        match repo.find_remote(REMOTE) {
+            Ok(remote) if remote.url() == Some(target.remote.as_str()) => {}
+            Ok(_) => repo.remote_set_url(REMOTE, &target.remote).map_err(CommitError::git("set remote url"))?,
+            Err(_) => {
+                repo.remote(REMOTE, &target.remote).map_err(CommitError::git("add remote"))?;
+            }
+        }
+        let branch_ref = format!("refs/heads/{}", target.branch);
+        let tracking_ref = format!("refs/remotes/{REMOTE}/{}", target.branch);
+        let mut workdir = Workdir {
+            repo,
+            target,
+            branch_ref,
+            tracking_ref,
+            committed: HashMap::new(),
+            pending: HashMap::new(),
+            synced: false,
+        };
+        workdir.committed = workdir.scan(workdir.local_tip());
+        Ok(workdir)
+    }
+
+    /// Commits `op` on the local branch unless it is already there or
+    /// changes nothing.
+    pub fn apply(&mut self, op: &ApplyPayload) -> Result<Applied, CommitError> {
+        if !self.synced {
+            let tip = self.fetch()?;
+            self.rebase_onto(tip)?;
+            self.synced = true;
+        }
+        let Some(path) = record_file::path_for(op)? else {
+            return Ok(Applied::Skipped {
+                path: None,
+                reason: "created on GitHub; the file arrives with GitHub's webhook".into(),
+            });
+        };
+        if self.committed.contains_key(&op.operation) {
+            return Ok(Applied::Committed { path });
+        }
+        // An outbound change edits the current file, and "unchanged" is only
+        // true of the newest file: both must not be judged on a stale clone.
+        let mut refreshed = false;
+        if op.direction == crate::wire::Direction::Outbound {
+            self.refresh_if_moved()?;
+            refreshed = true;
+        }
+        loop {
+            match self.write(self.local_tip(), op, &path)? {
+                Write::Skipped(reason) => return Ok(Applied::Skipped { path: Some(path), reason }),
+                Write::Unchanged(content) if refreshed => return Ok(Applied::Unchanged { path, content }),
+                Write::Unchanged(content) => {
+                    if !self.refresh_if_moved()? {
+                        return Ok(Applied::Unchanged { path, content });
+                    }
+                    refreshed = true;
+                    if self.committed.contains_key(&op.operation) {
+                        return Ok(Applied::Committed { path });
+                    }
+                }
+                Write::Committed(oid) => {
+                    self.set_branch(oid, "hookbus: commit")?;
+                    self.committed.insert(op.operation.clone(), oid);
+                    self.pending.insert(oid, op.clone());
+                    return Ok(Applied::Committed { path });
+                }
+            }
+        }
+    }
+
+    /// The commit on the local branch that carries `operation`.
+    pub fn commit_of(&self, operation: &str) -> Option<Oid> {
+        self.committed.get(operation).copied()
+    }
+
+    /// The file's bytes in `commit`'s tree.
+    pub fn file_at(&self, commit: Oid, path: &str) -> Option<Vec<u8>> {
+        let tree = self.repo.find_commit(commit).ok()?.tree().ok()?;
+        read_file(&self.repo, &tree, path)
+    }
+
+    /// Pushes the local branch; a rejection (the remote moved) is resolved
+    /// by fetching and re-applying the unpushed commits, never by force.
+    pub fn push(&mut self) -> Result<(), CommitError> {
+        for _ in 0..PUSH_TRIES {
+            let Some(local) = self.local_tip() else { return Ok(()) };
+            if self.tracking_tip() == Some(local) {
+                return Ok(());
+            }
+            if self.push_once()? {
+                self.repo
+                    .reference(&self.tracking_ref, local, true, "hookbus: pushed")
+                    .map_err(CommitError::git("update tracking ref"))?;
+                self.pending.clear();
+                return Ok(());
+            }
+            tracing::info!(remote = %self.target.remote, "push rejected: the remote moved; re-applying on its tip");
+            let tip = self.fetch()?;
+            self.rebase_onto(tip)?;
+        }
+        Err(CommitError::StillRejected { remote: self.target.remote.clone(), tries: PUSH_TRIES })
+    }
+
+    fn local_tip(&self) -> Option<Oid> {
+        self.repo.refname_to_id(&self.branch_ref).ok()
+    }
+
+    fn tracking_tip(&self) -> Option<Oid> {
+        self.repo.refname_to_id(&self.tracking_ref).ok()
+    }
+
+    fn set_branch(&self, oid: Oid, why: &str) -> Result<(), CommitError> {
+        self.repo.reference(&self.branch_ref, oid, true, why).map(|_| ()).map_err(CommitError::git("update branch"))
+    }
+
+    /// Writes `op`'s file on top of `parent` (a new commit, not yet on any branch).
+    fn write(&self, parent: Option<Oid>, op: &ApplyPayload, path: &str) -> Result<Write, CommitError> {
+        let base = self.tree_of(parent)?;
+        let current = read_file(&self.repo, &base, path);
+        let mut update = TreeUpdateBuilder::new();
+        let content = match record_file::desired(op, path, current.as_deref())? {
+            Desired::Skip(reason) => return Ok(Write::Skipped(reason)),
+            Desired::Delete if current.is_none() => return Ok(Write::Unchanged(None)),
+            Desired::Write(bytes) if current.as_deref() == Some(bytes.as_slice()) => {
+                return Ok(Write::Unchanged(Some(bytes)))
+            }
+            Desired::Delete => {
+                update.remove(path);
+                None
+            }
+            Desired::Write(bytes) => {
+                let blob = self.repo.blob(&bytes).map_err(CommitError::git("write blob"))?;
+                update.upsert(path, blob, FileMode::Blob);
+                Some(bytes)
+            }
+        };
+        let tree = update.create_updated(&self.repo, &base).map_err(CommitError::git("build tree"))?;
+        let content: Option<serde_json::Value> = content.and_then(|b| serde_json::from_slice(&b).ok());
+        let message = record_file::message(op, content.as_ref());
+        let (name, email) = record_file::author(op);
+        let when = git2::Time::new(op.updated_at.div_euclid(1000), 0);
+        let author = git2::Signature::new(&name, &email, &when).map_err(CommitError::git("author signature"))?;
+        self.commit(parent, tree, &author, &message).map(Write::Committed)
+    }
+
+    fn commit(
+        &self,
+        parent: Option<Oid>,
+        tree: Oid,
+        author: &git2::Signature,
+        message: &str,
+    ) -> Result<Oid, CommitError> {
+        let committer = git2::Signature::now(&self.target.committer_name, &self.target.committer_email)
+            .map_err(CommitError::git("committer signature"))?;
+        let tree = self.repo.find_tree(tree).map_err(CommitError::git("find tree"))?;
+        let parent = parent.map(|p| self.repo.find_commit(p)).transpose().map_err(CommitError::git("find parent"))?;
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        self.repo.commit(None, author, &committer, message, &tree, &parents).map_err(CommitError::git("commit"))
+    }
+
+    fn tree_of(&self, commit: Option<Oid>) -> Result<git2::Tree<'_>, CommitError> {
+        match commit {
+            Some(oid) => self.repo.find_commit(oid).and_then(|c| c.tree()).map_err(CommitError::git("read tree")),
+            None => {
+                let empty =
+                    self.repo.treebuilder(None).and_then(|b| b.write()).map_err(CommitError::git("empty tree"))?;
+                self.repo.find_tree(empty).map_err(CommitError::git("empty tree"))
+            }
+        }
+    }
+
+    /// Operation -> commit for the last [`SCAN_DEPTH`] commits from `tip`.
+    fn scan(&self, tip: Option<Oid>) -> HashMap<String, Oid> {
+        let mut found = HashMap::new();
+        let Some(tip) = tip else { return found };
+        let Ok(mut walk) = self.repo.revwalk() else { return found };
+        if walk.push(tip).is_err() {
+            return found;
+        }
+        for oid in walk.take(SCAN_DEPTH).flatten() {
+            if let Ok(commit) = self.repo.find_commit(oid) {
+                if let Some(op) = commit.message().and_then(record_file::operation_of) {
+                    found.entry(op.to_string()).or_insert(oid);
+                }
+            }
+        }
+        found
+    }
+
+    /// Fetches the branch into the tracking ref; its tip (`None`: the
+    /// remote has no such branch yet). Not `ls-remote` first: git2's
+    /// listing of an empty remote is unsound.
+    fn fetch(&mut self) -> Result<Option<Oid>, CommitError> {
+        let mut remote = self.repo.find_remote(REMOTE).map_err(CommitError::git("find remote"))?;
+        let auth = Auth::new(self.target.token.as_deref());
+        let mut options = FetchOptions::new();
+        options.remote_callbacks(auth.callbacks());
+        let refspec = format!("+{}:{}", self.branch_ref, self.tracking_ref);
+        remote.fetch(&[refspec], Some(&mut options), None).map_err(|e| self.classify("fetch", e, &auth))?;
+        Ok(self.tracking_tip())
+    }
+
+    /// Fetches and re-applies when the remote moved since last read.
+    fn refresh_if_moved(&mut self) -> Result<bool, CommitError> {
+        let known = self.tracking_tip();
+        let tip = self.fetch()?;
+        if tip == known {
+            return Ok(false);
+        }
+        self.rebase_onto(tip)?;
+        Ok(true)
+    }
+
+    /// Puts the local branch's unpushed commits on top of `base` (the
+    /// remote's tip): operations already on `base` are skipped, this
+    /// process's operations are re-applied with their own logic, and commits
+    /// left by an earlier process are replayed from their diffs.
+    fn rebase_onto(&mut self, base: Option<Oid>) -> Result<(), CommitError> {
+        let Some(base) = base else { return Ok(()) };
+        let Some(local) = self.local_tip() else {
+            self.set_branch(base, "hookbus: fast-forward")?;
+            self.committed = self.scan(Some(base));
+            return Ok(());
+        };
+        if local == base || self.repo.graph_descendant_of(local, base).unwrap_or(false) {
+            return Ok(());
+        }
+        if self.repo.graph_descendant_of(base, local).unwrap_or(false) {
+            self.set_branch(base, "hookbus: fast-forward")?;
+            self.committed = self.scan(Some(base));
+            self.pending.clear();
+            return Ok(());
+        }
+        let mut walk = self.repo.revwalk().map_err(CommitError::git("revwalk"))?;
+        walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::REVERSE).map_err(CommitError::git("revwalk"))?;
+        walk.push(local).map_err(CommitError::git("revwalk"))?;
+        walk.hide(base).map_err(CommitError::git("revwalk"))?;
+        let unpushed: Vec<Oid> = walk.collect::<Result<_, _>>().map_err(CommitError::git("revwalk"))?;
+        let on_base: HashSet<String> = self.scan(Some(base)).into_keys().collect();
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut tip = base;
+        let mut still_pending = HashMap::new();
+        for oid in unpushed {
+            let commit = self.repo.find_commit(oid).map_err(CommitError::git("read commit"))?;
+            if commit.message().and_then(record_file::operation_of).is_some_and(|op| on_base.contains(op)) {
+                continue;
+            }
+            if let Some(op) = pending.remove(&oid) {
+                let Some(path) = record_file::path_for(&op)? else { continue };
+                if let Write::Committed(new) = self.write(Some(tip), &op, &path)? {
+                    tip = new;
+                    still_pending.insert(new, op);
+                }
+            } else if let Some(new) = self.replay(tip, &commit)? {
+                tip = new;
+            }
+        }
+        self.set_branch(tip, "hookbus: re-applied on the remote's tip")?;
+        self.pending = still_pending;
+        self.committed = self.scan(Some(tip));
+        Ok(())
+    }
+
+    /// Applies `commit`'s own changes (against its parent) on top of `onto`,
+    /// keeping its author and message; `None` when they change nothing there.
+    fn replay(&self, onto: Oid, commit: &git2::Commit<'_>) -> Result<Option<Oid>, CommitError> {
+        let tree = commit.tree().map_err(CommitError::git("read tree"))?;
+        let parent_tree = match commit.parent(0) {
+            Ok(parent) => Some(parent.tree().map_err(CommitError::git("read tree"))?),
+            Err(_) => None,
+        };
+        let diff =
+            self.repo.diff_tree_to_tree(parent_tree.as_ref(), Some(&tree), None).map_err(CommitError::git("diff"))?;
+        let base = self.tree_of(Some(onto))?;
+        let mut update = TreeUpdateBuilder::new();
+        for delta in diff.deltas() {
+            match delta.status() {
+                git2::Delta::Deleted => {
+                    if let Some(path) = delta.old_file().path() {
+                        if base.get_path(path).is_ok() {
+                            update.remove(path);
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(path) = delta.new_file().path() {
+                        update.upsert(path, delta.new_file().id(), FileMode::Blob);
+                    }
+                }
+            }
+        }
+        let new_tree = update.create_updated(&self.repo, &base).map_err(CommitError::git("build tree"))?;
+        if new_tree == base.id() {
+            return Ok(None);
+        }
+        let message = commit.message().unwrap_or_default();
+        self.commit(Some(onto), new_tree, &commit.author(), message).map(Some)
+    }
+
+    fn push_once(&self) -> Result<bool, CommitError> {
+        let mut remote = self.repo.find_remote(REMOTE).map_err(CommitError::git("find remote"))?;
+        let auth = Auth::new(self.target.token.as_deref());
+        let rejected: RefCell<Option<String>> = RefCell::new(None);
+        let result = {
+            let mut callbacks = auth.callbacks();
+            callbacks.push_update_reference(|_, status| {
+                if let Some(status) = status {
+                    *rejected.borrow_mut() = Some(status.to_string());
+                }
+                Ok(())
+            });
+            let mut options = PushOptions::new();
+            options.remote_callbacks(callbacks);
+            remote.push(&[format!("{0}:{0}", self.branch_ref)], Some(&mut options))
+        };
+        match result {
+            Ok(()) => Ok(rejected.into_inner().is_none()),
+            Err(err) if err.code() == git2::ErrorCode::NotFastForward => Ok(false),
+            Err(err) => Err(self.classify("push", err, &auth)),
+        }
+    }
+
+    /// Decides what a git failure means, by its code and what was attempted.
+    fn classify(&self, action: &'static str, err: git2::Error, auth: &Auth) -> CommitError {
+        let remote = self.target.remote.clone();
+        if err.code() == git2::ErrorCode::Auth || auth.refused() {
+            return CommitError::AuthRefused { remote };
+        }
+        if self.target.local_path().is_some_and(|p| !p.exists()) {
+            return CommitError::RemoteMissing { remote };
+        }
+        // libgit2 reports HTTP statuses only in its message.
+        if err.class() == git2::ErrorClass::Http && err.message().contains("404") {
+            return CommitError::RemoteMissing { remote };
+        }
+        CommitError::Git { action, source: err }
+    }
+}
+
+/// Credentials for one remote operation: the token once, then refusal (so
+/// a wrong token fails instead of being offered forever).
+struct Auth<'a> {
+    token: Option<&'a str>,
+    asked: Cell<u32>,
+}
+
+impl<'a> Auth<'a> {
+    fn new(token: Option<&'a str>) -> Self {
+        Auth { token, asked: Cell::new(0) }
+    }
+
+    /// Whether the remote asked again after the token was given, or asked
+    /// when there was none.
+    fn refused(&self) -> bool {
+        self.asked.get() > u32::from(self.token.is_some())
+    }
+
+    fn callbacks(&self) -> RemoteCallbacks<'_> {
+        let mut callbacks = RemoteCallbacks::new();
+        callbacks.credentials(move |_url, _user, allowed| {
+            self.asked.set(self.asked.get() + 1);
+            match self.token {
+                Some(token) if self.asked.get() == 1 && allowed.contains(CredentialType::USER_PASS_PLAINTEXT) => {
+                    Cred::userpass_plaintext("x-access-token", token)
+                }
+                _ => Err(git2::Error::from_str("authentication refused")),
+            }
+        });
+        callbacks
+    }
+}
+
+fn read_file(repo: &Repository, tree: &git2::Tree<'_>, path: &str) -> Option<Vec<u8>> {
+    let entry = tree.get_path(Path::new(path)).ok()?;
+    let blob = entry.to_object(repo).ok()?.peel_to_blob().ok()?;
+    Some(blob.content().to_vec())
+}
+
+fn remove_stale_locks(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            if entry.file_name() != "objects" {
+                remove_stale_locks(&path)?;
+            }
+        } else if path.extension().is_some_and(|e| e == "lock") {
+            tracing::warn!(path = %path.display(), "removing a lock file left by a killed process");
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
