@@ -13,15 +13,33 @@ use std::sync::Arc;
 use hookbus_bus::{Backend, MemoryBackend, Plugin, RunnerOptions, Shutdown};
 use hookbus_config::{exit_on_error, Secret, Settings, Tokens};
 use hookbus_gateway::{serve, Gateway};
+use hookbus_normalise::{MemoryRegistry, Normalise, RedisRegistry, RepositoryRegistry};
+use hookbus_reconcile::store::MemoryStore;
+use hookbus_reconcile::{tie_breaker, Reconcile};
 
 use crate::send::DEV_SECRET_FILE;
 
 const DEV_DIR: &str = ".hookbus";
 const DEV_TOKEN_FILE: &str = ".hookbus/api-token";
 
-/// The worker plugins built so far, wired as their binaries wire them.
-fn plugins(_settings: &Settings, _backend: &Arc<dyn Backend>) -> Vec<Arc<dyn Plugin>> {
-    Vec::new()
+/// The worker plugins built so far, wired as their binaries wire them —
+/// over Redis with `--redis`, otherwise with in-memory state.
+fn plugins(settings: &Settings, over_redis: bool) -> Result<Vec<Arc<dyn Plugin>>, String> {
+    let registry: Arc<dyn RepositoryRegistry> = if over_redis {
+        Arc::new(
+            RedisRegistry::connect(settings.redis.url.expose(), settings.redis.tls_insecure, &settings.bus.prefix)
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        Arc::new(MemoryRegistry::new())
+    };
+    let normalise = Normalise::new(registry, settings.normalise.repositories.clone());
+    let reconcile = if over_redis {
+        Reconcile::from_settings(settings).map_err(|e| e.to_string())?
+    } else {
+        Reconcile::new(Arc::new(MemoryStore::default()), tie_breaker(settings))
+    };
+    Ok(vec![Arc::new(normalise), Arc::new(reconcile)])
 }
 
 pub async fn run(redis: Option<String>, port: Option<u16>) -> ExitCode {
@@ -103,7 +121,13 @@ pub async fn run(redis: Option<String>, port: Option<u16>) -> ExitCode {
         }
     };
 
-    let plugins = plugins(&settings, &backend);
+    let plugins = match plugins(&settings, redis.is_some()) {
+        Ok(plugins) => plugins,
+        Err(err) => {
+            eprintln!("hookbus: cannot set up the workers: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut runners = Vec::new();
     for plugin in &plugins {
         let options = RunnerOptions::from_settings(&settings.bus, plugin.input());
@@ -127,7 +151,7 @@ pub async fn run(redis: Option<String>, port: Option<u16>) -> ExitCode {
     }
     println!("  health     http://{address}/healthz   metrics http://{address}/metrics");
     if stages.is_empty() {
-        println!("  workers    none built yet: webhooks wait on the normalise queue");
+        println!("  workers    none");
     } else {
         println!("  workers    {}", stages.join(", "));
     }

@@ -48,6 +48,9 @@ enum Command {
         #[arg(long)]
         dead: bool,
     },
+    /// The operations of one resource (e.g. `github:octo/repo:issue:12`)
+    /// with their audit trail, newest first.
+    Ops { resource: String },
     /// List, retry or purge dead letters.
     Dead {
         #[command(subcommand)]
@@ -105,6 +108,7 @@ async fn main() -> ExitCode {
         Command::Dev { redis, port } => dev::run(redis, port).await,
         Command::Queues => operator::queues().await,
         Command::Peek { queue, n, dead } => operator::peek(&queue, n, dead).await,
+        Command::Ops { resource } => operator::ops(&resource).await,
         Command::Dead { action } => match action {
             DeadAction::List { queue, n } => operator::peek(&queue, n, true).await,
             DeadAction::Retry { queue, id } => operator::dead_retry(&queue, id).await,

@@ -7,6 +7,7 @@ use hookbus_bus::backend::DeadSelector;
 use hookbus_bus::envelope::payload_to_json;
 use hookbus_bus::{Backend, DeadContent, DeadLetter, Envelope, QUEUES};
 use hookbus_config::{exit_on_error, Settings};
+use hookbus_reconcile::store::{OperationStore, RedisStore};
 use serde_json::{json, Value};
 
 /// Connects to the configured Redis and checks it answers; on failure says
@@ -125,6 +126,58 @@ pub fn dead_json(letter: &DeadLetter) -> Value {
     value["dead_reason"] = json!(letter.reason);
     value["dead_at"] = json!(letter.dead_at);
     value
+}
+
+/// `hookbus ops <resource>`: reconcile's records of one resource.
+pub async fn ops(resource: &str) -> ExitCode {
+    let settings = exit_on_error(Settings::load());
+    let url = redacted(settings.redis.url.expose());
+    let store = match RedisStore::connect(
+        settings.redis.url.expose(),
+        settings.redis.tls_insecure,
+        &settings.bus.prefix,
+        std::time::Duration::from_millis(settings.reconcile.retention_ms),
+    ) {
+        Ok(store) => store,
+        Err(err) => {
+            eprintln!("hookbus: cannot use Redis at {url}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let records = match store.operations(resource).await {
+        Ok(records) => records,
+        Err(err) => {
+            eprintln!("hookbus: cannot read operations from Redis at {url} (set REDIS_URL): {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if records.is_empty() {
+        println!("no operations recorded for {resource} (within the retention)");
+        return ExitCode::SUCCESS;
+    }
+    for record in &records {
+        let related = [
+            record.canceled_by.as_ref().map(|id| format!("canceled_by={id}")),
+            record.dropped_for.as_ref().map(|id| format!("dropped_for={id}")),
+            record.duplicate_of.as_ref().map(|id| format!("duplicate_of={id}")),
+            record.commit.as_ref().map(|sha| format!("commit={sha}")),
+            record.reason.as_ref().map(|why| format!("reason={why:?}")),
+        ];
+        let related: Vec<String> = related.into_iter().flatten().collect();
+        println!(
+            "{}  {:<10} {:<8} {} updated_at={} {}",
+            record.id,
+            record.state.as_str(),
+            format!("{:?}", record.direction).to_lowercase(),
+            record.action,
+            record.updated_at,
+            related.join(" ")
+        );
+        for step in &record.history {
+            println!("    {}  {:<10} {}", step.at, step.state.as_str(), step.note);
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn selector(id: Option<String>) -> DeadSelector {

@@ -169,3 +169,37 @@ fn dev_mode_accepts_a_signed_sample_once_and_stops_cleanly_on_ctrl_c() {
     }));
     assert_eq!(exit.and_then(|s| s.code()), Some(0));
 }
+
+#[test]
+fn ops_prints_a_resource_history_with_its_audit_trail() {
+    use hookbus_bus::{Outbox, Plugin};
+    let server = RedisServer::start();
+    let key = "github:octo/repo:issue:7";
+    let operation = |id: &str, updated_at: i64| {
+        let payload = serde_json::json!({
+            "operation": id, "direction": "inbound", "key": key, "repository": "octo/repo",
+            "repository_enabled": true, "kind": "issue", "action": "edited", "effect": "upsert",
+            "updated_at": updated_at, "content_hash": format!("h-{id}"), "source": "issues",
+            "number": 7, "record": { "title": id },
+        });
+        Envelope::with_payload("sync.operation", &payload).expect("payload").keyed(key)
+    };
+    block_on(async {
+        let store =
+            hookbus_reconcile::store::RedisStore::connect(&server.url(), false, "hookbus", Duration::from_secs(600))
+                .expect("store");
+        let reconcile = hookbus_reconcile::Reconcile::new(
+            std::sync::Arc::new(store),
+            std::sync::Arc::new(hookbus_reconcile::tiebreak::LaterArrivalWins),
+        );
+        for message in [operation("new", 200), operation("old", 100)] {
+            reconcile.handle(&message, &mut Outbox::new("t")).await.expect("handled");
+        }
+    });
+    let out = hookbus(&server, &["ops", key]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(text.contains("old  dropped") && text.contains("dropped_for=new"), "{text}");
+    assert!(text.contains("new  processing"), "{text}");
+    assert!(text.contains("released to commit"), "audit trail lines: {text}");
+}
