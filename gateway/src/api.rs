@@ -4,8 +4,9 @@
 //!
 //! An accepted change becomes a `client.change` message on `normalise`
 //! (payload `{operation, received_at, change}`) whose id is the operation id
-//! the client polls. Until reconcile keeps operation records, the gateway
-//! answers from its own mark: an accepted change is `queued`.
+//! the client polls. `GET /api/v1/operations/{id}` answers reconcile's record
+//! of it (see [`crate::operations`]), or `accepted` while the change is
+//! queued but not yet reconciled.
 
 use std::sync::Arc;
 
@@ -87,21 +88,39 @@ async fn queue_change(gateway: &Gateway, headers: &HeaderMap, body: Body) -> Res
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-/// `GET /api/v1/operations/{id}`.
+/// `GET /api/v1/operations/{id}`: reconcile's record of the operation when
+/// it has one; `{"id", "state": "accepted"}` for a change the gateway
+/// accepted that reconcile has not recorded yet; 404 otherwise.
 pub async fn operation(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let answer = async {
         authorize(&gateway, &headers)?;
         let well_formed =
             !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        let found = match well_formed {
-            true => gateway
-                .bounded(gateway.intake.lookup(&Mark::Change(id.clone())))
-                .await
-                .map_err(|err| Rejection::unavailable(format!("store unavailable: {err}")))?,
-            false => None,
-        };
-        match found {
-            Some(_) => Ok(Json(serde_json::json!({ "id": id, "state": "queued" })).into_response()),
+        if !well_formed {
+            return Err(Rejection::new(StatusCode::NOT_FOUND, "no such operation"));
+        }
+        if let Some(operations) = &gateway.operations {
+            let record = match tokio::time::timeout(gateway.timeout, operations.operation(&id)).await {
+                Ok(Ok(record)) => record,
+                Ok(Err(err)) => return Err(Rejection::unavailable(format!("operation records unavailable: {err}"))),
+                Err(_) => {
+                    return Err(Rejection::unavailable(format!(
+                        "operation records unavailable: no answer within {:?}",
+                        gateway.timeout
+                    )))
+                }
+            };
+            if let Some(record) = record {
+                return Ok(Json(record).into_response());
+            }
+        }
+        let accepted = gateway
+            .bounded(gateway.intake.lookup(&Mark::Change(id.clone())))
+            .await
+            .map_err(|err| Rejection::unavailable(format!("store unavailable: {err}")))?;
+        match accepted {
+            // Queued on `normalise`, not yet reconciled.
+            Some(_) => Ok(Json(serde_json::json!({ "id": id, "state": "accepted" })).into_response()),
             None => Err(Rejection::new(StatusCode::NOT_FOUND, "no such operation")),
         }
     };

@@ -7,6 +7,9 @@
 //!   process for dev mode).
 //! - [`api`]: the client API, `POST /api/v1/changes` and
 //!   `GET /api/v1/operations/{id}`, behind bearer tokens.
+//! - [`operations`]: where that `GET` reads reconcile's operation records
+//!   (a trait; the adapter over reconcile's store is behind the `reconcile`
+//!   feature).
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`; [`metrics`] the series.
 //! - [`rejection`]: every refusal is a JSON `{"error": ...}` and one log line.
 //!
@@ -19,6 +22,7 @@ pub mod api;
 pub mod health;
 pub mod intake;
 pub mod metrics;
+pub mod operations;
 pub mod rejection;
 pub mod signature;
 pub mod webhook;
@@ -34,6 +38,7 @@ use hookbus_config::{Secret, Settings, Tokens};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::intake::{Intake, IntakeError, LocalIntake, RedisIntake};
+use crate::operations::OperationLookup;
 
 /// Why the gateway could not be built or served.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +53,9 @@ pub enum GatewayError {
 pub struct Gateway {
     backend: Arc<dyn Backend>,
     intake: Arc<dyn Intake>,
+    /// Reconcile's operation records, when wired; without them the gateway
+    /// knows only which changes it accepted.
+    operations: Option<Arc<dyn OperationLookup>>,
     /// Key of the webhook HMAC. Empty means every webhook is refused: the
     /// binary does not start without one, and dev mode generates one.
     secret: Secret,
@@ -85,12 +93,20 @@ impl Gateway {
         Gateway {
             backend,
             intake,
+            operations: None,
             secret: settings.github.webhook_secret.clone(),
             tokens: settings.api.tokens.clone(),
             max_body: settings.gateway.max_body_bytes,
             timeout: settings.gateway.redis_timeout(),
             metrics: metrics::handle(),
         }
+    }
+
+    /// Answers `GET /api/v1/operations/{id}` from `operations` (reconcile's
+    /// records) first, then from the gateway's own marks.
+    pub fn with_operations(mut self, operations: Arc<dyn OperationLookup>) -> Self {
+        self.operations = Some(operations);
+        self
     }
 
     /// Every route of the gateway.

@@ -1,10 +1,13 @@
 //! `hookbus-gateway`: the `web` dyno. Loads the configuration (exit 2 on a
 //! bad or missing setting), connects to Redis and serves the gateway on
 //! `0.0.0.0:$PORT` until SIGTERM/SIGINT, then drains in-flight requests.
+//! Operation states come from the records reconcile keeps in the same Redis.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use hookbus_bus::Shutdown;
+use hookbus_gateway::operations::StoreLookup;
 use hookbus_gateway::{serve, Gateway};
 
 #[tokio::main]
@@ -28,8 +31,15 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let operations = match StoreLookup::over_redis(&settings) {
+        Ok(operations) => operations,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot set up the redis connection for operation records");
+            return ExitCode::FAILURE;
+        }
+    };
     let gateway = match Gateway::over_redis(backend, &settings) {
-        Ok(gateway) => gateway,
+        Ok(gateway) => gateway.with_operations(Arc::new(operations)),
         Err(err) => {
             tracing::error!(error = %err, "cannot set up the gateway");
             return ExitCode::FAILURE;

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use hookbus_bus::{ConsumerId, DeadContent, DeadLetter, Settlement};
 use hookbus_gateway::signature::sign;
+use hookbus_reconcile::book::Book;
+use hookbus_reconcile::store::{OperationStore, RedisStore};
+use hookbus_reconcile::wire::{Direction, SyncOperation};
 use hookbus_testkit::RedisServer;
 use reqwest::StatusCode;
 use support::*;
@@ -337,7 +340,7 @@ async fn an_accepted_change_is_queued_and_its_operation_can_be_read() {
     assert_eq!(status.status(), StatusCode::OK);
     let status = json(status).await;
     assert_eq!(status["id"], operation.as_str());
-    assert_eq!(status["state"], "queued");
+    assert_eq!(status["state"], "accepted", "queued on normalise, not yet reconciled: {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,6 +371,113 @@ async fn an_unknown_operation_is_404() {
     }
     let anonymous = gw.http.get(gw.url("/api/v1/operations/x")).send().await.expect("request");
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+}
+
+// ---- operation records (reconcile's) ----------------------------------------
+
+const RESOURCE: &str = "github:octo-org/hello-world:issue:42";
+
+/// A `sync.operation` on [`RESOURCE`] as normalise would send it.
+fn sync_operation(id: &str, direction: Direction, updated_at: i64, content: &str) -> SyncOperation {
+    SyncOperation {
+        operation: id.into(),
+        direction,
+        key: RESOURCE.into(),
+        repository: "octo-org/hello-world".into(),
+        repository_enabled: true,
+        kind: "issue".into(),
+        action: "edited".into(),
+        effect: Some("upsert".into()),
+        updated_at,
+        content_hash: content.into(),
+        delivery: None,
+        source: "issues".into(),
+        number: Some(42),
+        id: None,
+        record: Some(serde_json::json!({ "title": content })),
+        changes: None,
+    }
+}
+
+/// Applies `operations` in turn to the resource's book and saves each change
+/// through reconcile's own Redis store, as the reconcile worker does.
+async fn reconcile(gw: &TestGateway, operations: &[SyncOperation]) {
+    let store = RedisStore::connect(&gw.redis.url(), false, "hookbus", Duration::from_secs(3_600)).expect("store");
+    let mut book = Book::default();
+    for (n, op) in operations.iter().enumerate() {
+        let change = book.apply_operation(op, b"payload", None, 1_000 + n as i64);
+        assert!(store.save(RESOURCE, &book, &change.records).await.expect("save"), "book saved");
+        book.version += 1;
+    }
+}
+
+async fn get_operation(gw: &TestGateway, id: &str) -> reqwest::Response {
+    gw.http.get(gw.url(&format!("/api/v1/operations/{id}"))).bearer_auth(TOKEN).send().await.expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconciled_operation_is_answered_with_its_state_and_history() {
+    let gw = TestGateway::start().await;
+    let first = sync_operation("gh-0001", Direction::Inbound, 10, "first");
+    let older = sync_operation("gh-0002", Direction::Inbound, 20, "second");
+    let newest = sync_operation("gh-0003", Direction::Inbound, 30, "third");
+    reconcile(&gw, &[first, older, newest]).await;
+
+    let processing = get_operation(&gw, "gh-0001").await;
+    assert_eq!(processing.status(), StatusCode::OK);
+    let processing = json(processing).await;
+    assert_eq!(processing["id"], "gh-0001");
+    assert_eq!(processing["state"], "processing");
+    assert_eq!(processing["direction"], "inbound");
+    assert_eq!(processing["key"], RESOURCE);
+    assert_eq!(processing["updated_at"], 10);
+
+    let canceled = get_operation(&gw, "gh-0002").await;
+    assert_eq!(canceled.status(), StatusCode::OK);
+    let canceled = json(canceled).await;
+    assert_eq!(canceled["state"], "canceled", "{canceled}");
+    assert_eq!(canceled["canceled_by"], "gh-0003");
+    let history: Vec<&str> = canceled["history"]
+        .as_array()
+        .expect("a history")
+        .iter()
+        .map(|step| step["state"].as_str().expect("a state"))
+        .collect();
+    assert_eq!(history, ["queued", "canceled"]);
+    assert!(canceled["history"][1]["note"].as_str().is_some_and(|n| !n.is_empty()));
+    assert!(canceled["history"][1]["at"].is_i64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_change_reads_accepted_until_reconcile_records_it() {
+    let gw = TestGateway::start().await;
+    let response =
+        gw.http.post(gw.url("/api/v1/changes")).bearer_auth(TOKEN).json(&a_change()).send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let operation = json(response).await["operation"].as_str().expect("an operation id").to_string();
+
+    let before = get_operation(&gw, &operation).await;
+    assert_eq!(before.status(), StatusCode::OK);
+    assert_eq!(json(before).await, serde_json::json!({ "id": operation, "state": "accepted" }));
+
+    let mut change = sync_operation(&operation, Direction::Outbound, 50, "renamed");
+    change.source = "client.change".into();
+    reconcile(&gw, &[change]).await;
+    let after = json(get_operation(&gw, &operation).await).await;
+    assert_eq!(after["state"], "processing", "{after}");
+    assert_eq!(after["direction"], "outbound");
+    assert_eq!(after["history"][0]["state"], "queued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operation_records_unreachable_is_503_quickly() {
+    let mut gw = TestGateway::start().await;
+    gw.redis.kill();
+    let started = Instant::now();
+    let response = get_operation(&gw, "gh-0001").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(json(response).await["error"].as_str().is_some_and(|e| e.contains("unavailable")));
 }
 
 // ---- health and metrics ----------------------------------------------------

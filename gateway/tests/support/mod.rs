@@ -1,14 +1,17 @@
 //! Test support for the gateway suite: a real gateway on a free loopback
-//! port over a real redis-server, a signing HTTP client, and readers of what
-//! landed in Redis.
+//! port over a real redis-server (operation records read from reconcile's
+//! store in that Redis, as the binary wires it), a signing HTTP client, and
+//! readers of what landed in Redis.
 
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hookbus_bus::{Envelope, Shutdown};
 use hookbus_config::{Secret, Settings, Tokens};
+use hookbus_gateway::operations::StoreLookup;
 use hookbus_gateway::signature::sign;
 use hookbus_gateway::{serve, Gateway};
 use hookbus_testkit::RedisServer;
@@ -49,7 +52,8 @@ impl TestGateway {
         settings.gateway.redis_timeout_ms = 1_000;
         tweak(&mut settings);
         let backend = hookbus_bus::connect(&settings).expect("bus backend");
-        let gateway = Gateway::over_redis(backend, &settings).expect("gateway");
+        let operations = StoreLookup::over_redis(&settings).expect("operation records");
+        let gateway = Gateway::over_redis(backend, &settings).expect("gateway").with_operations(Arc::new(operations));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("address"));
         let shutdown = Shutdown::new();
