@@ -49,6 +49,8 @@ pub struct RunnerOptions {
     pub poll_interval: Duration,
     pub dead_sweep_interval: Duration,
     pub dead_max_redrives: u32,
+    /// Where `bus.dead` notices go (None: nowhere).
+    pub alert_queue: Option<String>,
 }
 
 impl RunnerOptions {
@@ -60,6 +62,7 @@ impl RunnerOptions {
             poll_interval: Duration::from_millis(bus.poll_interval_ms),
             dead_sweep_interval: Duration::from_millis(bus.dead_sweep_interval_ms),
             dead_max_redrives: bus.dead_max_redrives,
+            alert_queue: Some(bus.alert_queue.clone()).filter(|q| !q.is_empty()),
         }
     }
 }
@@ -182,6 +185,7 @@ impl Runner {
             workers.spawn(worker(
                 self.plugin.clone(),
                 q.clone(),
+                self.options.alert_queue.clone(),
                 work.clone(),
                 done_tx.clone(),
                 shutdown.clone(),
@@ -311,6 +315,7 @@ async fn fetcher(
 async fn worker(
     plugin: Arc<dyn Plugin>,
     queue: QueueSettings,
+    alert_queue: Option<String>,
     work: Arc<WorkQueue>,
     done: mpsc::Sender<Vec<Finished>>,
     shutdown: Shutdown,
@@ -327,7 +332,7 @@ async fn worker(
             if finished.is_empty() {
                 since = clock;
             }
-            let (result, ended) = handle(&*plugin, &queue, delivery, &stats, clock).await;
+            let (result, ended) = handle(&*plugin, &queue, alert_queue.as_deref(), delivery, &stats, clock).await;
             finished.push(result);
             clock = ended;
             if ended.duration_since(since) >= FLUSH_EVERY && done.send(std::mem::take(&mut finished)).await.is_err() {
@@ -363,6 +368,7 @@ async fn worker(
 async fn handle(
     plugin: &dyn Plugin,
     queue: &QueueSettings,
+    alert_queue: Option<&str>,
     delivery: Delivery,
     stats: &RunnerStats,
     started: Instant,
@@ -409,6 +415,11 @@ async fn handle(
                         // stored with the dead letter, before the ack.
                         let mut last_words = Outbox::new(&envelope.trace_id);
                         plugin.on_dead(envelope, &letter.reason, &mut last_words);
+                        if let Some(alerts) = alert_queue {
+                            if let Some(notice) = dead_notice(plugin.input(), letter, false) {
+                                last_words.emit(alerts, notice);
+                            }
+                        }
                         outputs = last_words.into_messages();
                     }
                 }
@@ -449,6 +460,58 @@ fn failure(queue: &QueueSettings, mut envelope: Envelope, err: HandlerError) -> 
 
 fn dead(envelope: Envelope, reason: String) -> Settlement {
     Settlement::Dead(DeadLetter { content: DeadContent::Envelope(envelope), reason, dead_at: now_ms() })
+}
+
+/// Kind of the notice sent to the alert queue about a dead message.
+pub const DEAD_NOTICE_KIND: &str = "bus.dead";
+
+/// The `bus.dead` payload (docs/wire-format.md).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DeadNotice {
+    pub queue: String,
+    pub id: String,
+    pub kind: String,
+    pub trace_id: String,
+    pub reason: String,
+    pub attempts: u32,
+    pub redrives: u32,
+    pub dead_at: i64,
+    /// True when the sweep gave up re-driving it (it stays dead).
+    pub given_up: bool,
+}
+
+/// The notice about `letter` dying on `queue`. None for a notice itself
+/// (an alert that cannot be delivered must not alert about itself forever).
+pub fn dead_notice(queue: &str, letter: &DeadLetter, given_up: bool) -> Option<Envelope> {
+    let DeadContent::Envelope(envelope) = &letter.content else {
+        let notice = DeadNotice {
+            queue: queue.to_string(),
+            id: letter.id(),
+            kind: "(undecodable)".into(),
+            trace_id: String::new(),
+            reason: letter.reason.clone(),
+            attempts: 0,
+            redrives: 0,
+            dead_at: letter.dead_at,
+            given_up,
+        };
+        return Envelope::with_payload(DEAD_NOTICE_KIND, &notice).ok();
+    };
+    if envelope.kind == DEAD_NOTICE_KIND {
+        return None;
+    }
+    let notice = DeadNotice {
+        queue: queue.to_string(),
+        id: envelope.id.clone(),
+        kind: envelope.kind.clone(),
+        trace_id: envelope.trace_id.clone(),
+        reason: letter.reason.clone(),
+        attempts: envelope.attempts,
+        redrives: envelope.redrives,
+        dead_at: letter.dead_at,
+        given_up,
+    };
+    Envelope::with_payload(DEAD_NOTICE_KIND, &notice).ok().map(|e| e.traced(envelope.trace_id.clone()))
 }
 
 /// Exponential backoff with "equal jitter": half the step fixed, half random,
@@ -547,6 +610,17 @@ async fn heartbeat(backend: Arc<dyn Backend>, consumer: ConsumerId, options: Run
                     for letter in &report.given_up {
                         tracing::error!(queue = %consumer.queue, id = %letter.id(), reason = %letter.reason,
                             "dead letter re-driven {} times; it stays dead", options.dead_max_redrives);
+                    }
+                    let notices: Vec<Envelope> = match &options.alert_queue {
+                        Some(_) => {
+                            report.given_up.iter().filter_map(|l| dead_notice(&consumer.queue, l, true)).collect()
+                        }
+                        None => Vec::new(),
+                    };
+                    if let (Some(alerts), false) = (&options.alert_queue, notices.is_empty()) {
+                        if let Err(err) = backend.push(alerts, &notices).await {
+                            tracing::warn!(queue = %consumer.queue, error = %err, "cannot send dead-letter alerts");
+                        }
                     }
                 }
                 Ok(_) => {}

@@ -341,6 +341,13 @@ async fn runner_permanent_error_goes_dead_at_once(f: Fixture) {
     assert_eq!(plugin.seen.lock().expect("lock").len(), 1);
     let dead = f.backend.dead_list("q", 1).await.expect("dead");
     assert_eq!(dead[0].reason, "field `title` is missing");
+    // The alert queue is told, with what an alert needs.
+    let notices = f.backend.peek("notify", 10).await.expect("peek");
+    assert_eq!(notices.len(), 1);
+    let notice = notices.into_iter().next().and_then(Result::ok).expect("envelope");
+    assert_eq!(notice.kind, "bus.dead");
+    let body: hookbus_bus::runner::DeadNotice = notice.payload_as().expect("notice");
+    assert_eq!((body.queue.as_str(), body.reason.as_str(), body.given_up), ("q", "field `title` is missing", false));
 }
 
 async fn runner_defer_keeps_the_attempt_count(f: Fixture) {

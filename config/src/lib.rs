@@ -460,6 +460,10 @@ pub struct BusSettings {
     pub dead_sweep_interval_ms: u64,
     /// How many times the sweep re-drives one message before it stays dead.
     pub dead_max_redrives: u32,
+    /// Queue told about every message that goes dead or that the sweep gives
+    /// up on (a `bus.dead` message; notify turns it into an alert). Empty:
+    /// nobody is told.
+    pub alert_queue: String,
 }
 
 /// Delivery tunables of one queue, as in effect.
@@ -503,6 +507,7 @@ impl Default for BusSettings {
             queues: BTreeMap::new(),
             dead_sweep_interval_ms: 3_600_000,
             dead_max_redrives: 5,
+            alert_queue: "notify".into(),
         }
     }
 }
