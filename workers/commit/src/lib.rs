@@ -109,7 +109,10 @@ impl CommitPlugin {
 
     async fn apply(&self, op: ApplyPayload, out: &mut Outbox) -> Result<(), CommitError> {
         let operation = op.clone();
-        let applied = self.with_workdir(move |workdir| workdir.apply(&operation)).await?;
+        let committing = self.group.committing();
+        let applied = self.with_workdir(move |workdir| workdir.apply(&operation)).await;
+        drop(committing);
+        let applied = applied?;
         let result = match applied {
             Applied::Skipped { path, reason } => Synced { commit: None, path, content: None, reason: Some(reason) },
             Applied::Unchanged { path, content } => {

@@ -1,9 +1,10 @@
 //! Batched pushes: handlers commit locally, then wait here; one push after
-//! a short window (or once the batch is full) carries every commit made
-//! meanwhile, and each waiter learns the commit that now carries its
+//! a short window carries every commit made meanwhile. The window is cut
+//! short once the batch is full or no other handler is still committing
+//! (nobody left to wait for), and each waiter learns the commit that now carries its
 //! operation (re-applying on a moved remote may have rewritten it).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +27,20 @@ pub struct PushGroup {
     full: Notify,
     /// Batches flushed so far (for tests and the benchmark).
     flushes: AtomicU64,
+    /// Handlers committing right now: while none is, nobody else can join
+    /// the batch, so waiting out the window would only add latency.
+    committing: AtomicUsize,
+}
+
+/// Held while a handler commits; see [`PushGroup::committing`].
+pub struct Committing<'a>(&'a PushGroup);
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        if self.0.committing.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.wake_if_waiting();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -44,7 +59,21 @@ impl PushGroup {
             batch: Mutex::new(Batch::default()),
             full: Notify::new(),
             flushes: AtomicU64::new(0),
+            committing: AtomicUsize::new(0),
         })
+    }
+
+    /// Marks a handler as about to commit, so the batch waits for it.
+    pub fn committing(&self) -> Committing<'_> {
+        self.committing.fetch_add(1, Ordering::AcqRel);
+        Committing(self)
+    }
+
+    fn wake_if_waiting(&self) {
+        let batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+        if !batch.waiters.is_empty() {
+            self.full.notify_one();
+        }
     }
 
     /// How many batches have been pushed (or found nothing to push).
@@ -58,7 +87,7 @@ impl PushGroup {
         let schedule = {
             let mut batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
             batch.waiters.push((operation.to_string(), tx));
-            if batch.waiters.len() >= self.batch_max {
+            if batch.waiters.len() >= self.batch_max || self.committing.load(Ordering::Acquire) == 0 {
                 self.full.notify_one();
             }
             !std::mem::replace(&mut batch.scheduled, true)
