@@ -122,6 +122,181 @@ pub struct Settings {
     pub normalise: NormaliseSettings,
     pub git: GitSettings,
     pub reconcile: ReconcileSettings,
+    pub notify: NotifySettings,
+}
+
+/// The notify worker (`hookbus-notify`): subscribers, alerts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifySettings {
+    /// Who is told about every synced record: a TOML array of tables, or a
+    /// JSON list in `HOOKBUS_NOTIFY__SUBSCRIBERS`.
+    pub subscribers: Subscribers,
+    /// Slack-compatible webhook (`{"text": ...}`) told when messages go dead
+    /// (`HOOKBUS_NOTIFY__ALERT_WEBHOOK`). Empty: no alerts are posted. A
+    /// secret, since such URLs carry their own credential.
+    pub alert_webhook: Secret,
+    /// At most one alert per queue per window; notices inside it are folded
+    /// into a count that a later alert reports.
+    pub alert_window_ms: u64,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        NotifySettings {
+            subscribers: Subscribers::default(),
+            alert_webhook: Secret::default(),
+            alert_window_ms: 60_000,
+        }
+    }
+}
+
+impl NotifySettings {
+    /// The alert webhook, when one is configured.
+    pub fn alert_webhook(&self) -> Option<&Secret> {
+        Some(&self.alert_webhook).filter(|url| !url.expose().trim().is_empty())
+    }
+
+    pub fn alert_window(&self) -> Duration {
+        Duration::from_millis(self.alert_window_ms)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        const SETTING: &str = "HOOKBUS_NOTIFY__SUBSCRIBERS";
+        const KINDS: [&str; 4] = ["issue", "pull_request", "comment", "release"];
+        let is_http = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+        let mut names = std::collections::BTreeSet::new();
+        for (i, s) in self.subscribers.iter().enumerate() {
+            let field = |name: &str| format!("notify.subscribers[{i}].{name} ({SETTING})");
+            if !is_http(&s.url) {
+                return Err(ConfigError::invalid(field("url"), "must start with http:// or https://"));
+            }
+            if s.secret.expose().is_empty() {
+                return Err(ConfigError::invalid(field("secret"), "must not be empty (it keys the signature)"));
+            }
+            if s.timeout_ms == 0 || s.timeout_ms > 300_000 {
+                return Err(ConfigError::invalid(field("timeout_ms"), "must be 1 to 300000"));
+            }
+            if s.name.is_empty() || s.name.contains(|c: char| c.is_whitespace() || c == ':') {
+                return Err(ConfigError::invalid(field("name"), "must be non-empty, without spaces or colons"));
+            }
+            if !names.insert(s.name.as_str()) {
+                return Err(ConfigError::invalid(field("name"), format!("{:?} is used twice", s.name)));
+            }
+            if let Some(kind) = s.kinds.iter().find(|k| !KINDS.contains(&k.as_str())) {
+                return Err(ConfigError::invalid(
+                    field("kinds"),
+                    format!("{kind:?} is not one of issue, pull_request, comment, release"),
+                ));
+            }
+            if let Some(bad) = s.repositories.iter().find(|r| r.split('/').filter(|p| !p.is_empty()).count() != 2) {
+                return Err(ConfigError::invalid(field("repositories"), format!("{bad:?} is not \"owner/name\"")));
+            }
+        }
+        if self.alert_webhook().is_some_and(|url| !is_http(url.expose().trim())) {
+            return Err(ConfigError::invalid(
+                "notify.alert_webhook (HOOKBUS_NOTIFY__ALERT_WEBHOOK)",
+                "must start with http:// or https://",
+            ));
+        }
+        if self.alert_window_ms == 0 {
+            return Err(ConfigError::invalid(
+                "notify.alert_window_ms (HOOKBUS_NOTIFY__ALERT_WINDOW_MS)",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One subscriber: where its events go and which ones it wants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriberSettings {
+    /// Names the subscriber in keys, logs and dead letters; defaults to its
+    /// position in the list (`0`, `1`, ...). Keep it when reordering, or
+    /// deliveries still queued lose their subscriber.
+    #[serde(default)]
+    pub name: String,
+    pub url: String,
+    /// Key of the `X-Hookbus-Signature-256` HMAC.
+    pub secret: Secret,
+    /// Only events of these `owner/name` repositories; empty: all.
+    #[serde(default)]
+    pub repositories: RepositoryList,
+    /// Only these resource kinds (`issue`, `pull_request`, `comment`,
+    /// `release`); empty: all.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// A delivery slower than this fails and is retried.
+    #[serde(default = "default_subscriber_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_subscriber_timeout_ms() -> u64 {
+    10_000
+}
+
+impl SubscriberSettings {
+    /// Whether this subscriber wants an event about `kind` in `repository`.
+    pub fn wants(&self, repository: &str, kind: &str) -> bool {
+        self.repositories.allows(repository) && (self.kinds.is_empty() || self.kinds.iter().any(|k| k == kind))
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// The subscriber list: a list (TOML array of tables) or the same list as
+/// JSON text (an environment variable). Unnamed subscribers are named by
+/// their position.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Subscribers(Vec<SubscriberSettings>);
+
+impl Subscribers {
+    pub fn new(list: Vec<SubscriberSettings>) -> Self {
+        Subscribers(list.into_iter().enumerate().map(Self::named).collect())
+    }
+    fn named((i, mut s): (usize, SubscriberSettings)) -> SubscriberSettings {
+        if s.name.is_empty() {
+            s.name = i.to_string();
+        }
+        s
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &SubscriberSettings> {
+        self.0.iter()
+    }
+    pub fn get(&self, name: &str) -> Option<&SubscriberSettings> {
+        self.0.iter().find(|s| s.name == name)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'de> Deserialize<'de> for Subscribers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> serde::de::Visitor<'de> for ListVisitor {
+            type Value = Vec<SubscriberSettings>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of subscribers, or that list as JSON text")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                if v.trim().is_empty() {
+                    return Ok(Vec::new());
+                }
+                // serde_json's message names the field and the column at fault.
+                serde_json::from_str(v).map_err(|e| E::custom(format!("not a JSON list of subscribers: {e}")))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Deserialize::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+            }
+        }
+        deserializer.deserialize_any(ListVisitor).map(Subscribers::new)
+    }
 }
 
 /// The reconcile worker.
@@ -648,6 +823,7 @@ impl Settings {
             return Err(ConfigError::invalid("gateway.redis_timeout_ms", "must be at least 1"));
         }
         self.git.validate()?;
+        self.notify.validate()?;
         let valid_part = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
         for repository in self.normalise.repositories.iter() {
             if !repository.split_once('/').is_some_and(|(owner, name)| valid_part(owner) && valid_part(name)) {
@@ -893,6 +1069,71 @@ mod tests {
         assert!(err.to_string().contains("git.committer_email"), "{err}");
         let err = load(&[("HOOKBUS_GIT__PUSH_WINDOW_MS", "soon")]).expect_err("not a number");
         assert!(err.to_string().contains("git.push_window_ms"), "{err}");
+    }
+
+    #[test]
+    fn notify_subscribers_come_from_json_in_the_environment() {
+        let s = load(&[]).expect("defaults load");
+        assert!(s.notify.subscribers.is_empty());
+        assert!(s.notify.alert_webhook().is_none());
+        assert_eq!(s.notify.alert_window_ms, 60_000);
+        let json = r#"[{"url": "https://a.example/hook", "secret": "s1", "kinds": ["issue"]},
+            {"name": "crm", "url": "http://b.example", "secret": "s2", "repositories": ["Octo/Repo"], "timeout_ms": 500}]"#;
+        let s = load(&[
+            ("HOOKBUS_NOTIFY__SUBSCRIBERS", json),
+            ("HOOKBUS_NOTIFY__ALERT_WEBHOOK", "https://hooks.slack.example/T/secretpath"),
+            ("HOOKBUS_NOTIFY__ALERT_WINDOW_MS", "250"),
+        ])
+        .expect("loads");
+        let subs: Vec<&SubscriberSettings> = s.notify.subscribers.iter().collect();
+        assert_eq!(subs.len(), 2);
+        assert_eq!((subs[0].name.as_str(), subs[0].timeout_ms), ("0", 10_000));
+        assert!(subs[0].wants("any/repo", "issue") && !subs[0].wants("any/repo", "comment"));
+        assert_eq!(s.notify.subscribers.get("crm").map(|c| c.timeout_ms), Some(500));
+        assert!(subs[1].wants("octo/repo", "comment") && !subs[1].wants("octo/other", "comment"));
+        assert_eq!(s.notify.alert_window_ms, 250);
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("secretpath") && !printed.contains("\"s2\""), "{printed}");
+    }
+
+    #[test]
+    fn notify_subscribers_come_from_a_toml_array_of_tables() {
+        let dir = tempdir_for("notify");
+        let file = dir.join("hookbus.toml");
+        let toml = "[[notify.subscribers]]\nname = \"ops\"\nurl = \"https://ops.example/h\"\nsecret = \"x\"\n";
+        std::fs::write(&file, toml).expect("write");
+        let path = file.to_string_lossy().to_string();
+        let s = load(&[("HOOKBUS_CONFIG", &path)]).expect("loads");
+        assert_eq!(s.notify.subscribers.get("ops").map(|o| o.url.as_str()), Some("https://ops.example/h"));
+    }
+
+    fn tempdir_for(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hookbus-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    #[test]
+    fn bad_notify_settings_name_the_field() {
+        let bad = |json: &str| load(&[("HOOKBUS_NOTIFY__SUBSCRIBERS", json)]).expect_err(json).to_string();
+        let err = bad(r#"[{"url": "ftp://x", "secret": "s"}]"#);
+        assert!(err.contains("notify.subscribers[0].url") && err.contains("HOOKBUS_NOTIFY__SUBSCRIBERS"), "{err}");
+        let err = bad(r#"[{"url": "http://x", "secret": "s"}, {"url": "http://y", "secret": ""}]"#);
+        assert!(err.contains("notify.subscribers[1].secret"), "{err}");
+        let err = bad(r#"[{"url": "http://x", "secret": "s", "kinds": ["wiki"]}]"#);
+        assert!(err.contains("notify.subscribers[0].kinds"), "{err}");
+        let err = bad(r#"[{"url": "http://x", "secret": "s", "timeout": 5}]"#);
+        assert!(err.contains("HOOKBUS_NOTIFY__SUBSCRIBERS") && err.contains("timeout"), "{err}");
+        let err = bad(
+            r#"[{"url": "http://x", "secret": "s", "name": "a"}, {"url": "http://y", "secret": "t", "name": "a"}]"#,
+        );
+        assert!(err.contains("notify.subscribers[1].name"), "{err}");
+        let err = bad("not json");
+        assert!(err.contains("HOOKBUS_NOTIFY__SUBSCRIBERS"), "{err}");
+        let err = load(&[("HOOKBUS_NOTIFY__ALERT_WEBHOOK", "hooks.example")]).expect_err("bad url").to_string();
+        assert!(err.contains("HOOKBUS_NOTIFY__ALERT_WEBHOOK") && !err.contains("hooks.example"), "{err}");
+        let err = load(&[("HOOKBUS_NOTIFY__ALERT_WINDOW_MS", "0")]).expect_err("zero").to_string();
+        assert!(err.contains("notify.alert_window_ms"), "{err}");
     }
 
     #[test]
