@@ -10,6 +10,7 @@
 //! - [`runner`]: runs a plugin with concurrency, batching, retries, dead
 //!   letters, heartbeats and graceful shutdown.
 //! - [`shutdown`]: the one cancellation signal (SIGTERM/SIGINT).
+//! - [`worker`]: the `main` every worker binary shares.
 //!
 //! The bus knows nothing of GitHub or git; it moves envelopes.
 
@@ -22,6 +23,7 @@ pub mod redis;
 pub mod runner;
 pub mod shutdown;
 pub mod telemetry;
+pub mod worker;
 
 use std::sync::Arc;
 
@@ -32,6 +34,7 @@ pub use memory::MemoryBackend;
 pub use plugin::{Outbox, Plugin};
 pub use runner::{run, RunReport, Runner, RunnerOptions};
 pub use shutdown::Shutdown;
+pub use worker::{run_worker, SetupError};
 
 /// The four pipeline queues, in order (SPEC §3).
 pub const QUEUES: [&str; 4] = ["normalise", "reconcile", "commit", "notify"];

@@ -67,6 +67,34 @@ impl QueueKeys {
     }
 }
 
+/// `url` as the redis crate should dial it: on `rediss://` with
+/// `tls_insecure`, a self-signed certificate (Heroku Redis) is accepted.
+pub fn dial_url(url: &str, tls_insecure: bool) -> String {
+    if tls_insecure && url.starts_with("rediss://") && !url.contains('#') {
+        format!("{url}#insecure")
+    } else {
+        url.to_string()
+    }
+}
+
+/// A pool of `size` connections to `url`, connecting lazily (a server that
+/// is down now is retried on use), with bounded waits so a dead server
+/// fails calls instead of hanging them. Every hookbus store that keeps its
+/// own keys in Redis uses this.
+pub fn pool(url: &str, tls_insecure: bool, size: usize) -> Result<Pool, BusError> {
+    let mut config = Config::from_url(dial_url(url, tls_insecure));
+    config.pool = Some(PoolConfig {
+        max_size: size,
+        timeouts: Timeouts {
+            wait: Some(CALL_TIMEOUT),
+            create: Some(Duration::from_secs(3)),
+            recycle: Some(Duration::from_secs(3)),
+        },
+        ..PoolConfig::default()
+    });
+    config.create_pool(Some(Runtime::Tokio1)).map_err(|err| BusError::Setup(err.to_string()))
+}
+
 struct Scripts {
     push: Script,
     fetch: Script,
@@ -89,22 +117,7 @@ impl RedisBackend {
     /// accepted, as Heroku Redis needs). Connects lazily: a server that is
     /// down now is retried on use.
     pub fn connect(url: &str, prefix: &str, pool_size: usize, tls_insecure: bool) -> Result<Self, BusError> {
-        let url = if tls_insecure && url.starts_with("rediss://") && !url.contains('#') {
-            format!("{url}#insecure")
-        } else {
-            url.to_string()
-        };
-        let mut config = Config::from_url(url);
-        config.pool = Some(PoolConfig {
-            max_size: pool_size,
-            timeouts: Timeouts {
-                wait: Some(CALL_TIMEOUT),
-                create: Some(Duration::from_secs(3)),
-                recycle: Some(Duration::from_secs(3)),
-            },
-            ..PoolConfig::default()
-        });
-        let pool = config.create_pool(Some(Runtime::Tokio1)).map_err(|err| BusError::Setup(err.to_string()))?;
+        let pool = pool(url, tls_insecure, pool_size)?;
         Ok(RedisBackend {
             pool,
             prefix: prefix.to_string(),

@@ -13,12 +13,11 @@
 //! records violations of per-key ordering on `<LIST>:violations`.
 //! Configuration comes from the environment like every hookbus binary.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hookbus_bus::{Envelope, HandlerError, Outbox, Plugin, RunnerOptions, Shutdown};
-use hookbus_config::{exit_on_error, ConfigError, Settings};
+use hookbus_bus::{Envelope, HandlerError, Outbox, Plugin, SetupError};
+use hookbus_config::ConfigError;
 use redis::AsyncCommands;
 
 #[derive(serde::Deserialize)]
@@ -37,7 +36,7 @@ struct Stage {
     record: Option<String>,
     order_check: bool,
     max_sleep: Duration,
-    redis: Option<redis::aio::MultiplexedConnection>,
+    redis: Option<redis::aio::ConnectionManager>,
 }
 
 #[async_trait]
@@ -100,62 +99,32 @@ fn arg_value(args: &[String], name: &str) -> Option<String> {
 }
 
 #[tokio::main]
-async fn main() {
-    hookbus_bus::telemetry::init();
+async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let settings = exit_on_error(Settings::load());
-    let input =
-        exit_on_error(arg_value(&args, "--input").ok_or_else(|| ConfigError::invalid("--input", "is required")));
-    let max_sleep_ms = exit_on_error(
-        arg_value(&args, "--max-sleep-ms")
+    hookbus_bus::run_worker("hookbus-test-stage", |settings| {
+        let input = arg_value(&args, "--input").ok_or_else(|| ConfigError::invalid("--input", "is required"))?;
+        let max_sleep_ms = arg_value(&args, "--max-sleep-ms")
             .map(|v| v.parse::<u64>().map_err(|e| ConfigError::invalid("--max-sleep-ms", e.to_string())))
-            .transpose(),
-    );
-    let record = arg_value(&args, "--record");
-    let redis = match &record {
-        Some(_) => {
-            let client = exit_on_error(
-                redis::Client::open(settings.redis.url.expose())
-                    .map_err(|e| ConfigError::invalid("redis.url (REDIS_URL)", e.to_string())),
-            );
-            match client.get_multiplexed_async_connection().await {
-                Ok(conn) => Some(conn),
-                Err(err) => {
-                    eprintln!("hookbus-test-stage: cannot reach redis: {err}");
-                    std::process::exit(1);
-                }
+            .transpose()?;
+        let record = arg_value(&args, "--record");
+        let redis = match &record {
+            Some(_) => {
+                let client = redis::Client::open(settings.redis.url.expose())
+                    .map_err(|e| ConfigError::invalid("redis.url (REDIS_URL)", e.to_string()))?;
+                // A lazily connecting manager: the effect list survives a Redis restart.
+                let manager = futures::executor::block_on(redis::aio::ConnectionManager::new(client));
+                Some(manager.map_err(SetupError::failed)?)
             }
-        }
-        None => None,
-    };
-    let stage = Stage {
-        output: arg_value(&args, "--output"),
-        order_check: args.iter().any(|a| a == "--order-check"),
-        max_sleep: Duration::from_millis(max_sleep_ms.unwrap_or(u64::MAX)),
-        record,
-        redis,
-        input: input.clone(),
-    };
-    let backend = match hookbus_bus::connect(&settings) {
-        Ok(backend) => backend,
-        Err(err) => {
-            eprintln!("hookbus-test-stage: {err}");
-            std::process::exit(2);
-        }
-    };
-    let shutdown = match Shutdown::on_signals() {
-        Ok(shutdown) => shutdown,
-        Err(err) => {
-            eprintln!("hookbus-test-stage: cannot install signal handlers: {err}");
-            std::process::exit(1);
-        }
-    };
-    let options = RunnerOptions::from_settings(&settings.bus, &input);
-    match hookbus_bus::run(backend, Arc::new(stage), options, shutdown).await {
-        Ok(_) => std::process::exit(0),
-        Err(err) => {
-            eprintln!("hookbus-test-stage: {err}");
-            std::process::exit(1);
-        }
-    }
+            None => None,
+        };
+        Ok(Stage {
+            output: arg_value(&args, "--output"),
+            order_check: args.iter().any(|a| a == "--order-check"),
+            max_sleep: Duration::from_millis(max_sleep_ms.unwrap_or(u64::MAX)),
+            record,
+            redis,
+            input,
+        })
+    })
+    .await
 }

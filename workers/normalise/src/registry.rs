@@ -96,12 +96,8 @@ impl RedisRegistry {
     /// Connects lazily to `url` (the first command dials; a Redis that is
     /// down makes handlers retry, not the process exit).
     pub fn connect(url: &str, tls_insecure: bool, prefix: &str) -> Result<Self, RegistryError> {
-        let url = if tls_insecure && url.starts_with("rediss://") && !url.contains('#') {
-            format!("{url}#insecure")
-        } else {
-            url.to_string()
-        };
-        let client = redis::Client::open(url).map_err(|err| RegistryError(format!("redis url: {err}")))?;
+        let client = redis::Client::open(hookbus_bus::redis::dial_url(url, tls_insecure))
+            .map_err(|err| RegistryError(format!("redis url: {err}")))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))

@@ -1,41 +1,11 @@
-//! `hookbus-reconcile`: the `reconcile` dyno. Configuration (exit 2 on a bad
-//! setting), Redis, signals, then the reconcile plugin under the runner.
+//! `hookbus-reconcile`: the `reconcile` dyno.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use hookbus_bus::{RunnerOptions, Shutdown};
-use hookbus_config::{exit_on_error, Settings};
-use hookbus_reconcile::{Reconcile, QUEUE};
+use hookbus_bus::{run_worker, SetupError};
+use hookbus_reconcile::Reconcile;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let settings = exit_on_error(Settings::load());
-    hookbus_bus::telemetry::init();
-    let shutdown = match Shutdown::on_signals() {
-        Ok(shutdown) => shutdown,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot install signal handlers");
-            return ExitCode::FAILURE;
-        }
-    };
-    let (backend, plugin) = match (hookbus_bus::connect(&settings), Reconcile::from_settings(&settings)) {
-        (Ok(backend), Ok(plugin)) => (backend, plugin),
-        (Err(err), _) => {
-            tracing::error!(error = %err, "cannot set up the redis connection");
-            return ExitCode::FAILURE;
-        }
-        (_, Err(err)) => {
-            tracing::error!(error = %err, "cannot set up the operation store");
-            return ExitCode::FAILURE;
-        }
-    };
-    let options = RunnerOptions::from_settings(&settings.bus, QUEUE);
-    match hookbus_bus::run(backend, Arc::new(plugin), options, shutdown).await {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = %err, "reconcile stopped");
-            ExitCode::FAILURE
-        }
-    }
+    run_worker("hookbus-reconcile", |settings| Reconcile::from_settings(settings).map_err(SetupError::failed)).await
 }

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
+use deadpool_redis::Pool;
 use redis::{AsyncCommands, Script};
 
 use crate::book::{Book, OperationRecord};
@@ -95,22 +95,7 @@ pub struct RedisStore {
 
 impl RedisStore {
     pub fn connect(url: &str, tls_insecure: bool, prefix: &str, retention: Duration) -> Result<Self, StoreError> {
-        let url = if tls_insecure && url.starts_with("rediss://") && !url.contains('#') {
-            format!("{url}#insecure")
-        } else {
-            url.to_string()
-        };
-        let mut config = Config::from_url(url);
-        config.pool = Some(PoolConfig {
-            max_size: 8,
-            timeouts: Timeouts {
-                wait: Some(Duration::from_secs(5)),
-                create: Some(Duration::from_secs(3)),
-                recycle: Some(Duration::from_secs(3)),
-            },
-            ..PoolConfig::default()
-        });
-        let pool = config.create_pool(Some(Runtime::Tokio1)).map_err(|e| StoreError::Pool(e.to_string()))?;
+        let pool = hookbus_bus::redis::pool(url, tls_insecure, 8).map_err(|e| StoreError::Pool(e.to_string()))?;
         Ok(RedisStore { pool, prefix: prefix.to_string(), retention, save: Script::new(include_str!("lua/save.lua")) })
     }
 

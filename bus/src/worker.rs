@@ -1,0 +1,64 @@
+//! The `main` every worker binary shares: configuration (exit 2 naming a bad
+//! setting), logging, signals, Redis, then one plugin under the runner until
+//! SIGTERM/SIGINT (exit 0 after draining).
+
+use std::fmt::Display;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use hookbus_config::{ConfigError, Settings};
+
+use crate::plugin::Plugin;
+use crate::runner::RunnerOptions;
+use crate::shutdown::Shutdown;
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A setting is wrong: exit code 2.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// Anything else: exit code 1.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl SetupError {
+    pub fn failed(err: impl Display) -> Self {
+        SetupError::Failed(err.to_string())
+    }
+}
+
+/// Runs the worker `binary`: `build` makes its plugin from the settings.
+pub async fn run_worker<P: Plugin>(binary: &str, build: impl FnOnce(&Settings) -> Result<P, SetupError>) -> ExitCode {
+    let settings = match Settings::load() {
+        Ok(settings) => settings,
+        Err(err) => return fail(binary, SetupError::Config(err)),
+    };
+    crate::telemetry::init();
+    let shutdown = match Shutdown::on_signals() {
+        Ok(shutdown) => shutdown,
+        Err(err) => return fail(binary, SetupError::failed(format!("cannot install signal handlers: {err}"))),
+    };
+    let backend = match crate::connect(&settings) {
+        Ok(backend) => backend,
+        Err(err) => return fail(binary, SetupError::failed(err)),
+    };
+    let plugin = match build(&settings) {
+        Ok(plugin) => plugin,
+        Err(err) => return fail(binary, err),
+    };
+    let options = RunnerOptions::from_settings(&settings.bus, plugin.input());
+    match crate::run(backend, Arc::new(plugin), options, shutdown).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err) => fail(binary, SetupError::failed(err)),
+    }
+}
+
+fn fail(binary: &str, err: SetupError) -> ExitCode {
+    eprintln!("{binary}: {err}");
+    match err {
+        SetupError::Config(_) => ExitCode::from(2),
+        SetupError::Failed(_) => ExitCode::FAILURE,
+    }
+}
