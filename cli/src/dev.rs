@@ -6,11 +6,12 @@
 //! `./.hookbus/`, so `hookbus send` in the same directory signs correctly.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use hookbus_bus::{Backend, MemoryBackend, Plugin, RunnerOptions, Shutdown};
+use hookbus_commit::CommitPlugin;
 use hookbus_config::{exit_on_error, Secret, Settings, Tokens};
 use hookbus_gateway::{serve, Gateway};
 use hookbus_normalise::{MemoryRegistry, Normalise, RedisRegistry, RepositoryRegistry};
@@ -21,6 +22,8 @@ use crate::send::DEV_SECRET_FILE;
 
 const DEV_DIR: &str = ".hookbus";
 const DEV_TOKEN_FILE: &str = ".hookbus/api-token";
+/// The bare repository records are pushed to when `HOOKBUS_GIT__REMOTE` is not set.
+const DEV_RECORDS: &str = ".hookbus/records.git";
 
 /// The worker plugins built so far, wired as their binaries wire them —
 /// over Redis with `--redis`, otherwise with in-memory state.
@@ -39,7 +42,22 @@ fn plugins(settings: &Settings, over_redis: bool) -> Result<Vec<Arc<dyn Plugin>>
     } else {
         Reconcile::new(Arc::new(MemoryStore::default()), tie_breaker(settings))
     };
-    Ok(vec![Arc::new(normalise), Arc::new(reconcile)])
+    let commit = CommitPlugin::from_settings(settings).map_err(|e| e.to_string())?;
+    Ok(vec![Arc::new(normalise), Arc::new(reconcile), Arc::new(commit)])
+}
+
+/// Without `HOOKBUS_GIT__REMOTE`, records go to a bare repository under
+/// `.hookbus/`, created on first start.
+fn local_records_remote(settings: &mut Settings) -> Result<Option<PathBuf>, String> {
+    if !settings.git.remote.trim().is_empty() {
+        return Ok(None);
+    }
+    let path = std::path::absolute(DEV_RECORDS).map_err(|e| format!("{DEV_RECORDS}: {e}"))?;
+    if !path.exists() {
+        git2::Repository::init_bare(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    }
+    settings.git.remote = path.to_string_lossy().into_owned();
+    Ok(Some(path))
 }
 
 pub async fn run(redis: Option<String>, port: Option<u16>) -> ExitCode {
@@ -79,6 +97,14 @@ pub async fn run(redis: Option<String>, port: Option<u16>) -> ExitCode {
         }
     } else {
         None
+    };
+
+    let records = match local_records_remote(&mut settings) {
+        Ok(records) => records,
+        Err(err) => {
+            eprintln!("hookbus: {err}");
+            return ExitCode::FAILURE;
+        }
     };
 
     let backend: Arc<dyn Backend> = match &redis {
@@ -150,6 +176,15 @@ pub async fn run(redis: Option<String>, port: Option<u16>) -> ExitCode {
         println!("  API token  {token}   (Authorization: Bearer …; kept in {DEV_TOKEN_FILE})");
     }
     println!("  health     http://{address}/healthz   metrics http://{address}/metrics");
+    match &records {
+        Some(path) => println!(
+            "  records    {} (branch {}; see them: git --git-dir {} log --stat)",
+            path.display(),
+            settings.git.branch,
+            path.display()
+        ),
+        None => println!("  records    pushed to {} (branch {})", settings.git.remote, settings.git.branch),
+    }
     if stages.is_empty() {
         println!("  workers    none");
     } else {

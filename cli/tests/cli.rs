@@ -120,7 +120,7 @@ impl Drop for Dev {
 }
 
 #[test]
-fn dev_mode_accepts_a_signed_sample_once_and_stops_cleanly_on_ctrl_c() {
+fn dev_mode_turns_a_sent_sample_into_a_commit_by_its_author_once_and_stops_cleanly() {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port().to_string();
     let mut dev = Dev(Command::new(HOOKBUS)
@@ -148,6 +148,26 @@ fn dev_mode_accepts_a_signed_sample_once_and_stops_cleanly_on_ctrl_c() {
     }));
     let sent = sent.expect("send output");
     assert!(stdout(&sent).contains("202 Accepted"), "{}", stdout(&sent));
+
+    // The webhook went through normalise, reconcile and commit-to-git: the
+    // record is a commit in the local repository, authored by the sender.
+    let records = dir.path().join(".hookbus/records.git");
+    let git = |args: &[&str]| {
+        let out = Command::new("git").arg("--git-dir").arg(&records).args(args).output().expect("git");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || !git(&["log", "--format=%H", "main"]).trim().is_empty()),
+        "no commit reached {}",
+        records.display()
+    );
+    let log = git(&["log", "-1", "--format=%an <%ae>%n%s%n%b", "main"]);
+    assert!(log.starts_with("Codertocat <21031067+Codertocat@users.noreply.github.com>"), "{log}");
+    assert!(log.contains("Hookbus-Operation: ") && log.contains("Hookbus-Delivery: "), "{log}");
+    let file = git(&["show", "main:repos/codertocat/hello-world/issues/1.json"]);
+    let record: serde_json::Value = serde_json::from_str(&file).expect("the record file is JSON");
+    assert_eq!(record["title"], "Spelling error in the README file");
+    assert!(file.ends_with("}\n"), "pretty JSON with a trailing newline");
 
     // The same delivery again is recognised and not stored twice.
     let text = stdout(&sent);
