@@ -54,7 +54,10 @@ fn local_records_remote(settings: &mut Settings) -> Result<Option<PathBuf>, Stri
     }
     let path = std::path::absolute(DEV_RECORDS).map_err(|e| format!("{DEV_RECORDS}: {e}"))?;
     if !path.exists() {
-        git2::Repository::init_bare(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        // HEAD names the branch hookbus commits to, so a plain `git log` shows it.
+        let mut options = git2::RepositoryInitOptions::new();
+        options.bare(true).initial_head(&settings.git.branch);
+        git2::Repository::init_opts(&path, &options).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     }
     settings.git.remote = path.to_string_lossy().into_owned();
     Ok(Some(path))

@@ -157,7 +157,7 @@ fn dev_mode_turns_a_sent_sample_into_a_commit_by_its_author_once_and_stops_clean
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(
-        eventually(Duration::from_secs(30), || !git(&["log", "--format=%H", "main"]).trim().is_empty()),
+        eventually(Duration::from_secs(30), || !git(&["log", "--format=%H"]).trim().is_empty()),
         "no commit reached {}",
         records.display()
     );
