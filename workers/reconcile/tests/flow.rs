@@ -224,9 +224,19 @@ fn options(queue: &str, concurrency: usize) -> RunnerOptions {
     RunnerOptions::from_settings(&bus, queue)
 }
 
+/// A `hookbus-reconcile` process, killed if a failing test leaves it running.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Random arrival orders, duplicates and delays of N updates to M
-/// resources, through two reconcile "processes" (each its own connection
-/// pools, runtime and thread) with three handlers each, over one Redis.
+/// resources, through two `hookbus-reconcile` processes with three handlers
+/// each, over one Redis; commit is played in this process.
 #[test]
 fn newest_update_of_every_resource_is_applied_whatever_the_interleaving_over_redis() {
     let server = RedisServer::start();
@@ -246,26 +256,24 @@ fn newest_update_of_every_resource_is_applied_whatever_the_interleaving_over_red
         }
         messages.shuffle(&mut rng);
 
-        let fake = Arc::new(FakeCommit::default());
         let url = server.url();
-        let stop = Shutdown::new();
-        let processes: Vec<std::thread::JoinHandle<()>> = (0..2)
+        let mut processes: Vec<Process> = (0..2)
             .map(|_| {
-                let (url, prefix, stop) = (url.clone(), prefix.clone(), stop.clone());
-                std::thread::spawn(move || {
-                    let rt =
-                        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
-                    rt.block_on(async {
-                        let backend: Arc<dyn Backend> =
-                            Arc::new(RedisBackend::connect(&url, &prefix, 4, false).expect("pool"));
-                        let store =
-                            RedisStore::connect(&url, false, &prefix, Duration::from_secs(3_600)).expect("store");
-                        let reconcile = Arc::new(plugin(Arc::new(store)));
-                        let _ = Runner::new(backend, reconcile, options("reconcile", 3)).run(stop).await;
-                    });
-                })
+                Process(
+                    std::process::Command::new(env!("CARGO_BIN_EXE_hookbus-reconcile"))
+                        .env("REDIS_URL", &url)
+                        .env("HOOKBUS_BUS__PREFIX", &prefix)
+                        .env("HOOKBUS_BUS__CONCURRENCY", "3")
+                        .env("HOOKBUS_BUS__BATCH_SIZE", "4")
+                        .env("HOOKBUS_BUS__POLL_INTERVAL_MS", "5")
+                        .env("RUST_LOG", "warn")
+                        .spawn()
+                        .expect("start hookbus-reconcile"),
+                )
             })
             .collect();
+        let fake = Arc::new(FakeCommit::default());
+        let stop = Shutdown::new();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
         let store = RedisStore::connect(&url, false, &prefix, Duration::from_secs(3_600)).expect("store");
         rt.block_on(async {
@@ -295,9 +303,16 @@ fn newest_update_of_every_resource_is_applied_whatever_the_interleaving_over_red
             }
             stop.trigger();
             let _ = commit.await;
+            // Both processes took part.
+            let depths = backend.depths("reconcile").await.expect("depths");
+            assert_eq!(depths.consumers, 2, "two reconcile processes consuming");
         });
-        for p in processes {
-            p.join().expect("process thread");
+        for p in &processes {
+            let _ = std::process::Command::new("kill").arg(p.0.id().to_string()).status();
+        }
+        for p in &mut processes {
+            let status = p.0.wait().expect("wait");
+            assert!(status.success(), "hookbus-reconcile exits 0 on SIGTERM: {status}");
         }
         let violations = fake.violations.lock().expect("lock").clone();
         assert!(violations.is_empty(), "seed {seed}: {violations:?}");
