@@ -1,0 +1,300 @@
+//! hookbus-notify: the last stage (SPEC §6 "notify").
+//!
+//! One plugin on the `notify` queue handles five kinds of message:
+//!
+//! - `record.synced` (from commit-to-git): the event is published on
+//!   `<prefix>:events` ([`events`]) and fanned out: one `notify.delivery`
+//!   per matching subscriber, keyed `subscriber:<name>:<resource key>`, and
+//!   for an outbound change one `github.writeback`, keyed
+//!   `writeback:<resource key>`. Each is its own message with its own
+//!   retries and dead letter, so a slow or failing subscriber (or a rate
+//!   limited GitHub) delays nobody else, while one subscriber still gets
+//!   one resource's events in order.
+//! - `notify.delivery`: one signed POST ([`subscriber`]).
+//! - `github.writeback`: one change applied to GitHub ([`writeback`]).
+//! - `bus.dead` (from the runner of any queue): an alert to the alert
+//!   webhook, at most one per queue per window ([`alert`]); notices inside
+//!   a window are counted and reported by the next alert, or by a
+//!   `notify.alert_flush` that waits for the window to close.
+//! - `notify.alert_flush`: see above.
+//!
+//! Wire types are in [`wire`]; the event schema is `docs/events.md`.
+
+pub mod alert;
+pub mod error;
+pub mod events;
+pub mod subscriber;
+pub mod wire;
+pub mod writeback;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hookbus_bus::runner::{DeadNotice, DEAD_NOTICE_KIND};
+use hookbus_bus::{Envelope, HandlerError, Outbox, Plugin};
+use hookbus_config::{Secret, Settings, Subscribers};
+
+use crate::alert::{AlertWindow, MemoryAlertWindow, RedisAlertWindow, Window};
+pub use crate::error::NotifyError;
+use crate::events::{BroadcastEvents, EventPublisher, RedisEvents};
+use crate::wire::{
+    AlertFlushPayload, DeliveryPayload, Event, Synced, WritebackPayload, ALERT_FLUSH_KIND, DELIVERY_KIND, SYNCED_KIND,
+    WRITEBACK_KIND,
+};
+use crate::writeback::GitHub;
+
+/// The queue notify consumes, and emits its own messages to.
+pub const QUEUE: &str = "notify";
+
+/// How long the alert webhook and GitHub get to answer.
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The notify plugin.
+pub struct Notify {
+    subscribers: Subscribers,
+    http: reqwest::Client,
+    events: Arc<dyn EventPublisher>,
+    alerts: Arc<dyn AlertWindow>,
+    alert_webhook: Option<Secret>,
+    alert_window: Duration,
+    /// None without `github.token`: write-backs go dead saying so.
+    github: Option<GitHub>,
+}
+
+impl Notify {
+    /// Over Redis: events on `<prefix>:events`, alert windows in Redis
+    /// shared by every notify process. Connects lazily.
+    pub fn from_settings(settings: &Settings) -> Result<Self, NotifyError> {
+        let conn = redis_connection(settings)?;
+        Self::new(
+            settings,
+            Arc::new(RedisEvents::new(conn.clone(), &settings.bus.prefix)),
+            Arc::new(RedisAlertWindow::new(conn, &settings.bus.prefix)),
+        )
+    }
+
+    /// In one process (`hookbus dev` over the memory bus): events go to the
+    /// returned broadcast, alert windows live in memory.
+    pub fn in_memory(settings: &Settings) -> Result<(Self, Arc<BroadcastEvents>), NotifyError> {
+        let events = Arc::new(BroadcastEvents::new(1024));
+        let notify = Self::new(settings, events.clone(), Arc::new(MemoryAlertWindow::default()))?;
+        Ok((notify, events))
+    }
+
+    /// With explicit parts.
+    pub fn new(
+        settings: &Settings,
+        events: Arc<dyn EventPublisher>,
+        alerts: Arc<dyn AlertWindow>,
+    ) -> Result<Self, NotifyError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("hookbus-notify/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| NotifyError::Setup(format!("HTTP client: {e}")))?;
+        let token = settings.github.token.expose().trim();
+        let github = match token.is_empty() {
+            true => None,
+            false => Some(GitHub::new(&settings.github.api_url, token, REMOTE_TIMEOUT)?),
+        };
+        Ok(Notify {
+            subscribers: settings.notify.subscribers.clone(),
+            http,
+            events,
+            alerts,
+            alert_webhook: settings.notify.alert_webhook().cloned(),
+            alert_window: settings.notify.alert_window(),
+            github,
+        })
+    }
+
+    async fn fan_out(&self, message: &Envelope, out: &mut Outbox) -> Result<(), HandlerError> {
+        let synced: Synced = message.payload_as()?;
+        let event = Event::from(&synced);
+        let body = serde_json::to_string(&event).map_err(NotifyError::from)?;
+        self.events.publish(&body).await?;
+        for subscriber in self.subscribers.iter().filter(|s| s.wants(&synced.repository, &synced.kind)) {
+            let delivery = DeliveryPayload {
+                subscriber: subscriber.name.clone(),
+                delivery: wire::delivery_id(&synced.operation, &subscriber.name),
+                event: SYNCED_KIND.into(),
+                operation: synced.operation.clone(),
+                resource: synced.key.clone(),
+                body: body.clone(),
+            };
+            let key = format!("subscriber:{}:{}", subscriber.name, synced.key);
+            out.emit_payload(QUEUE, DELIVERY_KIND, Some(&key), &delivery)?;
+        }
+        if synced.is_outbound() {
+            let change = WritebackPayload {
+                operation: synced.operation.clone(),
+                resource: synced.key.clone(),
+                repository: synced.repository.clone(),
+                kind: synced.kind.clone(),
+                action: synced.action.clone(),
+                number: synced.number,
+                id: synced.id,
+                changes: synced.changes.clone().unwrap_or_default(),
+            };
+            out.emit_payload(QUEUE, WRITEBACK_KIND, Some(&format!("writeback:{}", synced.key)), &change)?;
+        }
+        Ok(())
+    }
+
+    async fn write_back(&self, message: &Envelope) -> Result<(), HandlerError> {
+        let change: WritebackPayload = message.payload_as()?;
+        let Some(github) = &self.github else {
+            return Err(HandlerError::Permanent(format!(
+                "cannot write back operation {}: no GitHub token, set HOOKBUS_GITHUB__TOKEN",
+                change.operation
+            )));
+        };
+        github.apply(&change).await?;
+        tracing::info!(operation = %change.operation, resource = %change.resource, "written back to GitHub");
+        Ok(())
+    }
+
+    async fn dead_notice(&self, message: &Envelope, out: &mut Outbox) -> Result<(), HandlerError> {
+        let notice: DeadNotice = message.payload_as()?;
+        tracing::warn!(
+            queue = %notice.queue, id = %notice.id, kind = %notice.kind, reason = %notice.reason,
+            given_up = notice.given_up, "message dead"
+        );
+        let Some(webhook) = &self.alert_webhook else { return Ok(()) };
+        match self.alerts.notice(&notice.queue, self.alert_window).await? {
+            Window::Opened { folded } => {
+                self.post_alert(webhook, &notice.queue, &notice_text(&notice, folded), folded).await
+            }
+            Window::Open { folded, reopens_in } => {
+                // The first notice folded into this window makes sure it is
+                // reported once the window closes, even if no other comes.
+                if folded == 1 {
+                    let flush = AlertFlushPayload { queue: notice.queue.clone() };
+                    out.emit_payload(QUEUE, ALERT_FLUSH_KIND, None, &flush)?;
+                }
+                tracing::debug!(queue = %notice.queue, folded, ?reopens_in, "alert folded");
+                Ok(())
+            }
+            Window::Idle => Ok(()),
+        }
+    }
+
+    async fn flush_alerts(&self, message: &Envelope) -> Result<(), HandlerError> {
+        let flush: AlertFlushPayload = message.payload_as()?;
+        let Some(webhook) = &self.alert_webhook else { return Ok(()) };
+        match self.alerts.flush(&flush.queue, self.alert_window).await? {
+            Window::Opened { folded } => {
+                let text = format!(
+                    "hookbus: {folded} more message(s) went dead on queue `{}` (folded since the last alert); \
+                     `hookbus dead list {}` shows them",
+                    flush.queue, flush.queue
+                );
+                self.post_alert(webhook, &flush.queue, &text, folded).await
+            }
+            Window::Open { reopens_in, .. } => {
+                Err(HandlerError::Defer(reopens_in, format!("alert window of queue {} still open", flush.queue)))
+            }
+            Window::Idle => Ok(()),
+        }
+    }
+
+    /// Posts `text`; on success the `folded` notices it reported are
+    /// subtracted, on failure the window is closed again for the retry.
+    async fn post_alert(&self, webhook: &Secret, queue: &str, text: &str, folded: u64) -> Result<(), HandlerError> {
+        let sent = self
+            .http
+            .post(webhook.expose())
+            .timeout(REMOTE_TIMEOUT)
+            .json(&serde_json::json!({ "text": text }))
+            .send()
+            .await;
+        let failure = match sent {
+            Ok(response) if response.status().is_success() => None,
+            Ok(response) => Some(format!("alert webhook answered {}", response.status().as_u16())),
+            // Without the URL: it carries the webhook's credential.
+            Err(err) => Some(format!("alert webhook: {}", err.without_url())),
+        };
+        match failure {
+            None => {
+                self.alerts.posted(queue, folded).await?;
+                tracing::info!(queue, folded, "alert posted");
+                Ok(())
+            }
+            Some(reason) => {
+                self.alerts.failed(queue).await?;
+                Err(HandlerError::Transient(reason))
+            }
+        }
+    }
+}
+
+fn notice_text(notice: &DeadNotice, folded: u64) -> String {
+    let what = if notice.given_up {
+        format!(
+            "the dead-letter sweep gave up on message {} ({}) on queue `{}` after {} re-drives; it stays dead",
+            notice.id, notice.kind, notice.queue, notice.redrives
+        )
+    } else {
+        format!(
+            "message {} ({}) went dead on queue `{}` after {} attempt(s)",
+            notice.id, notice.kind, notice.queue, notice.attempts
+        )
+    };
+    let more = match folded {
+        0 => String::new(),
+        n => format!(" (+{n} more folded since the last alert on this queue)"),
+    };
+    format!("hookbus: {what}: {}{more}; trace {}", notice.reason, notice.trace_id)
+}
+
+fn redis_connection(settings: &Settings) -> Result<redis::aio::ConnectionManager, NotifyError> {
+    let url = settings.redis.url.expose();
+    let url = if settings.redis.tls_insecure && url.starts_with("rediss://") && !url.contains('#') {
+        format!("{url}#insecure")
+    } else {
+        url.to_string()
+    };
+    // Not the URL in the message: it carries the password.
+    let client = redis::Client::open(url).map_err(|e| NotifyError::Setup(format!("redis.url (REDIS_URL): {e}")))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(2));
+    redis::aio::ConnectionManager::new_lazy_with_config(client, config).map_err(NotifyError::from)
+}
+
+#[async_trait]
+impl Plugin for Notify {
+    fn name(&self) -> &str {
+        "notify"
+    }
+
+    fn input(&self) -> &str {
+        QUEUE
+    }
+
+    fn outputs(&self) -> Vec<String> {
+        vec![QUEUE.into()]
+    }
+
+    async fn handle(&self, message: &Envelope, out: &mut Outbox) -> Result<(), HandlerError> {
+        match message.kind.as_str() {
+            SYNCED_KIND => self.fan_out(message, out).await,
+            DELIVERY_KIND => {
+                let delivery: DeliveryPayload = message.payload_as()?;
+                let subscriber = self.subscribers.get(&delivery.subscriber).ok_or_else(|| {
+                    HandlerError::Permanent(format!(
+                        "subscriber {} is no longer configured (notify.subscribers)",
+                        delivery.subscriber
+                    ))
+                })?;
+                subscriber::deliver(&self.http, subscriber, &delivery).await
+            }
+            WRITEBACK_KIND => self.write_back(message).await,
+            DEAD_NOTICE_KIND => self.dead_notice(message, out).await,
+            ALERT_FLUSH_KIND => self.flush_alerts(message).await,
+            other => Err(HandlerError::Permanent(format!("notify does not handle messages of kind {other:?}"))),
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! notify under the real runner, with real local HTTP servers as
+//! subscribers (healthy, slow, always failing), as the alert webhook and as
+//! a fake GitHub API; over a real redis-server and over memory.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use hmac::{Hmac, Mac};
+use hookbus_bus::redis::RedisBackend;
+use hookbus_bus::runner::DeadNotice;
+use hookbus_bus::{Backend, Envelope, MemoryBackend, Runner, RunnerOptions, Shutdown};
+use hookbus_config::{QueueOverrides, RepositoryList, Secret, Settings, SubscriberSettings, Subscribers};
+use hookbus_notify::wire::{delivery_id, WritebackPayload};
+use hookbus_notify::writeback::{plan, rate_limit, Method as CallMethod};
+use hookbus_notify::Notify;
+use hookbus_testkit::{free_port, RedisServer};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use tokio::sync::mpsc;
+
+// ---------------------------------------------------------------- fakes
+
+/// One request a fake server received.
+#[derive(Debug, Clone)]
+struct Received {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+    at: Instant,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+}
+
+/// What a fake answers to its n-th request (from 0): status, delay, headers.
+type Answer = Arc<dyn Fn(usize, &Received) -> (u16, Duration, Vec<(&'static str, String)>) + Send + Sync>;
+
+/// A local HTTP server that records every request and answers by `answer`.
+struct FakeServer {
+    url: String,
+    seen: Arc<Mutex<Vec<Received>>>,
+    rx: mpsc::UnboundedReceiver<Received>,
+}
+
+impl FakeServer {
+    async fn start(answer: Answer) -> FakeServer {
+        let port = free_port();
+        let seen: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = (seen.clone(), tx, answer);
+        let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let (seen, tx, answer) = state.clone();
+            async move {
+                let received = Received { method, path: uri.path().to_string(), headers, body, at: Instant::now() };
+                let n = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(received.clone());
+                    seen.len() - 1
+                };
+                let _ = tx.send(received.clone());
+                let (status, delay, headers) = answer(n, &received);
+                tokio::time::sleep(delay).await;
+                let mut response: Response = (StatusCode::from_u16(status).unwrap(), "{}").into_response();
+                for (name, value) in headers {
+                    response.headers_mut().insert(name, value.parse().unwrap());
+                }
+                response
+            }
+        });
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind fake server");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakeServer { url: format!("http://127.0.0.1:{port}"), seen, rx }
+    }
+
+    fn answering(status: u16) -> Answer {
+        Arc::new(move |_, _| (status, Duration::ZERO, vec![]))
+    }
+
+    /// The next request, within `timeout`.
+    async fn next(&mut self, timeout: Duration) -> Option<Received> {
+        tokio::time::timeout(timeout, self.rx.recv()).await.ok().flatten()
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+fn subscriber(name: &str, url: &str, secret: &str, timeout_ms: u64) -> SubscriberSettings {
+    SubscriberSettings {
+        name: name.into(),
+        url: url.into(),
+        secret: Secret::new(secret),
+        repositories: RepositoryList::default(),
+        kinds: Vec::new(),
+        timeout_ms,
+    }
+}
+
+/// Settings with quick retries: `attempts` per notify message, 20-50 ms backoff.
+fn settings(attempts: u32, subscribers: Vec<SubscriberSettings>) -> Settings {
+    let mut s = Settings::default();
+    s.bus.poll_interval_ms = 10;
+    s.bus.queues.insert(
+        "notify".into(),
+        QueueOverrides {
+            max_attempts: Some(attempts),
+            backoff_base_ms: Some(20),
+            backoff_max_ms: Some(50),
+            ..QueueOverrides::default()
+        },
+    );
+    s.notify.subscribers = Subscribers::new(subscribers);
+    s
+}
+
+fn synced(direction: &str, operation: &str) -> Envelope {
+    let payload = json!({
+        "operation": operation,
+        "key": "github:octo/repo:issue:7",
+        "repository": "octo/repo",
+        "kind": "issue",
+        "action": if direction == "outbound" { "update" } else { "edited" },
+        "direction": direction,
+        "source": if direction == "outbound" { "client.change" } else { "issues" },
+        "commit": "0123456789abcdef0123456789abcdef01234567",
+        "path": "repos/octo/repo/issues/7.json",
+        "record": { "number": 7, "title": "Crash on start", "state": "open", "labels": ["bug"] },
+        "actor": { "login": "octocat", "id": 1, "name": null, "email": null },
+        "delivery": if direction == "outbound" { Value::Null } else { json!("d-1") },
+        "updated_at": 1_700_000_000_000_i64,
+        "number": 7,
+        "id": null,
+        "changes": if direction == "outbound" {
+            json!({ "title": "Crash on start", "state": "closed", "labels": ["bug"], "milestone": 3 })
+        } else { Value::Null },
+    });
+    Envelope::with_payload("record.synced", &payload).expect("payload").keyed("github:octo/repo:issue:7")
+}
+
+fn dead_notice(queue: &str, id: &str) -> Envelope {
+    let notice = DeadNotice {
+        queue: queue.into(),
+        id: id.into(),
+        kind: "sync.apply".into(),
+        trace_id: format!("trace-{id}"),
+        reason: "push rejected".into(),
+        attempts: 8,
+        redrives: 0,
+        dead_at: 1,
+        given_up: false,
+    };
+    Envelope::with_payload("bus.dead", &notice).expect("payload")
+}
+
+fn verifies(secret: &str, body: &[u8], header: &str) -> bool {
+    let Some(hex_sig) = header.strip_prefix("sha256=") else { return false };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    mac.verify_slice(&hex::decode(hex_sig).unwrap_or_default()).is_ok()
+}
+
+/// Runs `notify` on `backend` until the returned shutdown is triggered.
+fn run(backend: Arc<dyn Backend>, notify: Notify, settings: &Settings) -> Shutdown {
+    let shutdown = Shutdown::new();
+    let options = RunnerOptions::from_settings(&settings.bus, "notify");
+    let runner = Runner::new(backend, Arc::new(notify), options);
+    let child = shutdown.child();
+    tokio::spawn(async move { runner.run(child).await });
+    shutdown
+}
+
+/// Polls `check` every 10 ms until it holds or `timeout` passes.
+async fn until<F: std::future::Future<Output = bool>>(timeout: Duration, mut check: impl FnMut() -> F) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+async fn dead_reasons(backend: &Arc<dyn Backend>) -> Vec<String> {
+    backend.dead_list("notify", 100).await.expect("dead list").into_iter().map(|d| d.reason).collect()
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_subscriber_gets_a_signed_event_in_isolation_and_a_failing_one_ends_dead_with_an_alert() {
+    let redis = RedisServer::start();
+    // Healthy, after one failure: the retry carries the same delivery id.
+    let mut healthy =
+        FakeServer::start(Arc::new(|n, _| (if n == 0 { 503 } else { 200 }, Duration::ZERO, vec![]))).await;
+    let slow = FakeServer::start(Arc::new(|_, _| (200, Duration::from_secs(5), vec![]))).await;
+    let failing = FakeServer::start(FakeServer::answering(500)).await;
+    let comments_only = FakeServer::start(FakeServer::answering(200)).await;
+    let mut alerts = FakeServer::start(FakeServer::answering(200)).await;
+    let mut only_comments = subscriber("comments", &comments_only.url, "c", 1_000);
+    only_comments.kinds = vec!["comment".into()];
+    let mut s = settings(
+        3,
+        vec![
+            subscriber("healthy", &healthy.url, "healthy-secret", 2_000),
+            subscriber("slow", &slow.url, "slow-secret", 300),
+            subscriber("failing", &failing.url, "failing-secret", 2_000),
+            only_comments,
+        ],
+    );
+    s.redis.url = Secret::new(redis.url());
+    s.notify.alert_webhook = Secret::new(format!("{}/services/T000/B000/alert-token", alerts.url));
+    s.notify.alert_window_ms = 60_000;
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    pubsub.subscribe("hookbus:events").await.expect("subscribe");
+
+    let backend: Arc<dyn Backend> = Arc::new(RedisBackend::connect(&redis.url(), "hookbus", 4, false).expect("pool"));
+    let notify = Notify::from_settings(&s).expect("notify");
+    let shutdown = run(backend.clone(), notify, &s);
+    backend.push("notify", &[synced("inbound", "gh-op-1")]).await.expect("push");
+
+    // The event is published on the channel.
+    let published = tokio::time::timeout(Duration::from_secs(5), pubsub.on_message().next())
+        .await
+        .expect("published in time")
+        .expect("a message");
+    let published: Value = serde_json::from_str(&published.get_payload::<String>().unwrap()).unwrap();
+    assert_eq!(published["type"], "record.synced");
+    assert_eq!(published["resource"], "github:octo/repo:issue:7");
+
+    // The healthy subscriber: a failure, then the same delivery again.
+    let first = healthy.next(Duration::from_secs(5)).await.expect("first attempt");
+    let second = healthy.next(Duration::from_secs(5)).await.expect("retried");
+    let started = Instant::now();
+    assert_eq!(first.header("x-hookbus-delivery"), delivery_id("gh-op-1", "healthy"));
+    assert_eq!(first.header("x-hookbus-delivery"), second.header("x-hookbus-delivery"));
+    assert_eq!(first.body, second.body);
+    assert_eq!(second.header("x-hookbus-event"), "record.synced");
+    assert_eq!(second.header("content-type"), "application/json");
+    assert!(verifies("healthy-secret", &second.body, second.header("x-hookbus-signature-256")));
+    assert!(!verifies("slow-secret", &second.body, second.header("x-hookbus-signature-256")));
+    let event = second.json();
+    assert_eq!(event, published);
+    for (field, want) in [
+        ("operation", json!("gh-op-1")),
+        ("repository", json!("octo/repo")),
+        ("kind", json!("issue")),
+        ("action", json!("edited")),
+        ("direction", json!("inbound")),
+        ("commit", json!("0123456789abcdef0123456789abcdef01234567")),
+        ("path", json!("repos/octo/repo/issues/7.json")),
+        ("delivery", json!("d-1")),
+        ("record", json!({ "number": 7, "title": "Crash on start", "state": "open", "labels": ["bug"] })),
+    ] {
+        assert_eq!(event[field], want, "{field}");
+    }
+    assert_eq!(event["actor"]["login"], "octocat");
+    // Delivered while the slow subscriber is still being retried: nothing
+    // of it is dead yet, and it answered none of its requests in time.
+    assert!(slow.count() >= 1);
+    assert!(!dead_reasons(&backend).await.iter().any(|r| r.contains("subscriber slow")));
+
+    // The failing and the slow subscriber end dead, named in the reason.
+    assert!(
+        until(Duration::from_secs(10), || async {
+            let reasons = dead_reasons(&backend).await;
+            reasons.iter().any(|r| r.contains("subscriber failing answered 500"))
+                && reasons.iter().any(|r| r.contains("subscriber slow: no answer within 300 ms"))
+        })
+        .await,
+        "dead letters: {:?}",
+        dead_reasons(&backend).await
+    );
+    assert_eq!(failing.count(), 3, "max_attempts deliveries");
+    assert!(!dead_reasons(&backend).await.iter().any(|r| r.contains("secret")));
+    // The healthy one was not held up by them.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(healthy.count(), 2);
+    assert_eq!(comments_only.count(), 0, "filtered out by kind");
+
+    // One alert for the queue; the second dead letter is folded into the window.
+    let alert = alerts.next(Duration::from_secs(5)).await.expect("an alert");
+    assert_eq!(alert.path, "/services/T000/B000/alert-token");
+    let text = alert.json()["text"].as_str().expect("text").to_string();
+    assert!(text.contains("went dead on queue `notify`"), "{text}");
+    assert!(text.contains("notify.delivery"), "{text}");
+    assert!(alerts.next(Duration::from_millis(300)).await.is_none(), "at most one alert per window");
+    shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_fold_notices_per_queue_window_and_the_next_alert_reports_the_count() {
+    let redis = RedisServer::start();
+    let mut alerts = FakeServer::start(FakeServer::answering(200)).await;
+    let mut s = settings(3, vec![]);
+    s.redis.url = Secret::new(redis.url());
+    s.notify.alert_webhook = Secret::new(alerts.url.clone());
+    s.notify.alert_window_ms = 500;
+    let backend: Arc<dyn Backend> = Arc::new(RedisBackend::connect(&redis.url(), "hookbus", 4, false).expect("pool"));
+    let shutdown = run(backend.clone(), Notify::from_settings(&s).expect("notify"), &s);
+    let started = Instant::now();
+    backend
+        .push(
+            "notify",
+            &[
+                dead_notice("commit", "m1"),
+                dead_notice("commit", "m2"),
+                dead_notice("reconcile", "r1"),
+                dead_notice("commit", "m3"),
+            ],
+        )
+        .await
+        .expect("push");
+
+    let mut texts = Vec::new();
+    for _ in 0..2 {
+        let alert = alerts.next(Duration::from_secs(5)).await.expect("alert");
+        texts.push(alert.json()["text"].as_str().unwrap().to_string());
+    }
+    assert!(started.elapsed() < Duration::from_millis(500), "first alerts are immediate");
+    assert_eq!(texts.iter().filter(|t| t.contains("queue `commit`")).count(), 1, "{texts:?}");
+    assert_eq!(texts.iter().filter(|t| t.contains("queue `reconcile`")).count(), 1, "{texts:?}");
+    // The window closes: one more alert carries the two folded notices.
+    let folded = alerts.next(Duration::from_secs(5)).await.expect("the folded count");
+    let text = folded.json()["text"].as_str().unwrap().to_string();
+    assert!(folded.at.duration_since(started) >= Duration::from_millis(450), "not before the window closed");
+    assert!(text.contains("2 more message(s) went dead on queue `commit`"), "{text}");
+    assert!(alerts.next(Duration::from_millis(700)).await.is_none(), "nothing left to report");
+
+    // The next window opens with the next notice, counting nothing twice.
+    backend.push("notify", &[dead_notice("commit", "m4")]).await.expect("push");
+    let text = alerts.next(Duration::from_secs(5)).await.expect("alert").json()["text"].as_str().unwrap().to_string();
+    assert!(text.contains("m4") && !text.contains("more folded"), "{text}");
+    shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_the_webhook_refuses_is_retried_with_the_same_text() {
+    // Memory backend and memory windows: the dev-mode wiring.
+    let mut alerts = FakeServer::start(Arc::new(|n, _| (if n == 0 { 502 } else { 200 }, Duration::ZERO, vec![]))).await;
+    let mut s = settings(5, vec![]);
+    s.notify.alert_webhook = Secret::new(alerts.url.clone());
+    s.notify.alert_window_ms = 60_000;
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let (notify, _events) = Notify::in_memory(&s).expect("notify");
+    let shutdown = run(backend.clone(), notify, &s);
+    backend.push("notify", &[dead_notice("commit", "m1")]).await.expect("push");
+    let refused = alerts.next(Duration::from_secs(5)).await.expect("first try");
+    let retried = alerts.next(Duration::from_secs(5)).await.expect("retry");
+    assert_eq!(refused.body, retried.body);
+    assert!(dead_reasons(&backend).await.is_empty());
+    shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_change_is_written_back_and_a_rate_limit_defers_it_without_spending_an_attempt() {
+    // 403 with X-RateLimit-Remaining: 0 first, then success.
+    let reset = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 1;
+    let mut github = FakeServer::start(Arc::new(move |n, _| match n {
+        0 => {
+            (403, Duration::ZERO, vec![("x-ratelimit-remaining", "0".into()), ("x-ratelimit-reset", reset.to_string())])
+        }
+        _ => (200, Duration::ZERO, vec![]),
+    }))
+    .await;
+    // One attempt only: a deferral that counted one would end dead.
+    let mut s = settings(1, vec![]);
+    s.github.api_url = github.url.clone();
+    s.github.token = Secret::new("ghp_test_token");
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let (notify, events) = Notify::in_memory(&s).expect("notify");
+    let mut events = events.subscribe();
+    let shutdown = run(backend.clone(), notify, &s);
+    backend.push("notify", &[synced("outbound", "op-client-1")]).await.expect("push");
+
+    let published: Value = serde_json::from_str(&events.recv().await.expect("event")).unwrap();
+    assert_eq!(published["direction"], "outbound");
+    let limited = github.next(Duration::from_secs(5)).await.expect("first write");
+    let written = github.next(Duration::from_secs(5)).await.expect("written after the reset");
+    assert_eq!(limited.method, Method::PATCH);
+    assert_eq!(written.path, "/repos/octo/repo/issues/7");
+    assert!(written.header("authorization").contains("ghp_test_token"));
+    assert_eq!(written.json(), json!({ "title": "Crash on start", "state": "closed", "labels": ["bug"] }));
+    let written_at = SystemTime::now() - written.at.elapsed();
+    assert!(written_at >= UNIX_EPOCH + Duration::from_secs(reset), "waited for the reset");
+    assert!(written.at.duration_since(limited.at) >= Duration::from_millis(200));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(dead_reasons(&backend).await.is_empty(), "{:?}", dead_reasons(&backend).await);
+    assert_eq!(github.count(), 2);
+    shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_ends_the_write_back_dead_naming_the_setting() {
+    let github = FakeServer::start(FakeServer::answering(401)).await;
+    let mut s = settings(5, vec![]);
+    s.github.api_url = github.url.clone();
+    s.github.token = Secret::new("ghp_bad");
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let shutdown = run(backend.clone(), Notify::in_memory(&s).expect("notify").0, &s);
+    backend.push("notify", &[synced("outbound", "op-client-2")]).await.expect("push");
+    assert!(until(Duration::from_secs(5), || async { !dead_reasons(&backend).await.is_empty() }).await);
+    let reasons = dead_reasons(&backend).await;
+    assert!(reasons[0].contains("HOOKBUS_GITHUB__TOKEN") && !reasons[0].contains("ghp_bad"), "{reasons:?}");
+    assert_eq!(github.count(), 1, "not retried");
+    shutdown.trigger();
+}
+
+#[test]
+fn write_back_plans_issue_and_comment_calls() {
+    let change = |kind: &str, action: &str, changes: Value| WritebackPayload {
+        operation: "op".into(),
+        resource: "github:octo/repo:comment:5".into(),
+        repository: "octo/repo".into(),
+        kind: kind.into(),
+        action: action.into(),
+        number: Some(7),
+        id: Some(5),
+        changes: serde_json::from_value(changes).unwrap(),
+    };
+    let call = plan(&change("pull_request", "update", json!({ "assignees": ["a"], "head": "x" }))).unwrap();
+    assert_eq!((call.method, call.route.as_str()), (CallMethod::Patch, "/repos/octo/repo/issues/7"));
+    assert_eq!(call.body, Some(json!({ "assignees": ["a"] })));
+    let call = plan(&change("comment", "create", json!({ "body": "hi" }))).unwrap();
+    assert_eq!((call.method, call.route.as_str()), (CallMethod::Post, "/repos/octo/repo/issues/7/comments"));
+    let call = plan(&change("comment", "update", json!({ "body": "edited" }))).unwrap();
+    assert_eq!((call.method, call.route.as_str()), (CallMethod::Patch, "/repos/octo/repo/issues/comments/5"));
+    let call = plan(&change("comment", "delete", json!({}))).unwrap();
+    assert_eq!(
+        (call.method, call.route.as_str(), call.body),
+        (CallMethod::Delete, "/repos/octo/repo/issues/comments/5", None)
+    );
+    assert!(plan(&change("issue", "delete", json!({}))).is_err());
+    assert!(plan(&change("issue", "create", json!({ "body": "no title" }))).is_err());
+}
+
+#[test]
+fn rate_limit_answers_are_read_from_github_headers() {
+    assert_eq!(rate_limit(429, Some("7".into()), None, None), Some(Duration::from_secs(7)));
+    assert_eq!(rate_limit(403, Some("2".into()), None, None), Some(Duration::from_secs(2)));
+    let reset = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 30;
+    let wait = rate_limit(403, None, Some("0".into()), Some(reset.to_string())).expect("limited");
+    assert!(wait > Duration::from_secs(28) && wait <= Duration::from_secs(31), "{wait:?}");
+    assert_eq!(rate_limit(403, None, Some("12".into()), Some(reset.to_string())), None, "a plain 403");
+    assert_eq!(rate_limit(429, None, None, None), Some(Duration::from_secs(60)));
+    assert_eq!(rate_limit(500, Some("1".into()), None, None), None);
+}
+
+#[test]
+fn delivery_ids_are_stable_per_operation_and_subscriber() {
+    assert_eq!(delivery_id("op-1", "crm"), delivery_id("op-1", "crm"));
+    assert_ne!(delivery_id("op-1", "crm"), delivery_id("op-1", "ops"));
+    assert_ne!(delivery_id("op-1", "crm"), delivery_id("op-2", "crm"));
+    assert_eq!(delivery_id("op-1", "crm").len(), 36);
+}
