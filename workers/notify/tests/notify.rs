@@ -466,3 +466,16 @@ fn delivery_ids_are_stable_per_operation_and_subscriber() {
     assert_ne!(delivery_id("op-1", "crm"), delivery_id("op-2", "crm"));
     assert_eq!(delivery_id("op-1", "crm").len(), 36);
 }
+
+#[test]
+fn the_binary_exits_2_naming_a_bad_subscriber_setting_without_its_secret() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookbus-notify"))
+        .env("HOOKBUS_CONFIG", "/dev/null")
+        .env("HOOKBUS_NOTIFY__SUBSCRIBERS", r#"[{"url": "crm.example", "secret": "hunter2"}]"#)
+        .output()
+        .expect("run hookbus-notify");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("notify.subscribers[0].url (HOOKBUS_NOTIFY__SUBSCRIBERS)"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
