@@ -15,6 +15,7 @@ use hookbus_commit::CommitPlugin;
 use hookbus_config::{exit_on_error, Secret, Settings, Tokens};
 use hookbus_gateway::{serve, Gateway};
 use hookbus_normalise::{MemoryRegistry, Normalise, RedisRegistry, RepositoryRegistry};
+use hookbus_notify::Notify;
 use hookbus_reconcile::store::MemoryStore;
 use hookbus_reconcile::{tie_breaker, Reconcile};
 
@@ -43,7 +44,12 @@ fn plugins(settings: &Settings, over_redis: bool) -> Result<Vec<Arc<dyn Plugin>>
         Reconcile::new(Arc::new(MemoryStore::default()), tie_breaker(settings))
     };
     let commit = CommitPlugin::from_settings(settings).map_err(|e| e.to_string())?;
-    Ok(vec![Arc::new(normalise), Arc::new(reconcile), Arc::new(commit)])
+    let notify = if over_redis {
+        Notify::from_settings(settings).map_err(|e| e.to_string())?
+    } else {
+        Notify::in_memory(settings).map_err(|e| e.to_string())?.0
+    };
+    Ok(vec![Arc::new(normalise), Arc::new(reconcile), Arc::new(commit), Arc::new(notify)])
 }
 
 /// Without `HOOKBUS_GIT__REMOTE`, records go to a bare repository under

@@ -112,8 +112,8 @@ async fn main() -> std::process::ExitCode {
                 let client = redis::Client::open(settings.redis.url.expose())
                     .map_err(|e| ConfigError::invalid("redis.url (REDIS_URL)", e.to_string()))?;
                 // A lazily connecting manager: the effect list survives a Redis restart.
-                let manager = futures::executor::block_on(redis::aio::ConnectionManager::new(client));
-                Some(manager.map_err(SetupError::failed)?)
+                let config = redis::aio::ConnectionManagerConfig::new();
+                Some(redis::aio::ConnectionManager::new_lazy_with_config(client, config).map_err(SetupError::failed)?)
             }
             None => None,
         };
