@@ -120,7 +120,12 @@ async fn drive(url: String, body: Arc<Vec<u8>>, signature: String, connections: 
 fn spawn_server(router: Router, shutdown: Shutdown) -> (String, std::thread::JoinHandle<()>) {
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("bare-server")
+            .enable_all()
+            .build()
+            .expect("rt");
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
             tx.send(listener.local_addr().expect("address")).expect("send address");
@@ -138,7 +143,12 @@ fn main() {
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/github/installation/suspend.json");
     let body = Arc::new(std::fs::read(&fixture).expect("fixture"));
     let signature = sign(SECRET.as_bytes(), &body);
-    let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("load-client")
+        .enable_all()
+        .build()
+        .expect("rt");
 
     println!(
         "gateway ingest benchmark: {} byte payload (installation/suspend), {connections} connections, {seconds} s per target",
@@ -171,8 +181,13 @@ fn main() {
         let (tx, rx) = std::sync::mpsc::channel();
         let shutdown = shutdown.clone();
         let thread = std::thread::spawn(move || {
-            let runtime =
-                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+            // Named, so that `perf report --sort comm` tells server from client.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("gateway-server")
+                .enable_all()
+                .build()
+                .expect("rt");
             runtime.block_on(async move {
                 let backend = hookbus_bus::connect(&settings).expect("backend");
                 let router = Gateway::over_redis(backend, &settings).expect("gateway").router();

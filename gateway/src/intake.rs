@@ -6,20 +6,24 @@
 //! message it became) written in the same step as the enqueue, so a crash can
 //! never leave one without the other. Two implementations:
 //!
-//! - [`RedisIntake`]: one Lua script (`lua/intake.lua`) over its own
-//!   multiplexed connection; marks expire after the configured retention.
+//! - [`RedisIntake`]: one transaction (LPUSH, then the Lua script
+//!   `lua/intake.lua` that marks or takes back) over its own multiplexed
+//!   connection; marks expire after the configured retention. Concurrent
+//!   requests are group-committed: a writer task puts every request that
+//!   arrived while the previous transaction was on its way into the next
+//!   one, and answers each request with its own result once Redis replied.
 //! - [`LocalIntake`]: marks in process memory, messages through any
 //!   [`Backend`] (`hookbus dev` over the in-memory bus).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use hookbus_bus::redis::QueueKeys;
 use hookbus_bus::{Backend, BusError, Envelope};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Script;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// The queue the gateway feeds.
 pub const QUEUE: &str = "normalise";
@@ -51,7 +55,7 @@ pub enum IntakeError {
     Bus(#[from] BusError),
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("unexpected reply from intake script: {0}")]
+    #[error("unexpected reply from the intake transaction: {0}")]
     Protocol(String),
 }
 
@@ -70,13 +74,42 @@ pub trait Intake: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), IntakeError>;
 }
 
-/// Marks and messages in Redis, written by one script.
+/// The dedupe-and-mark script, sent with EVAL inside the batch's transaction.
+const INTAKE_SCRIPT: &str = include_str!("lua/intake.lua");
+
+/// Requests in one transaction at most. Redis runs a transaction to the end
+/// before serving anyone else, so a batch must stay short.
+const BATCH_REQUESTS: usize = 128;
+/// Envelope bytes in one transaction at most (a single larger request still
+/// goes, alone).
+const BATCH_BYTES: usize = 1024 * 1024;
+/// Transactions on their way at once. More than one, so that a batch is
+/// being cut while the previous one is in Redis; few, so that batches grow
+/// under load instead of every request going alone.
+const CALLS_IN_FLIGHT: usize = 2;
+/// Requests waiting for the writer at most; past it, `admit` waits (within
+/// the gateway's bound).
+const WAITING: usize = 4096;
+
+/// Marks and messages in Redis, written by one transaction per batch.
 pub struct RedisIntake {
     conn: ConnectionManager,
     keys: QueueKeys,
     prefix: String,
     retention_ms: u64,
-    script: Script,
+    /// The writer task's queue; the task is started by the first `admit`
+    /// (so that it runs on the runtime serving requests).
+    writer: OnceLock<mpsc::Sender<Request>>,
+}
+
+/// One `admit` waiting for its transaction.
+struct Request {
+    mark_key: String,
+    envelope: Vec<u8>,
+    message_id: String,
+    /// `''` or the message id the mark must still name.
+    replacing: String,
+    answer: oneshot::Sender<Result<Admission, IntakeError>>,
 }
 
 impl RedisIntake {
@@ -106,13 +139,122 @@ impl RedisIntake {
             keys: QueueKeys::new(prefix, QUEUE),
             prefix: prefix.to_string(),
             retention_ms: u64::try_from(retention.as_millis()).unwrap_or(u64::MAX),
-            script: Script::new(include_str!("lua/intake.lua")),
+            writer: OnceLock::new(),
         })
     }
 
     /// The Redis key of a mark; in the `{normalise}` slot, next to `pending`.
     pub fn mark_key(&self, mark: &Mark) -> String {
         mark_key(&self.prefix, mark)
+    }
+
+    fn writer(&self) -> &mpsc::Sender<Request> {
+        self.writer.get_or_init(|| {
+            let (sender, queue) = mpsc::channel(WAITING);
+            let writer =
+                Writer { conn: self.conn.clone(), pending: self.keys.pending(), retention_ms: self.retention_ms };
+            tokio::spawn(writer.run(queue));
+            sender
+        })
+    }
+}
+
+/// Group commit: cuts the waiting requests into batches, one transaction
+/// each, and answers every request from its own entry of the reply. Ends
+/// when the [`RedisIntake`] is dropped.
+struct Writer {
+    conn: ConnectionManager,
+    pending: String,
+    retention_ms: u64,
+}
+
+impl Writer {
+    async fn run(self, mut queue: mpsc::Receiver<Request>) {
+        let this = Arc::new(self);
+        let calls = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
+        let mut carried: Option<Request> = None;
+        loop {
+            // Waiting for a free call first lets the batch grow meanwhile.
+            let Ok(permit) = calls.clone().acquire_owned().await else { return };
+            let first = match carried.take() {
+                Some(request) => request,
+                None => match queue.recv().await {
+                    Some(request) => request,
+                    None => return,
+                },
+            };
+            let mut bytes = first.envelope.len();
+            let mut batch = vec![first];
+            while batch.len() < BATCH_REQUESTS {
+                let Ok(request) = queue.try_recv() else { break };
+                if bytes + request.envelope.len() > BATCH_BYTES {
+                    carried = Some(request);
+                    break;
+                }
+                bytes += request.envelope.len();
+                batch.push(request);
+            }
+            // A request whose caller gave up (timed out, answered 503) is not
+            // written: nothing stored for what was refused.
+            batch.retain(|request| !request.answer.is_closed());
+            if batch.is_empty() {
+                continue;
+            }
+            let this = this.clone();
+            tokio::spawn(async move {
+                this.commit(batch).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// One transaction: LPUSH of every envelope (and the batch token), then
+    /// the script that marks the new ones and takes duplicates back off
+    /// (`lua/intake.lua` says why the envelopes stay out of Lua).
+    async fn commit(&self, batch: Vec<Request>) {
+        let token = format!("hookbus-intake-batch:{}", hookbus_bus::envelope::new_id());
+        let mut push = redis::cmd("LPUSH");
+        push.arg(&self.pending);
+        for request in &batch {
+            push.arg(&request.envelope);
+        }
+        push.arg(&token);
+        let mut decide = redis::cmd("EVAL");
+        decide.arg(INTAKE_SCRIPT).arg(1 + batch.len()).arg(&self.pending);
+        for request in &batch {
+            decide.arg(&request.mark_key);
+        }
+        decide.arg(self.retention_ms).arg(&token);
+        for request in &batch {
+            decide.arg(&request.message_id).arg(&request.replacing);
+        }
+        let mut transaction = redis::pipe();
+        transaction.atomic().add_command(push).ignore().add_command(decide);
+        let mut conn = self.conn.clone();
+        let reply: Result<(Vec<(i64, String)>,), redis::RedisError> = transaction.query_async(&mut conn).await;
+        match reply {
+            Ok((answers,)) if answers.len() == batch.len() => {
+                for (request, (queued, holder)) in batch.into_iter().zip(answers) {
+                    let admission = match queued {
+                        1 => Ok(Admission::Queued),
+                        0 => Ok(Admission::Seen { message_id: holder }),
+                        other => Err(IntakeError::Protocol(format!("status {other}"))),
+                    };
+                    let _ = request.answer.send(admission);
+                }
+            }
+            Ok((answers,)) => {
+                let reason = format!("{} answers for a batch of {}", answers.len(), batch.len());
+                for request in batch {
+                    let _ = request.answer.send(Err(IntakeError::Protocol(reason.clone())));
+                }
+            }
+            Err(err) => {
+                for request in batch {
+                    let _ = request.answer.send(Err(IntakeError::Redis(err.clone())));
+                }
+            }
+        }
     }
 }
 
@@ -127,20 +269,17 @@ pub fn mark_key(prefix: &str, mark: &Mark) -> String {
 #[async_trait]
 impl Intake for RedisIntake {
     async fn admit(&self, mark: &Mark, envelope: &Envelope, replacing: Option<&str>) -> Result<Admission, IntakeError> {
-        let mut call = self.script.prepare_invoke();
-        call.key(self.keys.pending())
-            .key(self.mark_key(mark))
-            .arg(envelope.encode())
-            .arg(&envelope.id)
-            .arg(self.retention_ms)
-            .arg(replacing.unwrap_or(""));
-        let mut conn = self.conn.clone();
-        let (queued, holder): (i64, String) = call.invoke_async(&mut conn).await?;
-        match queued {
-            1 => Ok(Admission::Queued),
-            0 => Ok(Admission::Seen { message_id: holder }),
-            other => Err(IntakeError::Protocol(format!("status {other}"))),
-        }
+        let (answer, admission) = oneshot::channel();
+        let request = Request {
+            mark_key: self.mark_key(mark),
+            envelope: envelope.encode(),
+            message_id: envelope.id.clone(),
+            replacing: replacing.unwrap_or("").to_string(),
+            answer,
+        };
+        let stopped = || IntakeError::Protocol("the intake writer task stopped".to_string());
+        self.writer().send(request).await.map_err(|_| stopped())?;
+        admission.await.map_err(|_| stopped())?
     }
 
     async fn lookup(&self, mark: &Mark) -> Result<Option<String>, IntakeError> {

@@ -1,28 +1,70 @@
--- intake.lua: enqueue a message for `normalise` unless its mark says it was
--- accepted already.
+-- intake.lua: decide, for a batch of requests whose messages were just
+-- pushed onto `normalise` pending, which ones are new; take the others back
+-- off. One call per batch: the requests that arrived while the previous
+-- batch was on its way (group commit, see intake.rs).
+--
+-- Sent as the second command of
+--     MULTI
+--     LPUSH <pending> <envelope 1> ... <envelope n> <token>
+--     EVAL <this script> ...
+--     EXEC
+-- so that the envelopes themselves never pass through Lua: Redis hashes
+-- every byte of every string handed to a script, which for 6 KiB webhooks
+-- cost more than everything else Redis did per request. The transaction
+-- makes push and decision one atomic step; EVAL (not EVALSHA) because a
+-- NOSCRIPT error inside EXEC would leave the push without the decision.
 --
 -- A mark remembers one accepted request by its outside id: a webhook's
 -- `X-GitHub-Delivery`, or a client change's operation id. Its value is the
 -- id of the message that request became (also its trace id).
 --
--- KEYS[1]  <prefix>:{normalise}:pending              list, producers LPUSH
--- KEYS[2]  <prefix>:{normalise}:delivery:<delivery>  string, the mark
---          (or <prefix>:{normalise}:change:<operation>)
--- ARGV[1]  envelope bytes
--- ARGV[2]  the envelope's message id, stored as the mark's value
--- ARGV[3]  how long the mark lives, ms
--- ARGV[4]  '' for a new request; otherwise the message id the mark must still
---          name for the request to be accepted again (its message went dead)
--- Returns  {1, <message id>} when queued, {0, <holder>} when the mark names
---          another message (a duplicate: nothing is written).
+-- KEYS[1]    <prefix>:{normalise}:pending              list
+-- KEYS[1+i]  the mark of request i (1-based):
+--            <prefix>:{normalise}:delivery:<delivery>  string
+--            (or <prefix>:{normalise}:change:<operation>)
+-- ARGV[1]    how long a mark lives, ms
+-- ARGV[2]    the batch's token: pushed last, so it heads the list when the
+--            LPUSH above succeeded; never a valid envelope
+-- ARGV[3+2(i-1)]  request i's message id, stored as its mark's value
+-- ARGV[4+2(i-1)]  '' for a new request; otherwise the message id the mark
+--                 must still name for the request to be accepted again (its
+--                 message went dead)
+-- Returns    per request, in order, two entries: 1, <message id> when
+--            queued; 0, <holder> when the mark names another message (a
+--            duplicate: its envelope is taken back off, nothing is kept).
+--            An error when the token is not at the head (the push failed;
+--            nothing was written).
+--
+-- Requests are decided in order, so two copies of one delivery in the same
+-- batch keep one message, exactly as in two batches. Once the token is
+-- popped, envelope i (of n) sits at index n - i.
 --
 -- Invariant kept atomically: a mark exists only for a message that is on
 -- `pending` (or was, and moved on through the pipeline); a crash can never
 -- leave "marked as seen" without "queued", nor queue without marking.
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[4] then
-  return {0, holder}
+local pending, ttl, token = KEYS[1], ARGV[1], ARGV[2]
+if redis.call('LINDEX', pending, 0) ~= token then
+  return redis.error_reply('intake: batch token not at the head of ' .. pending .. '; the push failed')
 end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('LPUSH', KEYS[1], ARGV[1])
-return {1, ARGV[2]}
+redis.call('LPOP', pending)
+local n = #KEYS - 1
+local answers, taken_back = {}, 0
+for i = 1, n do
+  local mark, id, replacing = KEYS[1 + i], ARGV[3 + 2 * (i - 1)], ARGV[4 + 2 * (i - 1)]
+  local holder = redis.call('GET', mark)
+  if holder and holder ~= replacing then
+    -- Overwritten by the (short) token, then removed below.
+    redis.call('LSET', pending, n - i, token)
+    taken_back = taken_back + 1
+    answers[#answers + 1] = 0
+    answers[#answers + 1] = holder
+  else
+    redis.call('SET', mark, id, 'PX', ttl)
+    answers[#answers + 1] = 1
+    answers[#answers + 1] = id
+  end
+end
+if taken_back > 0 then
+  redis.call('LREM', pending, taken_back, token)
+end
+return answers
