@@ -52,6 +52,40 @@ impl Figures {
     }
 }
 
+/// CPU time (user + system) so far of this process's threads named `name`:
+/// what the server side cost, whatever else the machine was doing.
+fn thread_cpu(name: &str) -> Duration {
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    let mut ticks = 0u64;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Duration::ZERO };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: state is the 3rd, utime the 14th, stime the 15th.
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        for index in [11, 12] {
+            ticks += fields.get(index).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    Duration::from_secs_f64(ticks as f64 / ticks_per_second)
+}
+
+/// CPU time redis-server has used so far (`INFO cpu`).
+fn redis_cpu(conn: &mut redis::Connection) -> Duration {
+    let info: String = redis::cmd("INFO").arg("cpu").query(conn).unwrap_or_default();
+    let seconds: f64 = info
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(name, _)| *name == "used_cpu_sys" || *name == "used_cpu_user")
+        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+        .sum();
+    Duration::from_secs_f64(seconds)
+}
+
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -198,15 +232,25 @@ fn main() {
         });
         (format!("http://{}", rx.recv().expect("address")), thread)
     };
+    let mut conn = redis.client();
+    let (server_before, redis_before) = (thread_cpu("gateway-server"), redis_cpu(&mut conn));
     let gateway_figures =
         client_rt.block_on(drive(format!("{base}/webhooks/github"), body, signature, connections, duration));
+    let (server_cpu, redis_used) =
+        (thread_cpu("gateway-server") - server_before, redis_cpu(&mut conn).saturating_sub(redis_before));
     shutdown.trigger();
     let _ = server.join();
     gateway_figures.print("gateway (signed, to redis)");
 
-    let mut conn = redis.client();
     let stored: u64 = redis::cmd("LLEN").arg("hookbus:{normalise}:pending").query(&mut conn).expect("LLEN");
     println!("messages on hookbus:{{normalise}}:pending: {stored}");
+    // Warm-up included on both sides of the division: every stored message.
+    let per_request = |cpu: Duration| cpu.as_secs_f64() * 1e6 / stored.max(1) as f64;
+    println!(
+        "cpu per accepted webhook: gateway threads {:.1} us, redis-server {:.1} us",
+        per_request(server_cpu),
+        per_request(redis_used)
+    );
     println!(
         "gateway / bare: {:.0}% of the bare handler's requests/s (target >= 50%), gateway p99 {:.2} ms (target < 10 ms)",
         100.0 * gateway_figures.rate() / bare_figures.rate(),

@@ -213,8 +213,9 @@ impl Writer {
     /// (`lua/intake.lua` says why the envelopes stay out of Lua).
     async fn commit(&self, batch: Vec<Request>) {
         let token = format!("hookbus-intake-batch:{}", hookbus_bus::envelope::new_id());
-        let mut push = redis::cmd("LPUSH");
-        push.arg(&self.pending);
+        let bytes: usize = batch.iter().map(|request| request.envelope.len() + 16).sum();
+        let mut push = redis::Cmd::with_capacity(batch.len() + 3, bytes + self.pending.len() + token.len() + 64);
+        push.arg("LPUSH").arg(&self.pending);
         for request in &batch {
             push.arg(&request.envelope);
         }
