@@ -130,7 +130,7 @@ async fn a_delivery_whose_message_ended_dead_is_accepted_again() {
     assert_eq!(deliveries.len(), 1);
     let taken = deliveries.into_iter().next().expect("one");
     let dead = DeadLetter {
-        content: DeadContent::Envelope(taken.envelope.clone()),
+        content: DeadContent::Envelope(hookbus_bus::Envelope::clone(&taken.envelope)),
         reason: "test: malformed".into(),
         dead_at: 1,
     };
@@ -150,6 +150,54 @@ async fn a_delivery_whose_message_ended_dead_is_accepted_again() {
     let third = json(gw.webhook("issues", &id, body).send().await.expect("third")).await;
     assert_eq!(third["duplicate"], true);
     assert_eq!(gw.pending_len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_keeps_one_message_per_delivery_and_answers_each_request_its_own_result() {
+    use hookbus_gateway::intake::{Admission, Intake, Mark, RedisIntake};
+    let redis = RedisServer::start();
+    let intake = std::sync::Arc::new(
+        RedisIntake::connect(&redis.url(), false, "hookbus", Duration::from_secs(60), Duration::from_secs(5))
+            .expect("intake"),
+    );
+    // 40 requests at once, 8 deliveries 5 times each, interleaved: they are
+    // cut into a few batches, copies of one delivery inside the same batch.
+    let requests: Vec<_> = (0..40)
+        .map(|n| {
+            let intake = intake.clone();
+            tokio::spawn(async move {
+                let payload = serde_json::json!({ "event": "issues", "body": "x".repeat(6_000) });
+                let envelope = hookbus_bus::Envelope::with_payload("github.webhook", &payload).expect("envelope");
+                let mark = Mark::Delivery(format!("delivery-{}", n % 8));
+                let admission = intake.admit(&mark, &envelope, None).await.expect("admit");
+                (n % 8, envelope.id, admission)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(request.await.expect("task"));
+    }
+    let queued: std::collections::HashMap<usize, String> = answers
+        .iter()
+        .filter(|(_, _, admission)| *admission == Admission::Queued)
+        .map(|(delivery, id, _)| (*delivery, id.clone()))
+        .collect();
+    assert_eq!(queued.len(), 8, "one message per delivery");
+    assert_eq!(answers.iter().filter(|(_, _, a)| *a == Admission::Queued).count(), 8);
+    for (delivery, _, admission) in &answers {
+        if let Admission::Seen { message_id } = admission {
+            assert_eq!(Some(message_id), queued.get(delivery), "a copy names the message its delivery became");
+        }
+    }
+    let mut conn = redis.client();
+    let raws: Vec<Vec<u8>> = redis::cmd("LRANGE").arg(PENDING).arg(0).arg(-1).query(&mut conn).expect("LRANGE");
+    let mut stored: Vec<String> =
+        raws.iter().map(|raw| hookbus_bus::Envelope::decode(raw).expect("only envelopes on pending").id).collect();
+    let mut expected: Vec<String> = queued.into_values().collect();
+    stored.sort();
+    expected.sort();
+    assert_eq!(stored, expected, "exactly the queued messages, nothing taken back left behind");
 }
 
 // ---- refused: nothing stored ----------------------------------------------
