@@ -13,6 +13,7 @@ use std::sync::Arc;
 use hookbus_bus::{Backend, MemoryBackend, Plugin, RunnerOptions, Shutdown};
 use hookbus_commit::CommitPlugin;
 use hookbus_config::{exit_on_error, Secret, Settings, Tokens};
+use hookbus_gateway::operations::StoreLookup;
 use hookbus_gateway::{serve, Gateway};
 use hookbus_normalise::{MemoryRegistry, Normalise, RedisRegistry, RepositoryRegistry};
 use hookbus_notify::Notify;
@@ -28,7 +29,8 @@ const DEV_RECORDS: &str = ".hookbus/records.git";
 
 /// The worker plugins built so far, wired as their binaries wire them —
 /// over Redis with `--redis`, otherwise with in-memory state.
-fn plugins(settings: &Settings, over_redis: bool) -> Result<Vec<Arc<dyn Plugin>>, String> {
+fn plugins(settings: &Settings, operations: Option<Arc<MemoryStore>>) -> Result<Vec<Arc<dyn Plugin>>, String> {
+    let over_redis = operations.is_none();
     let registry: Arc<dyn RepositoryRegistry> = if over_redis {
         Arc::new(
             RedisRegistry::connect(settings.redis.url.expose(), settings.redis.tls_insecure, &settings.bus.prefix)
@@ -38,10 +40,9 @@ fn plugins(settings: &Settings, over_redis: bool) -> Result<Vec<Arc<dyn Plugin>>
         Arc::new(MemoryRegistry::new())
     };
     let normalise = Normalise::new(registry, settings.normalise.repositories.clone());
-    let reconcile = if over_redis {
-        Reconcile::from_settings(settings).map_err(|e| e.to_string())?
-    } else {
-        Reconcile::new(Arc::new(MemoryStore::default()), tie_breaker(settings))
+    let reconcile = match operations {
+        None => Reconcile::from_settings(settings).map_err(|e| e.to_string())?,
+        Some(store) => Reconcile::new(store, tie_breaker(settings)),
     };
     let commit = CommitPlugin::from_settings(settings).map_err(|e| e.to_string())?;
     let notify = if over_redis {
@@ -130,11 +131,19 @@ pub async fn run(redis: Option<String>, port: Option<u16>) -> ExitCode {
         eprintln!("hookbus: cannot reach Redis at {}: {err}", crate::operator::redacted(settings.redis.url.expose()));
         return ExitCode::FAILURE;
     }
-    let gateway = match &redis {
-        None => Gateway::in_process(backend.clone(), &settings),
-        Some(_) => match Gateway::over_redis(backend.clone(), &settings) {
-            Ok(gateway) => gateway,
-            Err(err) => {
+    // Reconcile's records, shared with the gateway's operations endpoint.
+    let operations = redis.is_none().then(|| Arc::new(MemoryStore::default()));
+    let gateway = match (&redis, &operations) {
+        (None, Some(store)) => {
+            Gateway::in_process(backend.clone(), &settings).with_operations(Arc::new(StoreLookup(store.clone())))
+        }
+        _ => match (Gateway::over_redis(backend.clone(), &settings), StoreLookup::over_redis(&settings)) {
+            (Ok(gateway), Ok(lookup)) => gateway.with_operations(Arc::new(lookup)),
+            (Err(err), _) => {
+                eprintln!("hookbus: {err}");
+                return ExitCode::FAILURE;
+            }
+            (_, Err(err)) => {
                 eprintln!("hookbus: {err}");
                 return ExitCode::FAILURE;
             }
@@ -156,7 +165,7 @@ pub async fn run(redis: Option<String>, port: Option<u16>) -> ExitCode {
         }
     };
 
-    let plugins = match plugins(&settings, redis.is_some()) {
+    let plugins = match plugins(&settings, operations) {
         Ok(plugins) => plugins,
         Err(err) => {
             eprintln!("hookbus: cannot set up the workers: {err}");

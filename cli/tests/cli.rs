@@ -169,6 +169,43 @@ fn dev_mode_turns_a_sent_sample_into_a_commit_by_its_author_once_and_stops_clean
     assert_eq!(record["title"], "Spelling error in the README file");
     assert!(file.ends_with("}\n"), "pretty JSON with a trailing newline");
 
+    // A client's change: accepted, reconciled, committed as the client's
+    // actor, and its state readable through the operations endpoint.
+    let token = std::fs::read_to_string(dir.path().join(".hookbus/api-token")).expect("dev API token");
+    let base = format!("http://127.0.0.1:{port}");
+    let change = serde_json::json!({
+        "repository": "codertocat/hello-world", "resource": "issue", "action": "update", "number": 1,
+        "fields": { "title": "Renamed by a client" },
+        "actor": { "login": "alice", "name": "Alice", "email": "alice@example.com" },
+    });
+    let client = reqwest::blocking::Client::new();
+    let accepted: serde_json::Value = client
+        .post(format!("{base}/api/v1/changes"))
+        .bearer_auth(token.trim())
+        .json(&change)
+        .send()
+        .and_then(|r| r.json())
+        .expect("change accepted");
+    let operation = accepted["operation"].as_str().expect("operation id").to_string();
+    let mut last = serde_json::Value::Null;
+    let completed = eventually(Duration::from_secs(30), || {
+        last = client
+            .get(format!("{base}/api/v1/operations/{operation}"))
+            .bearer_auth(token.trim())
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or(serde_json::Value::Null);
+        last["state"] == "completed"
+    });
+    assert!(completed, "operation never completed: {last}");
+    let states: Vec<&str> =
+        last["history"].as_array().expect("history").iter().filter_map(|t| t["state"].as_str()).collect();
+    assert_eq!(states, vec!["queued", "processing", "completed"], "{last}");
+    let log = git(&["log", "-1", "--format=%an <%ae>"]);
+    assert_eq!(log.trim(), "Alice <alice@example.com>");
+    let file = git(&["show", "main:repos/codertocat/hello-world/issues/1.json"]);
+    assert!(file.contains("Renamed by a client"), "{file}");
+
     // The same delivery again is recognised and not stored twice.
     let text = stdout(&sent);
     let delivery = text.split("delivery=").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("delivery id");
