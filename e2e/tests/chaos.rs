@@ -1,0 +1,708 @@
+//! The chaos test of the whole pipeline (issue 10): the real binaries as
+//! separate processes — `hookbus-gateway` and two each of
+//! `hookbus-normalise`, `hookbus-reconcile`, `hookbus-commit` and
+//! `hookbus-notify` — against a real `redis-server` with AOF, a bare git
+//! remote and a local subscriber. Webhooks built from a real payload
+//! (`fixtures/github/issues/edited.json`) arrive out of order, duplicated and
+//! in same-second bursts while workers are SIGKILLed and SIGTERMed at random
+//! and Redis is restarted once. Then every queue must drain and the outcome
+//! must be exactly what the SPEC promises (see the assertions at the end of
+//! [`chaos_pipeline_converges_under_kills_and_a_redis_restart`]).
+//!
+//! Binaries: an integration test only gets `CARGO_BIN_EXE_*` for its own
+//! package, so this test runs `cargo build --workspace --bins` once (same
+//! profile as the test itself) and uses the `hookbus-*` binaries next to
+//! the test executable (`target/<profile>/`).
+//!
+//! Size: `CHAOS_WEBHOOKS` (default 400) and `CHAOS_RESOURCES` (default 20);
+//! `CHAOS_SEND_SECONDS` (default 20) is how long sending takes; `CHAOS_SEED`
+//! replays a run. The full size is documented in
+//! docs/testing.md:
+//! `CHAOS_WEBHOOKS=2000 CHAOS_RESOURCES=50 cargo test -p hookbus-e2e --release -- --nocapture chaos`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode};
+use futures::StreamExt;
+use hmac::{Hmac, Mac};
+use hookbus_bus::redis::RedisBackend;
+use hookbus_bus::Backend;
+use hookbus_testkit::{free_port, workspace_root, RedisServer};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use redis::Commands;
+use sha2::Sha256;
+
+const QUEUES: [&str; 4] = ["normalise", "reconcile", "commit", "notify"];
+const WORKERS: [&str; 4] = ["hookbus-normalise", "hookbus-reconcile", "hookbus-commit", "hookbus-notify"];
+const SECRET: &str = "chaos-webhook-secret";
+const SUBSCRIBER: &str = "chaos";
+/// The fixture's repository, lowercased as normalise keys it.
+const REPOSITORY: &str = "codertocat/hello-world";
+/// Issue numbers of the test's resources start here.
+const FIRST_ISSUE: u64 = 1000;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// `target/<profile>/`, where cargo puts the workspace's binaries.
+fn binaries_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/").to_path_buf()
+}
+
+/// Builds every binary of the workspace once per test process.
+fn build_binaries() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let dir = binaries_dir();
+    BUILD.call_once(|| {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--workspace", "--bins", "--quiet"]).current_dir(workspace_root());
+        if dir.file_name().is_some_and(|name| name == "release") {
+            cmd.arg("--release");
+        }
+        // Same target directory as the test, wherever CARGO_TARGET_DIR put it.
+        if let Some(target) = dir.parent() {
+            cmd.env("CARGO_TARGET_DIR", target);
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build --workspace --bins failed");
+    });
+    dir
+}
+
+/// One running binary; SIGKILLed if the test ends while it runs.
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Proc {
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{sig} {} ({})", self.child.id(), self.name);
+    }
+
+    /// Waits for the exit; SIGKILLs after `within`. Returns the exit code.
+    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What every process of the run shares: where the binaries, Redis, the
+/// remote and the logs are.
+struct Cluster {
+    bin: PathBuf,
+    redis_url: String,
+    remote: PathBuf,
+    scratch: PathBuf,
+    gateway_port: u16,
+    subscriber_port: u16,
+    started: usize,
+}
+
+impl Cluster {
+    /// Starts `name`; `slot` picks the git workdir of a commit worker (a
+    /// replacement reuses its predecessor's clone, as a restarted dyno would).
+    fn spawn(&mut self, name: &'static str, slot: usize) -> Proc {
+        self.started += 1;
+        let log = self.scratch.join(format!("{name}.{slot}.{}.log", self.started));
+        let log = File::create(&log).expect("log file");
+        let subscribers = serde_json::json!([{
+            "name": SUBSCRIBER,
+            "url": format!("http://127.0.0.1:{}/hook", self.subscriber_port),
+            "secret": "subscriber-secret",
+            "timeout_ms": 5000,
+        }]);
+        let child = Command::new(self.bin.join(name))
+            .env("REDIS_URL", &self.redis_url)
+            .env("PORT", self.gateway_port.to_string())
+            .env("HOOKBUS_GITHUB__WEBHOOK_SECRET", SECRET)
+            .env("HOOKBUS_GATEWAY__REDIS_TIMEOUT_MS", "500")
+            .env("HOOKBUS_BUS__HEARTBEAT_TIMEOUT_MS", "1000")
+            .env("HOOKBUS_BUS__GRACE_PERIOD_MS", "2000")
+            .env("HOOKBUS_BUS__POLL_INTERVAL_MS", "10")
+            .env("HOOKBUS_BUS__BACKOFF_BASE_MS", "50")
+            .env("HOOKBUS_BUS__BACKOFF_MAX_MS", "2000")
+            .env("HOOKBUS_BUS__CONCURRENCY", "8")
+            .env("HOOKBUS_BUS__BATCH_SIZE", "8")
+            .env("HOOKBUS_REDIS__POOL_SIZE", "8")
+            .env("HOOKBUS_GIT__REMOTE", &self.remote)
+            .env("HOOKBUS_GIT__WORKDIR", self.scratch.join(format!("commit-workdir-{slot}")))
+            .env("HOOKBUS_GIT__BRANCH", "main")
+            .env("HOOKBUS_GIT__PUSH_WINDOW_MS", "20")
+            .env("HOOKBUS_NOTIFY__SUBSCRIBERS", subscribers.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|err| panic!("start {name}: {err}"));
+        Proc { name, child }
+    }
+}
+
+/// One webhook as GitHub would send it.
+#[derive(Clone)]
+struct Webhook {
+    delivery: String,
+    body: Vec<u8>,
+}
+
+/// One update of one resource; `updated_at` in whole seconds.
+#[derive(Clone)]
+struct Update {
+    number: u64,
+    title: String,
+    updated_at: String,
+    updated_at_s: i64,
+}
+
+/// Seconds since the epoch to RFC 3339 (UTC, whole seconds).
+fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// The updates of every resource: increasing `updated_at`, about one in five
+/// in the same second as the one before (a tie with a different title), the
+/// newest of each resource alone in its second so the expected file is
+/// unambiguous.
+fn updates(rng: &mut StdRng, resources: usize, per_resource: usize) -> Vec<Vec<Update>> {
+    let base = 1_795_000_000i64; // 2026-11-18
+    (0..resources)
+        .map(|r| {
+            let number = FIRST_ISSUE + r as u64;
+            let mut second = base + r as i64 * 10_000;
+            (0..per_resource)
+                .map(|u| {
+                    let last = u + 1 == per_resource;
+                    if u > 0 && (last || !rng.random_bool(0.2)) {
+                        second += rng.random_range(1..=3);
+                    }
+                    Update {
+                        number,
+                        title: format!("chaos issue {number} update {u}"),
+                        updated_at: rfc3339(second),
+                        updated_at_s: second,
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn webhook(template: &serde_json::Value, update: &Update) -> Webhook {
+    let mut payload = template.clone();
+    payload["action"] = "edited".into();
+    payload["issue"]["number"] = update.number.into();
+    payload["issue"]["title"] = update.title.clone().into();
+    payload["issue"]["updated_at"] = update.updated_at.clone().into();
+    payload["issue"]["html_url"] = format!("https://github.com/Codertocat/Hello-World/issues/{}", update.number).into();
+    Webhook { delivery: uuid::Uuid::new_v4().to_string(), body: serde_json::to_vec(&payload).expect("json") }
+}
+
+fn signature(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("hmac key");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// POSTs until the gateway answers 202 (503 and refused connections are
+/// what a Redis restart looks like from outside).
+async fn send(client: &reqwest::Client, url: &str, hook: &Webhook) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sent = client
+            .post(url)
+            .header("Content-Type", "application/json")
+            .header("X-GitHub-Event", "issues")
+            .header("X-GitHub-Delivery", &hook.delivery)
+            .header("X-Hub-Signature-256", signature(&hook.body))
+            .body(hook.body.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(resp) if resp.status() == reqwest::StatusCode::ACCEPTED => return,
+            Ok(resp) if resp.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {}
+            Ok(resp) => panic!(
+                "webhook {} answered {}: {}",
+                hook.delivery,
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            ),
+            Err(err) if err.is_connect() || err.is_timeout() || err.is_request() => {}
+            Err(err) => panic!("webhook {}: {err}", hook.delivery),
+        }
+        assert!(Instant::now() < deadline, "webhook {} never got a 202 within 60 s", hook.delivery);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the local subscriber received: one entry per request it answered 200.
+#[derive(Default)]
+struct Received {
+    /// X-Hookbus-Delivery → (operation, times acknowledged).
+    by_delivery: HashMap<String, (String, usize)>,
+}
+
+async fn subscriber(port: u16, received: Arc<Mutex<Received>>) {
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let received = received.clone();
+            async move {
+                let event: serde_json::Value = match serde_json::from_slice(&body) {
+                    Ok(event) => event,
+                    Err(_) => return StatusCode::BAD_REQUEST,
+                };
+                if event["type"] != "record.synced" {
+                    return StatusCode::BAD_REQUEST;
+                }
+                let delivery =
+                    headers.get("x-hookbus-delivery").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                let operation = event["operation"].as_str().unwrap_or_default().to_string();
+                let mut received = received.lock().expect("lock");
+                received.by_delivery.entry(delivery).or_insert((operation, 0)).1 += 1;
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind subscriber");
+    axum::serve(listener, app).await.expect("subscriber server");
+}
+
+/// What the chaos thread did.
+#[derive(Default, Debug)]
+struct Chaos {
+    sigkills: usize,
+    sigterms: usize,
+    notify_sigkills: usize,
+    redis_restarts: usize,
+    /// SIGTERMed workers that did not exit 0 within the grace period.
+    unclean_exits: Vec<String>,
+}
+
+/// Kills a random worker every 0.2–1 s and starts its replacement, restarts
+/// Redis once half the webhooks are in, until `stop`.
+fn chaos(
+    mut cluster: Cluster,
+    mut workers: Vec<Proc>,
+    mut redis: RedisServer,
+    seed: u64,
+    sent: Arc<AtomicUsize>,
+    total: usize,
+    stop: Arc<AtomicBool>,
+) -> (Cluster, Vec<Proc>, RedisServer, Chaos) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xC4A05);
+    let mut done = Chaos::default();
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(rng.random_range(200..1000)));
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if done.redis_restarts == 0 && sent.load(Ordering::SeqCst) >= total / 2 {
+            redis.restart();
+            done.redis_restarts += 1;
+            continue;
+        }
+        let slot = rng.random_range(0..workers.len());
+        let name = workers[slot].name;
+        if rng.random_bool(0.5) {
+            workers[slot].child.kill().expect("SIGKILL");
+            let _ = workers[slot].child.wait();
+            done.sigkills += 1;
+            if name == "hookbus-notify" {
+                done.notify_sigkills += 1;
+            }
+        } else {
+            workers[slot].signal("TERM");
+            done.sigterms += 1;
+            let code = workers[slot].wait_exit(Duration::from_secs(10));
+            if code != Some(0) {
+                done.unclean_exits.push(format!("{name} exited {code:?} after SIGTERM"));
+            }
+        }
+        // Same slot, same git workdir: the replacement inherits what its
+        // predecessor left behind (an unpushed commit, a stale lock).
+        workers[slot] = cluster.spawn(name, slot);
+    }
+    (cluster, workers, redis, done)
+}
+
+fn git(remote: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("git").arg("--git-dir").arg(remote).args(args).output().expect("run git")
+}
+
+/// Every queue's depths, summed over what is still to do.
+async fn outstanding(backend: &RedisBackend) -> Result<(u64, u64, String), String> {
+    let mut busy = 0;
+    let mut dead = 0;
+    let mut detail = String::new();
+    for queue in QUEUES {
+        let d = backend.depths(queue).await.map_err(|e| e.to_string())?;
+        busy += d.pending + d.in_flight + d.delayed + d.held;
+        dead += d.dead;
+        detail.push_str(&format!(
+            "{queue}: pending {} in_flight {} delayed {} held {} dead {}; ",
+            d.pending, d.in_flight, d.delayed, d.held, d.dead
+        ));
+    }
+    Ok((busy, dead, detail))
+}
+
+/// Every reconcile operation record, by id.
+fn operation_records(conn: &mut redis::Connection) -> HashMap<String, serde_json::Value> {
+    let keys: Vec<String> = conn
+        .scan_match::<_, String>("hookbus:{res:*}:op:*")
+        .expect("scan")
+        .collect::<Result<_, _>>()
+        .expect("scan keys");
+    keys.into_iter()
+        .map(|key| {
+            let json: String = conn.get(&key).expect("get record");
+            let record: serde_json::Value = serde_json::from_str(&json).expect("record is JSON");
+            (record["id"].as_str().expect("record id").to_string(), record)
+        })
+        .collect()
+}
+
+/// Reconcile's book of a resource (MessagePack), as text.
+fn book(conn: &mut redis::Connection, key: &str) -> String {
+    let data: Option<Vec<u8>> = conn.hget(format!("hookbus:{{res:{key}}}:book"), "data").unwrap_or_default();
+    match data.map(|bytes| rmpv::decode::read_value(&mut bytes.as_slice())) {
+        Some(Ok(value)) => value.to_string(),
+        Some(Err(err)) => format!("undecodable: {err}"),
+        None => "none".to_string(),
+    }
+}
+
+/// The dead letters of every queue, as readable lines.
+fn dead_letters(conn: &mut redis::Connection) -> Vec<String> {
+    let mut out = Vec::new();
+    for queue in QUEUES {
+        let entries: Vec<Vec<u8>> = conn.lrange(format!("hookbus:{{{queue}}}:dead"), 0, -1).expect("lrange dead");
+        for bytes in entries {
+            let value = rmpv::decode::read_value(&mut bytes.as_slice()).ok();
+            let field = |name: &str| {
+                value
+                    .as_ref()
+                    .and_then(|v| v.as_map())
+                    .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some(name)))
+                    .map(|(_, v)| v.to_string())
+                    .unwrap_or_default()
+            };
+            out.push(format!("{queue}: kind {} key {} reason {}", field("kind"), field("key"), field("dead_reason")));
+        }
+    }
+    out
+}
+
+/// (start, end) in ms of every `processing` stint in a record's history.
+fn processing_intervals(record: &serde_json::Value) -> Vec<(i64, i64)> {
+    let history = record["history"].as_array().cloned().unwrap_or_default();
+    let mut out = Vec::new();
+    for (i, entry) in history.iter().enumerate() {
+        if entry["state"] == "processing" {
+            let start = entry["at"].as_i64().unwrap_or_default();
+            let end = history.get(i + 1).and_then(|next| next["at"].as_i64()).unwrap_or(i64::MAX);
+            out.push((start, end));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaos_pipeline_converges_under_kills_and_a_redis_restart() {
+    let started = Instant::now();
+    let total = env_usize("CHAOS_WEBHOOKS", 400).max(20);
+    let resources = env_usize("CHAOS_RESOURCES", 20).clamp(1, total / 2);
+    let seed = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random::<u64>);
+    let mut rng = StdRng::seed_from_u64(seed);
+    eprintln!("chaos: {total} webhooks, {resources} resources, CHAOS_SEED={seed}");
+
+    let bin = tokio::task::spawn_blocking(build_binaries).await.expect("build");
+    let redis = RedisServer::start_durable();
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let remote = scratch.path().join("records.git");
+    let init = Command::new("git").args(["init", "--bare", "--quiet"]).arg(&remote).status().expect("git init");
+    assert!(init.success(), "git init --bare");
+
+    let received = Arc::new(Mutex::new(Received::default()));
+    let subscriber_port = free_port();
+    tokio::spawn(subscriber(subscriber_port, received.clone()));
+
+    let mut cluster = Cluster {
+        bin,
+        redis_url: redis.url(),
+        remote: remote.clone(),
+        scratch: scratch.path().to_path_buf(),
+        gateway_port: free_port(),
+        subscriber_port,
+        started: 0,
+    };
+    let _gateway = cluster.spawn("hookbus-gateway", 0);
+    let mut workers = Vec::new();
+    for name in WORKERS {
+        for _ in 0..2 {
+            // A worker's slot is its position in `workers`; commit workers
+            // use it to pick their git workdir.
+            let position = workers.len();
+            workers.push(cluster.spawn(name, position));
+        }
+    }
+
+    // The webhooks: unique updates, shuffled, then ~10% re-sent (same
+    // delivery id) somewhere later.
+    let template: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(workspace_root().join("fixtures/github/issues/edited.json")).expect("fixture"),
+    )
+    .expect("fixture JSON");
+    // Every resource gets all its updates (cutting one short could make its
+    // newest update a tie).
+    let per_resource = (total * 10 / 11 / resources).max(1);
+    let all_updates = updates(&mut rng, resources, per_resource);
+    let mut hooks: Vec<Webhook> = all_updates.iter().flatten().map(|update| webhook(&template, update)).collect();
+    hooks.shuffle(&mut rng);
+    let unique = hooks.len();
+    let duplicates = total.saturating_sub(unique);
+    for _ in 0..duplicates {
+        let original = hooks[rng.random_range(0..unique)].clone();
+        let at = rng.random_range(0..=hooks.len());
+        hooks.insert(at, original);
+    }
+    let newest: BTreeMap<u64, Update> = all_updates.iter().flatten().fold(BTreeMap::new(), |mut newest, update| {
+        let keep = newest.get(&update.number).is_none_or(|seen: &Update| seen.updated_at_s < update.updated_at_s);
+        if keep {
+            newest.insert(update.number, update.clone());
+        }
+        newest
+    });
+
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("http client");
+    let url = format!("http://127.0.0.1:{}/webhooks/github", cluster.gateway_port);
+    let ready = hookbus_testkit::eventually(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", cluster.gateway_port)).is_ok()
+    });
+    assert!(ready, "the gateway never listened on {}", cluster.gateway_port);
+
+    let sent = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let chaos_thread = {
+        let (sent, stop) = (sent.clone(), stop.clone());
+        std::thread::spawn(move || chaos(cluster, workers, redis, seed, sent, total, stop))
+    };
+
+    // Paced over `CHAOS_SEND_SECONDS` so the chaos hits a busy pipeline, in
+    // bursts of 1–16 webhooks sent at the same instant (same-second
+    // updates of one resource arrive together).
+    let send_for = Duration::from_secs(env_usize("CHAOS_SEND_SECONDS", 20) as u64);
+    let mut schedule = Vec::with_capacity(hooks.len());
+    while schedule.len() < hooks.len() {
+        let burst = rng.random_range(1..=16).min(hooks.len() - schedule.len());
+        let at = send_for.mul_f64(schedule.len() as f64 / hooks.len() as f64);
+        schedule.extend(std::iter::repeat_n(at, burst));
+    }
+    let send_start = tokio::time::Instant::now();
+    futures::stream::iter(hooks.iter().zip(schedule))
+        .for_each_concurrent(32, |(hook, at)| {
+            let (client, url, sent) = (&client, &url, &sent);
+            async move {
+                tokio::time::sleep_until(send_start + at).await;
+                send(client, url, hook).await;
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .await;
+    let sent_at = send_start.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let (_cluster, _workers, redis, chaos) = chaos_thread.join().expect("chaos thread");
+    assert!(chaos.unclean_exits.is_empty(), "SIGTERM must exit 0 within the grace period: {:?}", chaos.unclean_exits);
+
+    // Drained: nothing pending, in flight, delayed or held on any queue, and
+    // every operation in a final state — stable over two looks 300 ms apart.
+    let backend = RedisBackend::connect(&redis.url(), "hookbus", 2, false).expect("bus client");
+    let mut conn = redis.client();
+    let drain_deadline = Instant::now() + Duration::from_secs(120);
+    let mut quiet_looks = 0;
+    let mut queues_empty_since: Option<Instant> = None;
+    let mut last = String::new();
+    while quiet_looks < 2 {
+        assert!(Instant::now() < drain_deadline, "queues never drained within 120 s: {last}");
+        // Empty queues cannot finish an operation any more: it is stuck.
+        if queues_empty_since.is_some_and(|since| since.elapsed() > Duration::from_secs(15)) {
+            panic!("every queue is empty but operations stay unfinished (reconcile lost track of them): {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (busy, _dead, detail) = match outstanding(&backend).await {
+            Ok(depths) => depths,
+            Err(err) => {
+                last = err;
+                continue;
+            }
+        };
+        let unfinished: Vec<String> = operation_records(&mut conn)
+            .values()
+            .filter(|r| r["state"] == "queued" || r["state"] == "processing")
+            .map(|r| format!("\n{r}\nits book: {}", book(&mut conn, r["key"].as_str().unwrap_or_default())))
+            .collect();
+        last = format!("{detail}operations not final: {}{}", unfinished.len(), unfinished.concat());
+        let unfinished = unfinished.len();
+        queues_empty_since = if busy == 0 { queues_empty_since.or(Some(Instant::now())) } else { None };
+        quiet_looks = if busy == 0 && unfinished == 0 { quiet_looks + 1 } else { 0 };
+    }
+    let drained_at = send_start.elapsed();
+
+    // Nothing is dead.
+    let dead = dead_letters(&mut conn);
+    assert!(dead.is_empty(), "{} dead letters:\n{}", dead.len(), dead.join("\n"));
+
+    // Nothing lost: one operation record per distinct delivery.
+    let records = operation_records(&mut conn);
+    assert_eq!(records.len(), unique, "operation records vs distinct webhooks accepted (202)");
+    let mut states: BTreeMap<String, usize> = BTreeMap::new();
+    for record in records.values() {
+        *states.entry(record["state"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+    }
+    let errored: Vec<_> = records.values().filter(|r| r["state"] == "errored").collect();
+    assert!(errored.is_empty(), "errored operations: {errored:#?}");
+
+    // Every file equals the newest update of its resource.
+    let mut wrong_files = Vec::new();
+    for (number, update) in &newest {
+        let path = format!("main:repos/{REPOSITORY}/issues/{number}.json");
+        let out = git(&remote, &["show", &path]);
+        let file: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if file["title"] != update.title.as_str() || file["updated_at"] != update.updated_at.as_str() {
+            wrong_files.push(format!(
+                "#{number}: file has {:?} @ {:?}, newest update is {:?} @ {}",
+                file["title"], file["updated_at"], update.title, update.updated_at
+            ));
+        }
+    }
+    assert!(
+        wrong_files.is_empty(),
+        "{} files differ from their newest update:\n{}",
+        wrong_files.len(),
+        wrong_files.join("\n")
+    );
+
+    // Exactly one commit per applied operation (by its trailer), and no
+    // commit without one.
+    let log = String::from_utf8(git(&remote, &["log", "--format=%H%n%B%n--end--", "main"]).stdout).expect("utf-8 log");
+    let mut commits = 0;
+    let mut trailers: HashMap<String, usize> = HashMap::new();
+    for message in log.split("--end--").filter(|m| !m.trim().is_empty()) {
+        commits += 1;
+        let op = message.lines().find_map(|line| line.strip_prefix("Hookbus-Operation: "));
+        let op = op.unwrap_or_else(|| panic!("commit without a Hookbus-Operation trailer:\n{message}"));
+        *trailers.entry(op.trim().to_string()).or_default() += 1;
+    }
+    let twice: Vec<_> = trailers.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "operations committed more than once: {twice:?}");
+    let committed: HashSet<String> = records
+        .values()
+        .filter(|r| r["state"] == "completed" && r["commit"].is_string())
+        .map(|r| r["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let on_remote: HashSet<String> = trailers.keys().cloned().collect();
+    let missing: Vec<_> = committed.difference(&on_remote).collect();
+    let unrecorded: Vec<_> = on_remote.difference(&committed).collect();
+    assert!(missing.is_empty(), "completed operations whose commit is not on the remote: {missing:?}");
+    assert!(unrecorded.is_empty(), "commits of operations reconcile does not record as completed: {unrecorded:?}");
+
+    // No resource ever had two operations processing at once.
+    let mut by_resource: HashMap<String, Vec<(i64, i64, String)>> = HashMap::new();
+    for record in records.values() {
+        for (start, end) in processing_intervals(record) {
+            let id = record["id"].as_str().unwrap_or_default().to_string();
+            by_resource
+                .entry(record["key"].as_str().unwrap_or_default().to_string())
+                .or_default()
+                .push((start, end, id));
+        }
+    }
+    let mut overlaps = Vec::new();
+    for (key, mut stints) in by_resource {
+        stints.sort();
+        for pair in stints.windows(2) {
+            if pair[1].0 < pair[0].1 {
+                overlaps.push(format!(
+                    "{key}: {} processing {}..{} overlaps {} from {}",
+                    pair[0].2, pair[0].0, pair[0].1, pair[1].2, pair[1].0
+                ));
+            }
+        }
+    }
+    assert!(overlaps.is_empty(), "two operations processing at once:\n{}", overlaps.join("\n"));
+
+    // The subscriber received each event once by delivery id: one delivery
+    // id per committed operation, each for that operation. A notify process
+    // SIGKILLed after the POST but before its ack redelivers (at least once,
+    // same id): counted, and only allowed when a notify was SIGKILLed.
+    let received = received.lock().expect("lock");
+    let mut notified: HashMap<String, usize> = HashMap::new();
+    for (operation, _) in received.by_delivery.values() {
+        *notified.entry(operation.clone()).or_default() += 1;
+    }
+    let several_ids: Vec<_> = notified.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(several_ids.is_empty(), "operations notified under several delivery ids: {several_ids:?}");
+    let notified: HashSet<String> = notified.into_keys().collect();
+    let not_notified: Vec<_> = committed.difference(&notified).collect();
+    let extra: Vec<_> = notified.difference(&committed).collect();
+    assert!(not_notified.is_empty(), "committed operations the subscriber never received: {not_notified:?}");
+    assert!(extra.is_empty(), "events for operations that made no commit: {extra:?}");
+    let redelivered: usize = received.by_delivery.values().map(|(_, n)| n - 1).sum();
+    assert!(
+        redelivered == 0 || chaos.notify_sigkills > 0,
+        "{redelivered} events acknowledged twice although no notify process was SIGKILLed"
+    );
+
+    eprintln!(
+        "chaos summary: seed {seed}; sent {total} webhooks ({unique} distinct, {duplicates} duplicates) to {resources} \
+         resources in {:.1} s; drained {:.1} s after the first send; total {:.1} s; chaos {:?}; operations by state {states:?}; commits {commits}; \
+         subscriber events {} (redelivered after a SIGKILL: {redelivered})",
+        sent_at.as_secs_f64(),
+        drained_at.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+        chaos,
+        received.by_delivery.len(),
+    );
+}
