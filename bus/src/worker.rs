@@ -18,6 +18,10 @@ pub enum SetupError {
     /// A setting is wrong: exit code 2.
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// What the settings point at is unusable (a git remote that does not
+    /// exist, say): exit code 2, the message says which setting.
+    #[error("{0}")]
+    Unusable(String),
     /// Anything else: exit code 1.
     #[error("{0}")]
     Failed(String),
@@ -58,7 +62,7 @@ pub async fn run_worker<P: Plugin>(binary: &str, build: impl FnOnce(&Settings) -
 fn fail(binary: &str, err: SetupError) -> ExitCode {
     eprintln!("{binary}: {err}");
     match err {
-        SetupError::Config(_) => ExitCode::from(2),
+        SetupError::Config(_) | SetupError::Unusable(_) => ExitCode::from(2),
         SetupError::Failed(_) => ExitCode::FAILURE,
     }
 }

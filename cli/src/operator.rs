@@ -132,12 +132,7 @@ pub fn dead_json(letter: &DeadLetter) -> Value {
 pub async fn ops(resource: &str) -> ExitCode {
     let settings = exit_on_error(Settings::load());
     let url = redacted(settings.redis.url.expose());
-    let store = match RedisStore::connect(
-        settings.redis.url.expose(),
-        settings.redis.tls_insecure,
-        &settings.bus.prefix,
-        std::time::Duration::from_millis(settings.reconcile.retention_ms),
-    ) {
+    let store = match RedisStore::from_settings(&settings) {
         Ok(store) => store,
         Err(err) => {
             eprintln!("hookbus: cannot use Redis at {url}: {err}");

@@ -25,7 +25,6 @@ pub use self::reconciled::StoreLookup;
 #[cfg(feature = "reconcile")]
 mod reconciled {
     use std::sync::Arc;
-    use std::time::Duration;
 
     use async_trait::async_trait;
     use hookbus_config::Settings;
@@ -43,13 +42,7 @@ mod reconciled {
         /// `bus.prefix`, `reconcile.retention_ms`), as the binary wires it.
         /// Connects lazily: a server that is down now answers 503 per request.
         pub fn over_redis(settings: &Settings) -> Result<Self, StoreError> {
-            let store = RedisStore::connect(
-                settings.redis.url.expose(),
-                settings.redis.tls_insecure,
-                &settings.bus.prefix,
-                Duration::from_millis(settings.reconcile.retention_ms),
-            )?;
-            Ok(StoreLookup(Arc::new(store)))
+            Ok(StoreLookup(Arc::new(RedisStore::from_settings(settings)?)))
         }
     }
 

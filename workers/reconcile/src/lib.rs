@@ -19,7 +19,6 @@ pub mod tiebreak;
 pub mod wire;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use hookbus_bus::envelope::now_ms;
@@ -52,13 +51,7 @@ impl Reconcile {
     /// As the `hookbus-reconcile` binary wires it: records in Redis, ties
     /// to GitHub when a token is configured.
     pub fn from_settings(settings: &Settings) -> Result<Self, StoreError> {
-        let store = RedisStore::connect(
-            settings.redis.url.expose(),
-            settings.redis.tls_insecure,
-            &settings.bus.prefix,
-            Duration::from_millis(settings.reconcile.retention_ms),
-        )?;
-        Ok(Self::new(Arc::new(store), tie_breaker(settings)))
+        Ok(Self::new(Arc::new(RedisStore::from_settings(settings)?), tie_breaker(settings)))
     }
 
     pub fn store(&self) -> Arc<dyn OperationStore> {

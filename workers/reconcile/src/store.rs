@@ -99,6 +99,17 @@ impl RedisStore {
         Ok(RedisStore { pool, prefix: prefix.to_string(), retention, save: Script::new(include_str!("lua/save.lua")) })
     }
 
+    /// As every hookbus process wires it: `redis.url`, `bus.prefix`,
+    /// `reconcile.retention_ms`.
+    pub fn from_settings(settings: &hookbus_config::Settings) -> Result<Self, StoreError> {
+        Self::connect(
+            settings.redis.url.expose(),
+            settings.redis.tls_insecure,
+            &settings.bus.prefix,
+            Duration::from_millis(settings.reconcile.retention_ms),
+        )
+    }
+
     fn base(&self, key: &str) -> String {
         format!("{}:{{res:{key}}}", self.prefix)
     }
