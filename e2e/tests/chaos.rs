@@ -247,7 +247,7 @@ fn signature(body: &[u8]) -> String {
 
 /// POSTs until the gateway answers 202 (503 and refused connections are
 /// what a Redis restart looks like from outside).
-async fn send(client: &reqwest::Client, url: &str, hook: &Webhook) {
+async fn send(client: &reqwest::Client, url: &str, hook: &Webhook, retried: &AtomicUsize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let sent = client
@@ -272,6 +272,7 @@ async fn send(client: &reqwest::Client, url: &str, hook: &Webhook) {
             Err(err) => panic!("webhook {}: {err}", hook.delivery),
         }
         assert!(Instant::now() < deadline, "webhook {} never got a 202 within 60 s", hook.delivery);
+        retried.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -460,8 +461,10 @@ async fn chaos_pipeline_converges_under_kills_and_a_redis_restart() {
 
     let bin = tokio::task::spawn_blocking(build_binaries).await.expect("build");
     let redis = RedisServer::start_durable();
-    let scratch = tempfile::tempdir().expect("scratch dir");
-    let remote = scratch.path().join("records.git");
+    // Kept when the test fails: each process's stderr is a log file there.
+    let scratch = tempfile::Builder::new().prefix("hookbus-chaos-").tempdir().expect("scratch dir").keep();
+    eprintln!("chaos: process logs and the remote in {} (removed when the test passes)", scratch.display());
+    let remote = scratch.join("records.git");
     let init = Command::new("git").args(["init", "--bare", "--quiet"]).arg(&remote).status().expect("git init");
     assert!(init.success(), "git init --bare");
 
@@ -473,12 +476,12 @@ async fn chaos_pipeline_converges_under_kills_and_a_redis_restart() {
         bin,
         redis_url: redis.url(),
         remote: remote.clone(),
-        scratch: scratch.path().to_path_buf(),
+        scratch: scratch.clone(),
         gateway_port: free_port(),
         subscriber_port,
         started: 0,
     };
-    let _gateway = cluster.spawn("hookbus-gateway", 0);
+    let gateway = cluster.spawn("hookbus-gateway", 0);
     let mut workers = Vec::new();
     for name in WORKERS {
         for _ in 0..2 {
@@ -540,20 +543,21 @@ async fn chaos_pipeline_converges_under_kills_and_a_redis_restart() {
         let at = send_for.mul_f64(schedule.len() as f64 / hooks.len() as f64);
         schedule.extend(std::iter::repeat_n(at, burst));
     }
+    let retried = AtomicUsize::new(0);
     let send_start = tokio::time::Instant::now();
     futures::stream::iter(hooks.iter().zip(schedule))
         .for_each_concurrent(32, |(hook, at)| {
-            let (client, url, sent) = (&client, &url, &sent);
+            let (client, url, sent, retried) = (&client, &url, &sent, &retried);
             async move {
                 tokio::time::sleep_until(send_start + at).await;
-                send(client, url, hook).await;
+                send(client, url, hook, retried).await;
                 sent.fetch_add(1, Ordering::SeqCst);
             }
         })
         .await;
     let sent_at = send_start.elapsed();
     stop.store(true, Ordering::SeqCst);
-    let (_cluster, _workers, redis, chaos) = chaos_thread.join().expect("chaos thread");
+    let (_cluster, workers, redis, chaos) = chaos_thread.join().expect("chaos thread");
     assert!(chaos.unclean_exits.is_empty(), "SIGTERM must exit 0 within the grace period: {:?}", chaos.unclean_exits);
 
     // Drained: nothing pending, in flight, delayed or held on any queue, and
@@ -695,11 +699,15 @@ async fn chaos_pipeline_converges_under_kills_and_a_redis_restart() {
         "{redelivered} events acknowledged twice although no notify process was SIGKILLed"
     );
 
+    drop(workers);
+    drop(gateway);
+    let _ = std::fs::remove_dir_all(&scratch);
     eprintln!(
         "chaos summary: seed {seed}; sent {total} webhooks ({unique} distinct, {duplicates} duplicates) to {resources} \
-         resources in {:.1} s; drained {:.1} s after the first send; total {:.1} s; chaos {:?}; operations by state {states:?}; commits {commits}; \
+         resources in {:.1} s ({} POSTs retried after a 503 or refused connection); drained {:.1} s after the first send; total {:.1} s; chaos {:?}; operations by state {states:?}; commits {commits}; \
          subscriber events {} (redelivered after a SIGKILL: {redelivered})",
         sent_at.as_secs_f64(),
+        retried.load(Ordering::SeqCst),
         drained_at.as_secs_f64(),
         started.elapsed().as_secs_f64(),
         chaos,
