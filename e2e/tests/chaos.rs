@@ -35,7 +35,6 @@ use hookbus_bus::redis::RedisBackend;
 use hookbus_bus::Backend;
 use hookbus_testkit::{free_port, workspace_root, RedisServer};
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use redis::Commands;
 use sha2::Sha256;
@@ -492,8 +491,8 @@ async fn chaos_pipeline_converges_under_kills_and_a_redis_restart() {
         }
     }
 
-    // The webhooks: unique updates, shuffled, then ~10% re-sent (same
-    // delivery id) somewhere later.
+    // The webhooks: unique updates, out of order, then ~10% re-sent (same
+    // delivery id) anywhere.
     let template: serde_json::Value = serde_json::from_slice(
         &std::fs::read(workspace_root().join("fixtures/github/issues/edited.json")).expect("fixture"),
     )
@@ -502,8 +501,17 @@ async fn chaos_pipeline_converges_under_kills_and_a_redis_restart() {
     // newest update a tie).
     let per_resource = (total * 10 / 11 / resources).max(1);
     let all_updates = updates(&mut rng, resources, per_resource);
-    let mut hooks: Vec<Webhook> = all_updates.iter().flatten().map(|update| webhook(&template, update)).collect();
-    hooks.shuffle(&mut rng);
+    // Out of order, but not hopelessly: each update is sent at its position
+    // in the resource's history plus a random slip of up to 6 places, and
+    // the resources are interleaved, so some arrive late (dropped) and some
+    // early enough to queue behind or cancel one another.
+    let mut order: Vec<(f64, Webhook)> = all_updates
+        .iter()
+        .flat_map(|history| history.iter().enumerate())
+        .map(|(position, update)| (position as f64 + rng.random_range(0.0..6.0), webhook(&template, update)))
+        .collect();
+    order.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut hooks: Vec<Webhook> = order.into_iter().map(|(_, hook)| hook).collect();
     let unique = hooks.len();
     let duplicates = total.saturating_sub(unique);
     for _ in 0..duplicates {
