@@ -379,12 +379,15 @@ impl Book {
     /// the next one.
     pub fn apply_outcome(&mut self, outcome: &Outcome, now: i64) -> Change {
         let mut change = Change::default();
-        let Some(live) = self.processing.take().filter(|l| l.record.id == outcome.operation) else {
+        if !self.processing.as_ref().is_some_and(|l| l.record.id == outcome.operation) {
             // Not the one processing: a redelivered outcome (already
-            // applied) or one for an operation this book no longer holds.
+            // applied — and what it released may never have reached commit,
+            // if we died between saving and sending) or one for an operation
+            // this book no longer holds. Re-send what is processing.
             change.release.extend(self.processing.clone());
             return change;
-        };
+        }
+        let Some(live) = self.processing.take() else { return change };
         let mut record = live.record;
         match outcome.outcome {
             OutcomeKind::Completed => {

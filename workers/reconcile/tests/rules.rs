@@ -125,6 +125,21 @@ fn a_redelivered_operation_changes_nothing_but_resends_what_is_processing() {
 }
 
 #[test]
+fn a_redelivered_outcome_resends_the_operation_it_released() {
+    // Reconcile saved "a completed, b released" and died before sending b to
+    // commit: the outcome of a comes again and must send b again, or b
+    // would stay processing forever with every queue empty.
+    let mut book = Book::default();
+    apply(&mut book, &op("a", 10, "x"));
+    apply(&mut book, &op("b", 20, "y"));
+    assert_eq!(released(&book.apply_outcome(&done("a"), 2_000)), vec!["b"]);
+    let again = book.apply_outcome(&done("a"), 3_000);
+    assert!(again.records.is_empty(), "nothing changes");
+    assert_eq!(released(&again), vec!["b"]);
+    assert_eq!(book.processing.as_ref().map(|l| l.record.id.as_str()), Some("b"), "b is still processing");
+}
+
+#[test]
 fn disabled_repository_operations_are_recorded_disabled() {
     let mut book = Book::default();
     let mut o = op("a", 10, "x");
