@@ -379,7 +379,7 @@ impl Book {
     /// the next one.
     pub fn apply_outcome(&mut self, outcome: &Outcome, now: i64) -> Change {
         let mut change = Change::default();
-        if !self.processing.as_ref().is_some_and(|l| l.record.id == outcome.operation) {
+        if self.processing.as_ref().is_none_or(|l| l.record.id != outcome.operation) {
             // Not the one processing: a redelivered outcome (already
             // applied — and what it released may never have reached commit,
             // if we died between saving and sending) or one for an operation
