@@ -218,7 +218,9 @@ impl Book {
             .map(|(id, _, _)| Tie { known: id.clone() })
     }
 
-    fn knows(&self, id: &str) -> bool {
+    /// Whether this book still remembers operation `id` (live, or among the
+    /// recently finished). Older ones are found through the store's records.
+    pub fn knows(&self, id: &str) -> bool {
         self.finished.iter().any(|f| f == id)
             || self.processing.as_ref().is_some_and(|l| l.record.id == id)
             || self.queued.iter().any(|l| l.record.id == id)
@@ -230,6 +232,12 @@ impl Book {
             let excess = self.finished.len() - FINISHED_KEPT;
             self.finished.drain(..excess);
         }
+    }
+
+    /// For a redelivered operation the book no longer remembers (its record
+    /// says it was seen): change nothing, re-send what is processing.
+    pub fn resend(&self) -> Change {
+        Change { records: Vec::new(), release: self.processing.iter().cloned().collect() }
     }
 
     /// Applies a `sync.operation`. `tie` is how a tie found by

@@ -62,6 +62,16 @@ impl Reconcile {
         let op: SyncOperation = message.payload_as()?;
         for _ in 0..SAVE_TRIES {
             let mut book = self.store.load(&op.key).await.map_err(HandlerError::transient)?;
+            if !book.knows(&op.operation)
+                && self.store.operation(&op.operation).await.map_err(HandlerError::transient)?.is_some()
+            {
+                // Seen long ago (the book keeps only recent ids): a redelivery.
+                let change = book.resend();
+                if self.commit_change(&op.key, &book, change, out).await? {
+                    return Ok(());
+                }
+                continue;
+            }
             let tie = match book.tie_for(&op) {
                 Some(tie) => {
                     let verdict = self.ties.settle(&op).await.map_err(HandlerError::transient)?;

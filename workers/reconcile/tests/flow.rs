@@ -349,3 +349,19 @@ async fn memory_and_redis_stores_keep_the_same_records() {
     assert_eq!(seen[0], seen[1]);
     assert_eq!(seen[0], vec![("m1".to_string(), "processing"), ("m2".to_string(), "dropped")]);
 }
+
+#[tokio::test]
+async fn a_webhook_redelivered_long_after_keeps_its_recorded_outcome() {
+    // The book remembers only recent ids; the records remember the rest.
+    let store: Arc<dyn OperationStore> = Arc::new(MemoryStore::default());
+    let reconcile = plugin(store.clone());
+    for n in 0..100 {
+        let id = format!("op{n}");
+        handle(&reconcile, operation(1, &id, 1_000 + n, &id)).await;
+        handle(&reconcile, outcome(1, &id)).await;
+    }
+    assert_eq!(state(&*store, "op0").await, OperationState::Completed);
+    let emitted = handle(&reconcile, operation(1, "op0", 1_000, "op0")).await;
+    assert!(emitted.is_empty(), "nothing is processing, nothing to send");
+    assert_eq!(state(&*store, "op0").await, OperationState::Completed, "not re-recorded as dropped");
+}
