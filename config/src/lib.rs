@@ -468,6 +468,24 @@ pub struct GitSettings {
     pub push_window_ms: u64,
     /// A batch this large is pushed without waiting out the window.
     pub push_batch_max: usize,
+    /// How records reach the repository (`HOOKBUS_GIT__MODE`): `git` (a
+    /// clone, commit and push) or `contents_api` (one GitHub contents-API
+    /// request per record, for when the worker cannot have a clone).
+    pub mode: GitMode,
+    /// The repository written in `contents_api` mode, `owner/name`
+    /// (`HOOKBUS_GIT__CONTENTS_REPOSITORY`); required in that mode.
+    pub contents_repository: String,
+}
+
+/// How `hookbus-commit` writes records (`git.mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GitMode {
+    /// A clone of `git.remote`: commit, then push.
+    #[default]
+    Git,
+    /// GitHub's contents API at `github.api_url`, with `github.token`.
+    ContentsApi,
 }
 
 impl Default for GitSettings {
@@ -480,6 +498,8 @@ impl Default for GitSettings {
             committer_email: "hookbus@localhost".into(),
             push_window_ms: 50,
             push_batch_max: 64,
+            mode: GitMode::Git,
+            contents_repository: String::new(),
         }
     }
 }
@@ -540,6 +560,25 @@ impl GitSettings {
         }
         if self.push_batch_max == 0 {
             return Err(ConfigError::invalid("git.push_batch_max", "must be at least 1"));
+        }
+        let repository = self.contents_repository.trim();
+        if self.mode == GitMode::ContentsApi && repository.is_empty() {
+            return Err(ConfigError::invalid(
+                "git.contents_repository (HOOKBUS_GIT__CONTENTS_REPOSITORY)",
+                "is required when git.mode is contents_api: set it to the repository to write to, \"owner/name\"",
+            ));
+        }
+        let segment = |s: &str| {
+            !s.is_empty()
+                && s != "."
+                && s != ".."
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        if !repository.is_empty() && !repository.split_once('/').is_some_and(|(o, n)| segment(o) && segment(n)) {
+            return Err(ConfigError::invalid(
+                "git.contents_repository (HOOKBUS_GIT__CONTENTS_REPOSITORY)",
+                format!("{repository:?} is not \"owner/name\""),
+            ));
         }
         Ok(())
     }
@@ -1036,6 +1075,21 @@ mod tests {
         assert!(!s.normalise.repositories.allows("octo/other"));
         let err = load(&[("HOOKBUS_NORMALISE__REPOSITORIES", "octo")]).expect_err("not owner/name");
         assert!(err.to_string().contains("HOOKBUS_NORMALISE__REPOSITORIES"), "{err}");
+    }
+
+    #[test]
+    fn contents_api_mode_needs_an_owner_name_repository_named_in_the_error() {
+        assert_eq!(load(&[]).expect("defaults load").git.mode, GitMode::Git);
+        let err = load(&[("HOOKBUS_GIT__MODE", "contents_api")]).expect_err("no repository");
+        assert!(err.to_string().contains("HOOKBUS_GIT__CONTENTS_REPOSITORY"), "{err}");
+        let err = load(&[("HOOKBUS_GIT__MODE", "contents_api"), ("HOOKBUS_GIT__CONTENTS_REPOSITORY", "acme")])
+            .expect_err("not owner/name");
+        assert!(err.to_string().contains("git.contents_repository"), "{err}");
+        assert!(load(&[("HOOKBUS_GIT__MODE", "svn")]).is_err());
+        let s = load(&[("HOOKBUS_GIT__MODE", "contents_api"), ("HOOKBUS_GIT__CONTENTS_REPOSITORY", "acme/records")])
+            .expect("loads");
+        assert_eq!((s.git.mode, s.git.contents_repository.as_str()), (GitMode::ContentsApi, "acme/records"));
+        assert!(s.git.require_remote().is_err(), "the remote stays unset: contents-API mode does not use it");
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! Each running worker needs its own workdir; any number may push to one
 //! remote.
 
+pub mod contents;
 pub mod error;
 pub mod push;
 pub mod record_file;
@@ -30,8 +31,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hookbus_bus::{Envelope, HandlerError, Outbox, Plugin};
-use hookbus_config::Settings;
+use hookbus_config::{GitMode, Settings};
 
+pub use contents::{ContentsApi, ContentsTarget};
 pub use error::CommitError;
 pub use workdir::GitTarget;
 
@@ -60,20 +62,41 @@ pub struct PushBatching {
 
 /// The commit-to-git stage.
 pub struct CommitPlugin {
-    workdir: Arc<Mutex<Workdir>>,
-    group: Arc<PushGroup>,
+    git: Option<(Arc<Mutex<Workdir>>, Arc<PushGroup>)>,
+    contents: Option<ContentsApi>,
 }
 
 impl CommitPlugin {
     pub fn new(target: GitTarget, batching: PushBatching) -> Result<Self, CommitError> {
         let workdir = Arc::new(Mutex::new(Workdir::open(target)?));
         let group = PushGroup::new(Arc::clone(&workdir), batching.window, batching.max.max(1));
-        Ok(CommitPlugin { workdir, group })
+        Ok(CommitPlugin { git: Some((workdir, group)), contents: None })
+    }
+
+    /// Contents-API mode: one GitHub contents-API request per record.
+    pub fn contents_api(target: ContentsTarget) -> Result<Self, CommitError> {
+        Ok(CommitPlugin { git: None, contents: Some(ContentsApi::new(target)?) })
     }
 
     /// The plugin the settings describe (`git.*`, `github.token`).
     pub fn from_settings(settings: &Settings) -> Result<Self, CommitError> {
         let git = &settings.git;
+        if git.mode == GitMode::ContentsApi {
+            let token = settings.github.token.expose().to_string();
+            if token.trim().is_empty() {
+                return Err(CommitError::Config(
+                    "github.token (HOOKBUS_GITHUB__TOKEN) is required when git.mode is contents_api".into(),
+                ));
+            }
+            return Self::contents_api(ContentsTarget {
+                api_url: settings.github.api_url.clone(),
+                token,
+                repository: git.contents_repository.trim().to_string(),
+                branch: git.branch.clone(),
+                committer_name: git.committer_name.clone(),
+                committer_email: git.committer_email.clone(),
+            });
+        }
         let remote = git.require_remote().map_err(|e| CommitError::Config(e.to_string()))?;
         let token = Some(settings.github.token.expose().to_string()).filter(|t| !t.is_empty());
         let target = GitTarget {
@@ -89,16 +112,16 @@ impl CommitPlugin {
 
     /// How many batch pushes have run.
     pub fn push_batches(&self) -> u64 {
-        self.group.flushes()
+        self.git.as_ref().map_or(0, |(_, group)| group.flushes())
     }
 
     /// Runs `f` on the workdir on a blocking thread (git2 blocks, and the
     /// repository is used by one thread at a time).
     async fn with_workdir<T: Send + 'static>(
-        &self,
+        workdir: &Arc<Mutex<Workdir>>,
         f: impl FnOnce(&mut Workdir) -> Result<T, CommitError> + Send + 'static,
     ) -> Result<T, CommitError> {
-        let workdir = Arc::clone(&self.workdir);
+        let workdir = Arc::clone(workdir);
         tokio::task::spawn_blocking(move || {
             let mut workdir = workdir.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut workdir)
@@ -107,10 +130,29 @@ impl CommitPlugin {
         .unwrap_or_else(|err| Err(CommitError::Batch { permanent: false, reason: format!("git task failed: {err}") }))
     }
 
-    async fn apply(&self, op: ApplyPayload, out: &mut Outbox) -> Result<(), CommitError> {
+    async fn apply(&self, op: ApplyPayload, out: &mut Outbox) -> Result<(), HandlerError> {
+        let result = match (&self.git, &self.contents) {
+            (Some((workdir, group)), _) => Self::apply_git(workdir, group, &op).await?,
+            (None, Some(contents)) => contents.apply(&op).await?,
+            (None, None) => return Err(HandlerError::permanent("commit has no target")),
+        };
+        tracing::info!(
+            operation = %op.operation,
+            key = %op.key,
+            commit = result.commit.as_deref().unwrap_or("none"),
+            "operation synced"
+        );
+        emit(&op, &result, out).map_err(HandlerError::from)
+    }
+
+    async fn apply_git(
+        workdir: &Arc<Mutex<Workdir>>,
+        group: &Arc<PushGroup>,
+        op: &ApplyPayload,
+    ) -> Result<Synced, CommitError> {
         let operation = op.clone();
-        let committing = self.group.committing();
-        let applied = self.with_workdir(move |workdir| workdir.apply(&operation)).await;
+        let committing = group.committing();
+        let applied = Self::with_workdir(workdir, move |workdir| workdir.apply(&operation)).await;
         drop(committing);
         let applied = applied?;
         let result = match applied {
@@ -119,33 +161,27 @@ impl CommitPlugin {
                 Synced { commit: None, path: Some(path), content, reason: Some("unchanged: no commit".into()) }
             }
             Applied::Committed { path } => {
-                let commit = self.group.pushed(&op.operation).await?;
+                let commit = group.pushed(&op.operation).await?;
                 let read_path = path.clone();
                 let content = match commit {
-                    Some(commit) => self.with_workdir(move |w| Ok(w.file_at(commit, &read_path))).await?,
+                    Some(commit) => Self::with_workdir(workdir, move |w| Ok(w.file_at(commit, &read_path))).await?,
                     None => None,
                 };
                 let reason = commit.is_none().then(|| "unchanged on the remote's newer tip: no commit".to_string());
                 Synced { commit: commit.map(|c| c.to_string()), path: Some(path), content, reason }
             }
         };
-        tracing::info!(
-            operation = %op.operation,
-            key = %op.key,
-            commit = result.commit.as_deref().unwrap_or("none"),
-            "operation synced"
-        );
-        emit(&op, &result, out)
+        Ok(result)
     }
 }
 
 /// Where an operation ended up in git.
-struct Synced {
-    commit: Option<String>,
-    path: Option<String>,
+pub(crate) struct Synced {
+    pub(crate) commit: Option<String>,
+    pub(crate) path: Option<String>,
     /// The file's bytes in git now; `None` when there is no file.
-    content: Option<Vec<u8>>,
-    reason: Option<String>,
+    pub(crate) content: Option<Vec<u8>>,
+    pub(crate) reason: Option<String>,
 }
 
 fn emit(op: &ApplyPayload, synced: &Synced, out: &mut Outbox) -> Result<(), CommitError> {
@@ -213,9 +249,8 @@ impl Plugin for CommitPlugin {
             };
             return emit(&op, &synced, out).map_err(HandlerError::from);
         }
-        self.apply(op, out).await.map_err(|err| {
+        self.apply(op, out).await.inspect_err(|err| {
             tracing::warn!(trace_id = %message.trace_id, error = %err, "commit failed");
-            HandlerError::from(err)
         })
     }
 

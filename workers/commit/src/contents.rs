@@ -1,0 +1,284 @@
+//! Contents-API mode (`git.mode = "contents_api"`): for a worker that cannot
+//! have a clone, each operation is one GitHub contents-API request on
+//! `git.contents_repository` — GET the file, then PUT or DELETE it with the
+//! actor as author, the blob sha as the precondition. The path, bytes,
+//! message and author are those of git mode ([`record_file`]).
+//!
+//! Idempotent: a file that already holds the target bytes (or a deletion of
+//! an absent file) is a no-op, so a redelivered operation does not commit
+//! twice. A conflict (409, or 422 "does not match": the file changed between
+//! GET and write) is read again and retried a few times.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use hookbus_bus::HandlerError;
+use serde_json::{json, Value};
+
+use crate::record_file::{self, Desired};
+use crate::wire::ApplyPayload;
+use crate::Synced;
+
+/// How many times a conflicting write is read again and retried.
+pub const CONFLICT_RETRIES: u32 = 4;
+/// The longest a rate limit defers an operation.
+const MAX_DEFER: Duration = Duration::from_secs(3_600);
+
+/// Where contents-API mode writes.
+#[derive(Debug, Clone)]
+pub struct ContentsTarget {
+    /// `github.api_url`.
+    pub api_url: String,
+    pub token: String,
+    /// `owner/name`.
+    pub repository: String,
+    pub branch: String,
+    pub committer_name: String,
+    pub committer_email: String,
+}
+
+/// The GitHub contents API for one repository and branch.
+pub struct ContentsApi {
+    client: octocrab::Octocrab,
+    target: ContentsTarget,
+}
+
+/// A raw octocrab answer read whole: its status, the rate-limit wait it asks
+/// for (if any) and its body. (A macro: the response type is octocrab's.)
+macro_rules! read_answer {
+    ($client:expr, $response:expr, $what:expr) => {{
+        let response = $response;
+        let status = response.status().as_u16();
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let limit =
+            rate_limit(status, header("retry-after"), header("x-ratelimit-remaining"), header("x-ratelimit-reset"));
+        let body = $client.body_to_string(response).await.map_err(|e| network($what, e))?;
+        Answer { status, limit, body }
+    }};
+}
+
+struct Answer {
+    status: u16,
+    limit: Option<Duration>,
+    body: String,
+}
+
+/// The file as GitHub has it now.
+struct Current {
+    sha: String,
+    bytes: Vec<u8>,
+}
+
+enum Written {
+    Done(Option<String>),
+    Conflict,
+}
+
+impl ContentsApi {
+    pub fn new(target: ContentsTarget) -> Result<Self, crate::CommitError> {
+        let client = octocrab::Octocrab::builder()
+            .base_uri(target.api_url.as_str())
+            .map_err(|e| {
+                crate::CommitError::Config(format!("github.api_url (HOOKBUS_GITHUB__API_URL) {}: {e}", target.api_url))
+            })?
+            .personal_token(target.token.clone())
+            .set_connect_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .set_write_timeout(Some(Duration::from_secs(30)))
+            .build()
+            .map_err(|e| crate::CommitError::Config(format!("GitHub client: {e}")))?;
+        Ok(ContentsApi { client, target })
+    }
+
+    /// Applies one operation: where it ended up, or why not.
+    pub(crate) async fn apply(&self, op: &ApplyPayload) -> Result<Synced, HandlerError> {
+        let Some(path) = record_file::path_for(op)? else {
+            return Ok(Synced {
+                commit: None,
+                path: None,
+                content: None,
+                reason: Some("created on GitHub; the file arrives with GitHub's webhook".into()),
+            });
+        };
+        for _ in 0..=CONFLICT_RETRIES {
+            let current = self.get(&path).await?;
+            let desired = record_file::desired(op, &path, current.as_ref().map(|c| c.bytes.as_slice()))?;
+            let unchanged = |content: Option<Vec<u8>>| Synced {
+                commit: None,
+                path: Some(path.clone()),
+                content,
+                reason: Some("unchanged: no commit".into()),
+            };
+            let (written, content) = match desired {
+                Desired::Skip(reason) => {
+                    return Ok(Synced { commit: None, path: Some(path), content: None, reason: Some(reason) })
+                }
+                Desired::Delete => {
+                    let Some(current) = current else { return Ok(unchanged(None)) };
+                    (self.write(op, &path, None, Some(&current.sha)).await?, None)
+                }
+                Desired::Write(bytes) => {
+                    if current.as_ref().is_some_and(|c| c.bytes == bytes) {
+                        return Ok(unchanged(Some(bytes)));
+                    }
+                    let sha = current.as_ref().map(|c| c.sha.as_str());
+                    (self.write(op, &path, Some(&bytes), sha).await?, Some(bytes))
+                }
+            };
+            match written {
+                Written::Done(commit) => return Ok(Synced { commit, path: Some(path), content, reason: None }),
+                Written::Conflict => {
+                    tracing::info!(operation = %op.operation, path = %path, "file changed between read and write; reading again");
+                }
+            }
+        }
+        Err(HandlerError::Transient(format!(
+            "{path} in {} changed between read and write on each of {} tries",
+            self.target.repository,
+            CONFLICT_RETRIES + 1
+        )))
+    }
+
+    fn route(&self, path: &str) -> String {
+        format!("/repos/{}/contents/{path}", self.target.repository)
+    }
+
+    async fn get(&self, path: &str) -> Result<Option<Current>, HandlerError> {
+        let route = format!("{}?ref={}", self.route(path), encode(&self.target.branch));
+        let what = format!("GET {route}");
+        let response = self.client._get(route.as_str()).await.map_err(|e| network(&what, e))?;
+        let answer = read_answer!(self.client, response, &what);
+        if answer.status == 404 {
+            return Ok(None);
+        }
+        let body = self.check(answer, &what)?;
+        let file: Value = serde_json::from_str(&body)
+            .map_err(|e| HandlerError::Transient(format!("{what}: the answer is not JSON: {e}")))?;
+        let (Some(sha), Some(content)) =
+            (file.get("sha").and_then(Value::as_str), file.get("content").and_then(Value::as_str))
+        else {
+            return Err(HandlerError::Permanent(format!(
+                "{what}: not a file with content (a directory, or over 1 MB?)"
+            )));
+        };
+        let compact: String = content.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let bytes = STANDARD
+            .decode(compact)
+            .map_err(|e| HandlerError::Permanent(format!("{what}: content is not base64: {e}")))?;
+        Ok(Some(Current { sha: sha.to_string(), bytes }))
+    }
+
+    /// PUTs `bytes` (or DELETEs when `None`) with `sha` as the precondition.
+    async fn write(
+        &self,
+        op: &ApplyPayload,
+        path: &str,
+        bytes: Option<&[u8]>,
+        sha: Option<&str>,
+    ) -> Result<Written, HandlerError> {
+        let content: Option<Value> = bytes.and_then(|b| serde_json::from_slice(b).ok());
+        let (name, email) = record_file::author(op);
+        let mut body = json!({
+            "message": record_file::message(op, content.as_ref()),
+            "branch": self.target.branch,
+            "author": {"name": name, "email": email},
+            "committer": {"name": self.target.committer_name, "email": self.target.committer_email},
+        });
+        if let Some(sha) = sha {
+            body["sha"] = json!(sha);
+        }
+        let route = self.route(path);
+        let (what, sent) = match bytes {
+            Some(bytes) => {
+                body["content"] = json!(STANDARD.encode(bytes));
+                (format!("PUT {route}"), self.client._put(route.as_str(), Some(&body)).await)
+            }
+            None => (format!("DELETE {route}"), self.client._delete(route.as_str(), Some(&body)).await),
+        };
+        let response = sent.map_err(|e| network(&what, e))?;
+        let answer = read_answer!(self.client, response, &what);
+        if answer.status == 409 {
+            return Ok(Written::Conflict);
+        }
+        if answer.status == 422 {
+            let message = message_of(&answer.body);
+            if message.contains("does not match") {
+                return Ok(Written::Conflict);
+            }
+            return Err(HandlerError::Permanent(format!("GitHub answered 422 on {what}: {message}")));
+        }
+        let body = self.check(answer, &what)?;
+        let commit = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v.pointer("/commit/sha").and_then(Value::as_str).map(str::to_owned));
+        if commit.is_none() {
+            return Err(HandlerError::Transient(format!("{what}: the answer names no commit")));
+        }
+        Ok(Written::Done(commit))
+    }
+
+    /// The body of a 2xx answer, or the error its status means.
+    fn check(&self, answer: Answer, what: &str) -> Result<String, HandlerError> {
+        let Answer { status, limit, body } = answer;
+        if (200..300).contains(&status) {
+            return Ok(body);
+        }
+        if let Some(wait) = limit {
+            return Err(HandlerError::Defer(wait, format!("GitHub rate limit ({status}) on {what}")));
+        }
+        let message = message_of(&body);
+        Err(match status {
+            401 | 403 => HandlerError::Permanent(format!(
+                "GitHub refused the token ({status}) on {what}: {message} — check HOOKBUS_GITHUB__TOKEN (it needs contents write access to {})",
+                self.target.repository
+            )),
+            408 | 500..=599 => HandlerError::Transient(format!("GitHub answered {status} on {what}: {message}")),
+            _ => HandlerError::Permanent(format!("GitHub answered {status} on {what}: {message}")),
+        })
+    }
+}
+
+fn network(what: &str, err: octocrab::Error) -> HandlerError {
+    HandlerError::Transient(format!("GitHub API {what}: {err}"))
+}
+
+fn message_of(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Percent-encodes a query value (the branch).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// How long a 403/429 rate limit asks to wait, if it is one.
+fn rate_limit(
+    status: u16,
+    retry_after: Option<String>,
+    remaining: Option<String>,
+    reset: Option<String>,
+) -> Option<Duration> {
+    if status != 403 && status != 429 {
+        return None;
+    }
+    if let Some(secs) = retry_after.and_then(|s| s.trim().parse::<u64>().ok()) {
+        return Some(Duration::from_secs(secs.max(1)).min(MAX_DEFER));
+    }
+    if remaining.as_deref().map(str::trim) == Some("0") {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let reset = reset.and_then(|s| s.trim().parse::<u64>().ok()).map(Duration::from_secs);
+        let wait = reset.map(|r| r.saturating_sub(now)).unwrap_or(Duration::from_secs(60));
+        return Some((wait + Duration::from_millis(250)).min(MAX_DEFER));
+    }
+    (status == 429).then_some(Duration::from_secs(60))
+}
