@@ -9,11 +9,12 @@
 //! twice. A conflict (409, or 422 "does not match": the file changed between
 //! GET and write) is read again and retried a few times.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use hookbus_bus::HandlerError;
+use hookbus_github::rate_limit;
 use serde_json::{json, Value};
 
 use crate::record_file::{self, Desired};
@@ -22,9 +23,6 @@ use crate::Synced;
 
 /// How many times a conflicting write is read again and retried.
 pub const CONFLICT_RETRIES: u32 = 4;
-/// The longest a rate limit defers an operation.
-const MAX_DEFER: Duration = Duration::from_secs(3_600);
-
 /// Where contents-API mode writes.
 #[derive(Debug, Clone)]
 pub struct ContentsTarget {
@@ -77,17 +75,8 @@ enum Written {
 
 impl ContentsApi {
     pub fn new(target: ContentsTarget) -> Result<Self, crate::CommitError> {
-        let client = octocrab::Octocrab::builder()
-            .base_uri(target.api_url.as_str())
-            .map_err(|e| {
-                crate::CommitError::Config(format!("github.api_url (HOOKBUS_GITHUB__API_URL) {}: {e}", target.api_url))
-            })?
-            .personal_token(target.token.clone())
-            .set_connect_timeout(Some(Duration::from_secs(10)))
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .set_write_timeout(Some(Duration::from_secs(30)))
-            .build()
-            .map_err(|e| crate::CommitError::Config(format!("GitHub client: {e}")))?;
+        let client = hookbus_github::client(&target.api_url, &target.token, Duration::from_secs(30))
+            .map_err(|e| crate::CommitError::Config(e.to_string()))?;
         Ok(ContentsApi { client, target })
     }
 
@@ -259,26 +248,4 @@ fn encode(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// How long a 403/429 rate limit asks to wait, if it is one.
-fn rate_limit(
-    status: u16,
-    retry_after: Option<String>,
-    remaining: Option<String>,
-    reset: Option<String>,
-) -> Option<Duration> {
-    if status != 403 && status != 429 {
-        return None;
-    }
-    if let Some(secs) = retry_after.and_then(|s| s.trim().parse::<u64>().ok()) {
-        return Some(Duration::from_secs(secs.max(1)).min(MAX_DEFER));
-    }
-    if remaining.as_deref().map(str::trim) == Some("0") {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let reset = reset.and_then(|s| s.trim().parse::<u64>().ok()).map(Duration::from_secs);
-        let wait = reset.map(|r| r.saturating_sub(now)).unwrap_or(Duration::from_secs(60));
-        return Some((wait + Duration::from_millis(250)).min(MAX_DEFER));
-    }
-    (status == 429).then_some(Duration::from_secs(60))
 }

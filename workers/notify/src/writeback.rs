@@ -5,7 +5,9 @@
 //! between done, retry, defer and dead.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+pub use hookbus_github::rate_limit;
 
 use hookbus_bus::HandlerError;
 use serde_json::{Map, Value};
@@ -16,10 +18,6 @@ use crate::wire::WritebackPayload;
 /// Issue and pull request fields written back, as GitHub names them (the
 /// record names are the same).
 const ISSUE_FIELDS: [&str; 6] = ["title", "body", "state", "state_reason", "labels", "assignees"];
-
-/// The longest a rate limit may defer a message; a reset further away than
-/// this (a broken clock) is waited out in steps.
-const MAX_DEFER: Duration = Duration::from_secs(3_600);
 
 /// The GitHub API with the configured token.
 pub struct GitHub {
@@ -43,15 +41,7 @@ pub enum Method {
 
 impl GitHub {
     pub fn new(api_url: &str, token: &str, timeout: Duration) -> Result<Self, NotifyError> {
-        let client = octocrab::Octocrab::builder()
-            .base_uri(api_url)
-            .map_err(|e| NotifyError::Setup(format!("github.api_url (HOOKBUS_GITHUB__API_URL) {api_url}: {e}")))?
-            .personal_token(token.to_string())
-            .set_connect_timeout(Some(timeout))
-            .set_read_timeout(Some(timeout))
-            .set_write_timeout(Some(timeout))
-            .build()
-            .map_err(|e| NotifyError::Setup(format!("GitHub client: {e}")))?;
+        let client = hookbus_github::client(api_url, token, timeout).map_err(|e| NotifyError::Setup(e.to_string()))?;
         Ok(GitHub { client })
     }
 
@@ -138,32 +128,4 @@ fn pick(changes: &BTreeMap<String, Value>, fields: &[&str]) -> Value {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     Value::Object(body)
-}
-
-/// How long GitHub asks us to wait, if this answer is a rate limit: a 403
-/// or 429 with `Retry-After` (seconds), or with `X-RateLimit-Remaining: 0`
-/// and `X-RateLimit-Reset` (epoch seconds). A 429 without either waits a
-/// minute, as GitHub's documentation advises.
-pub fn rate_limit(
-    status: u16,
-    retry_after: Option<String>,
-    remaining: Option<String>,
-    reset: Option<String>,
-) -> Option<Duration> {
-    if status != 403 && status != 429 {
-        return None;
-    }
-    if let Some(secs) = retry_after.and_then(|s| s.trim().parse::<u64>().ok()) {
-        return Some(Duration::from_secs(secs.max(1)).min(MAX_DEFER));
-    }
-    if remaining.as_deref().map(str::trim) == Some("0") {
-        if let Some(reset) = reset.and_then(|s| s.trim().parse::<u64>().ok()) {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-            // A little past the reset, so the retry does not arrive just
-            // before it.
-            let wait = Duration::from_secs(reset).saturating_sub(now) + Duration::from_millis(250);
-            return Some(wait.min(MAX_DEFER));
-        }
-    }
-    (status == 429).then_some(Duration::from_secs(60))
 }

@@ -15,7 +15,7 @@ use hookbus_bus::runner::DeadNotice;
 use hookbus_bus::{Backend, Envelope, MemoryBackend, Runner, RunnerOptions, Shutdown};
 use hookbus_config::{QueueOverrides, RepositoryList, Secret, Settings, SubscriberSettings, Subscribers};
 use hookbus_notify::wire::{delivery_id, WritebackPayload};
-use hookbus_notify::writeback::{plan, rate_limit, Method as CallMethod};
+use hookbus_notify::writeback::{plan, Method as CallMethod};
 use hookbus_notify::Notify;
 use hookbus_testkit::{free_port, RedisServer};
 use serde_json::{json, Value};
@@ -445,18 +445,6 @@ fn write_back_plans_issue_and_comment_calls() {
     );
     assert!(plan(&change("issue", "delete", json!({}))).is_err());
     assert!(plan(&change("issue", "create", json!({ "body": "no title" }))).is_err());
-}
-
-#[test]
-fn rate_limit_answers_are_read_from_github_headers() {
-    assert_eq!(rate_limit(429, Some("7".into()), None, None), Some(Duration::from_secs(7)));
-    assert_eq!(rate_limit(403, Some("2".into()), None, None), Some(Duration::from_secs(2)));
-    let reset = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 30;
-    let wait = rate_limit(403, None, Some("0".into()), Some(reset.to_string())).expect("limited");
-    assert!(wait > Duration::from_secs(28) && wait <= Duration::from_secs(31), "{wait:?}");
-    assert_eq!(rate_limit(403, None, Some("12".into()), Some(reset.to_string())), None, "a plain 403");
-    assert_eq!(rate_limit(429, None, None, None), Some(Duration::from_secs(60)));
-    assert_eq!(rate_limit(500, Some("1".into()), None, None), None);
 }
 
 #[test]

@@ -37,11 +37,7 @@ pub struct GitHubTieBreaker {
 
 impl GitHubTieBreaker {
     pub fn new(api_url: &str, token: &str) -> Result<Self, TieError> {
-        let client = octocrab::Octocrab::builder()
-            .base_uri(api_url)
-            .map_err(|e| TieError::Api(format!("bad github.api_url {api_url}: {e}")))?
-            .personal_token(token.to_string())
-            .build()
+        let client = hookbus_github::client(api_url, token, std::time::Duration::from_secs(10))
             .map_err(|e| TieError::Api(e.to_string()))?;
         Ok(GitHubTieBreaker { client })
     }
