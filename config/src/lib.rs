@@ -800,7 +800,7 @@ impl Settings {
             ));
         }
         let url = self.redis.url.expose();
-        if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("memory://")) {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             return Err(ConfigError::invalid("redis.url (REDIS_URL)", "must start with redis:// or rediss://"));
         }
         if self.redis.pool_size == 0 {

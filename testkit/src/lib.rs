@@ -88,10 +88,6 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// A blocking connection for test assertions.
     pub fn client(&self) -> redis::Connection {
         redis::Client::open(self.url()).and_then(|c| c.get_connection()).expect("connect to the test redis-server")
