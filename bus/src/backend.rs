@@ -135,6 +135,136 @@ pub struct SweepReport {
     pub given_up: Vec<DeadLetter>,
 }
 
+/// Messages one queue settled in one minute: its throughput.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MinuteCounts {
+    /// Start of the minute, ms since epoch.
+    pub minute: i64,
+    /// Acknowledged (handled successfully).
+    pub handled: u64,
+    /// Failed and scheduled for a retry (deferrals included).
+    pub retried: u64,
+    /// Dead-lettered (failed for good, or undecodable).
+    pub dead: u64,
+}
+
+/// Throughput is kept for this many minutes.
+pub const THROUGHPUT_MINUTES: usize = 60;
+
+/// The start of the minute holding `ms`.
+pub fn minute_of(ms: i64) -> i64 {
+    ms - ms.rem_euclid(60_000)
+}
+
+/// Upper bounds (µs) of the handler-latency histogram buckets a worker
+/// process reports; a last, unbounded bucket follows them.
+pub const LATENCY_BOUNDS_MICROS: [u64; 8] = [1_000, 5_000, 25_000, 100_000, 500_000, 2_500_000, 10_000_000, 60_000_000];
+
+/// What one worker process reports about one queue it consumes, with its
+/// heartbeat: the admin page and `/metrics` list every process from these,
+/// including ones that stopped or died (kept for [`PROCESS_KEEP_MS`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProcessReport {
+    /// The process: `DYNO` on Heroku (`commit.1`), else `<host>:<pid>`.
+    pub process: String,
+    pub queue: String,
+    /// The plugin's name.
+    pub plugin: String,
+    /// When this run of the process started (ms): a restarted dyno's newer
+    /// run replaces the older one's report, never the other way round.
+    pub started_at: i64,
+    /// When it last reported (ms).
+    pub last_seen: i64,
+    /// How often it reports (ms), so a reader can tell a lapsed one.
+    pub interval_ms: u64,
+    /// It said goodbye (clean shutdown); a dead one just stops reporting.
+    pub stopped: bool,
+    pub handled: u64,
+    pub retried: u64,
+    pub dead: u64,
+    /// Handler runs timed, and their total and longest time (µs).
+    pub latency_count: u64,
+    pub latency_sum_micros: u64,
+    pub latency_max_micros: u64,
+    /// Handler runs per latency bucket ([`LATENCY_BOUNDS_MICROS`], then the
+    /// unbounded one); not cumulative.
+    pub latency_buckets: Vec<u64>,
+}
+
+/// Reports of processes that stopped reporting are kept this long (24 h).
+pub const PROCESS_KEEP_MS: u64 = 24 * 3_600_000;
+
+impl ProcessReport {
+    /// Reporting within three intervals, and not stopped.
+    pub fn alive(&self, now_ms: i64) -> bool {
+        !self.stopped && now_ms - self.last_seen <= 3 * self.interval_ms.max(1_000) as i64
+    }
+
+    /// The report as flat field/value pairs (a Redis hash).
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        let buckets: Vec<String> = self.latency_buckets.iter().map(u64::to_string).collect();
+        vec![
+            ("process", self.process.clone()),
+            ("queue", self.queue.clone()),
+            ("plugin", self.plugin.clone()),
+            ("started_at", self.started_at.to_string()),
+            ("last_seen", self.last_seen.to_string()),
+            ("interval_ms", self.interval_ms.to_string()),
+            ("stopped", u8::from(self.stopped).to_string()),
+            ("handled", self.handled.to_string()),
+            ("retried", self.retried.to_string()),
+            ("dead", self.dead.to_string()),
+            ("latency_count", self.latency_count.to_string()),
+            ("latency_sum_us", self.latency_sum_micros.to_string()),
+            ("latency_max_us", self.latency_max_micros.to_string()),
+            ("latency_buckets", buckets.join(",")),
+        ]
+    }
+
+    /// Reads what [`ProcessReport::to_fields`] wrote; fields it does not
+    /// know or cannot read are left at zero (rolling deploys).
+    pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut report = ProcessReport::default();
+        for (name, value) in fields {
+            let int = || value.parse::<i64>().unwrap_or(0);
+            let count = || value.parse::<u64>().unwrap_or(0);
+            match name {
+                "process" => report.process = value.to_string(),
+                "queue" => report.queue = value.to_string(),
+                "plugin" => report.plugin = value.to_string(),
+                "started_at" => report.started_at = int(),
+                "last_seen" => report.last_seen = int(),
+                "interval_ms" => report.interval_ms = count(),
+                "stopped" => report.stopped = value == "1",
+                "handled" => report.handled = count(),
+                "retried" => report.retried = count(),
+                "dead" => report.dead = count(),
+                "latency_count" => report.latency_count = count(),
+                "latency_sum_us" => report.latency_sum_micros = count(),
+                "latency_max_us" => report.latency_max_micros = count(),
+                "latency_buckets" => {
+                    report.latency_buckets =
+                        value.split(',').filter(|v| !v.is_empty()).map(|v| v.parse().unwrap_or(0)).collect()
+                }
+                _ => {}
+            }
+        }
+        report
+    }
+}
+
+/// What names this process in [`ProcessReport`]s: `DYNO` on Heroku, else
+/// `<host>:<pid>`.
+pub fn process_name() -> String {
+    match std::env::var("DYNO") {
+        Ok(dyno) if !dyno.is_empty() => dyno,
+        _ => {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+            format!("{host}:{}", std::process::id())
+        }
+    }
+}
+
 /// A queue store. The Redis backend is durable and shared by processes; the
 /// in-memory one lives in one process. Both keep the same semantics, and one
 /// behaviour suite (`tests/behaviour.rs`) runs against both.
@@ -206,4 +336,56 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), BusError>;
+
+    /// What `queue` settled per minute over the last `minutes` minutes
+    /// (at most [`THROUGHPUT_MINUTES`]), oldest first, the current minute
+    /// last; minutes without traffic are zeros. Counted by `settle`.
+    async fn throughput(&self, queue: &str, minutes: usize) -> Result<Vec<MinuteCounts>, BusError>;
+
+    /// Stores a worker process's report (its counters and heartbeat), unless
+    /// a newer run of the same process already reports (`started_at`).
+    /// Reports not refreshed for [`PROCESS_KEEP_MS`] are forgotten.
+    async fn report_process(&self, report: &ProcessReport) -> Result<(), BusError>;
+
+    /// The reports of every process that consumed `queue` within
+    /// [`PROCESS_KEEP_MS`], alive or not, most recently seen first.
+    async fn processes(&self, queue: &str) -> Result<Vec<ProcessReport>, BusError>;
+
+    /// Adds a JSON entry at the head of the capped journal `journal`
+    /// (keeping the newest `keep`): a record for people, such as the commits
+    /// the commit stage pushed. Not a queue: nobody consumes it.
+    async fn journal_append(&self, journal: &str, entry: &serde_json::Value, keep: usize) -> Result<(), BusError>;
+
+    /// The newest `n` entries of `journal`, newest first.
+    async fn journal_recent(&self, journal: &str, n: usize) -> Result<Vec<serde_json::Value>, BusError>;
+}
+
+/// A handle on one capped journal of a [`Backend`], for plugins that keep a
+/// record for people (the commit stage's pushed commits). It can append and
+/// read, nothing else, so a plugin holding one still cannot touch queues.
+#[derive(Clone)]
+pub struct Journal {
+    backend: std::sync::Arc<dyn Backend>,
+    name: String,
+    keep: usize,
+}
+
+impl Journal {
+    pub fn new(backend: std::sync::Arc<dyn Backend>, name: impl Into<String>, keep: usize) -> Self {
+        Journal { backend, name: name.into(), keep: keep.max(1) }
+    }
+
+    pub async fn append(&self, entry: &serde_json::Value) -> Result<(), BusError> {
+        self.backend.journal_append(&self.name, entry, self.keep).await
+    }
+
+    pub async fn recent(&self, n: usize) -> Result<Vec<serde_json::Value>, BusError> {
+        self.backend.journal_recent(&self.name, n).await
+    }
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("name", &self.name).field("keep", &self.keep).finish()
+    }
 }

@@ -27,14 +27,16 @@ pub mod worker;
 
 use std::sync::Arc;
 
-pub use backend::{Backend, ConsumerId, DeadSelector, Delivery, Lease, QueueDepths, Settlement};
+pub use backend::{
+    Backend, ConsumerId, DeadSelector, Delivery, Journal, Lease, MinuteCounts, ProcessReport, QueueDepths, Settlement,
+};
 pub use envelope::{DeadContent, DeadLetter, Envelope};
 pub use error::{BusError, HandlerError};
 pub use memory::MemoryBackend;
 pub use plugin::{Outbox, Plugin};
 pub use runner::{run, RunReport, Runner, RunnerOptions};
 pub use shutdown::Shutdown;
-pub use worker::{run_worker, SetupError};
+pub use worker::{run_worker, run_worker_with, SetupError};
 
 /// The four pipeline queues, in order (SPEC §3).
 pub const QUEUES: [&str; 4] = ["normalise", "reconcile", "commit", "notify"];

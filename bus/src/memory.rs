@@ -15,8 +15,8 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::backend::{
-    Backend, ConsumerId, DeadSelector, Delivery, HeartbeatReport, Lease, LeaseToken, QueueDepths, Settlement,
-    SweepReport,
+    minute_of, Backend, ConsumerId, DeadSelector, Delivery, HeartbeatReport, Lease, LeaseToken, MinuteCounts,
+    ProcessReport, QueueDepths, Settlement, SweepReport, PROCESS_KEEP_MS, THROUGHPUT_MINUTES,
 };
 use crate::envelope::{now_ms, DeadContent, DeadLetter, Envelope};
 use crate::error::BusError;
@@ -25,6 +25,8 @@ use crate::error::BusError;
 #[derive(Default)]
 pub struct MemoryBackend {
     queues: Mutex<HashMap<String, Arc<Queue>>>,
+    /// Capped journals, newest first.
+    journals: Mutex<HashMap<String, VecDeque<serde_json::Value>>>,
 }
 
 #[derive(Default)]
@@ -49,6 +51,10 @@ struct QueueState {
     held: HashMap<String, VecDeque<Envelope>>,
     /// No sweep before this time (ms): the Redis twin's `sweep` lock.
     sweep_locked_until: i64,
+    /// Settled messages per minute (start ms), the last hour.
+    throughput: BTreeMap<i64, MinuteCounts>,
+    /// Worker processes' reports by process name.
+    processes: HashMap<String, ProcessReport>,
 }
 
 #[derive(Default)]
@@ -126,6 +132,23 @@ impl QueueState {
         }
     }
 
+    /// Counts settled messages in the current minute; forgets minutes older
+    /// than the kept window.
+    fn count(&mut self, handled: u64, retried: u64, dead: u64) {
+        if handled + retried + dead == 0 {
+            return;
+        }
+        let minute = minute_of(now_ms());
+        let counts = self.throughput.entry(minute).or_insert_with(|| MinuteCounts { minute, ..Default::default() });
+        counts.handled += handled;
+        counts.retried += retried;
+        counts.dead += dead;
+        let oldest = minute - THROUGHPUT_MINUTES as i64 * 60_000;
+        while self.throughput.first_key_value().is_some_and(|(m, _)| *m <= oldest) {
+            self.throughput.pop_first();
+        }
+    }
+
     /// Puts a consumer's leases back at the head, in fetch order.
     fn requeue_all(&mut self, consumer: &str) -> usize {
         let Some(state) = self.consumers.remove(consumer) else { return 0 };
@@ -170,11 +193,14 @@ impl Backend for MemoryBackend {
         let mut state = lock(&q.state);
         match Envelope::decode(&raw) {
             Ok(envelope) => state.admit(envelope),
-            Err(err) => state.dead.push_front(DeadLetter {
-                content: DeadContent::Raw(raw),
-                reason: format!("undecodable message: {err}"),
-                dead_at: now_ms(),
-            }),
+            Err(err) => {
+                state.dead.push_front(DeadLetter {
+                    content: DeadContent::Raw(raw),
+                    reason: format!("undecodable message: {err}"),
+                    dead_at: now_ms(),
+                });
+                state.count(0, 0, 1);
+            }
         }
         drop(state);
         q.work.notify_waiters();
@@ -221,6 +247,7 @@ impl Backend for MemoryBackend {
         let q = self.queue(&consumer.queue);
         let mut state = lock(&q.state);
         let mut woke = false;
+        let (mut handled, mut retried, mut dead) = (0, 0, 0);
         for (lease, settlement) in settlements {
             let Some(held) = state.consumers.get_mut(&consumer.name).and_then(|c| c.in_flight.remove(&lease.token))
             else {
@@ -232,13 +259,18 @@ impl Backend for MemoryBackend {
                 }
             };
             match settlement {
-                Settlement::Ack => release(&mut state),
+                Settlement::Ack => {
+                    handled += 1;
+                    release(&mut state)
+                }
                 Settlement::Retry { envelope, due_ms } => {
+                    retried += 1;
                     let n = state.delayed_seq;
                     state.delayed_seq += 1;
                     state.delayed.insert((*due_ms, n), envelope.clone());
                 }
                 Settlement::Dead(letter) => {
+                    dead += 1;
                     state.dead.push_front(letter.clone());
                     release(&mut state);
                 }
@@ -246,6 +278,7 @@ impl Backend for MemoryBackend {
             }
             woke = true;
         }
+        state.count(handled, retried, dead);
         drop(state);
         if woke {
             q.work.notify_waiters();
@@ -358,6 +391,59 @@ impl Backend for MemoryBackend {
     async fn ping(&self) -> Result<(), BusError> {
         Ok(())
     }
+
+    async fn throughput(&self, queue: &str, minutes: usize) -> Result<Vec<MinuteCounts>, BusError> {
+        let q = self.queue(queue);
+        let state = lock(&q.state);
+        Ok(minutes_back(minutes)
+            .map(|minute| {
+                state.throughput.get(&minute).cloned().unwrap_or(MinuteCounts { minute, ..Default::default() })
+            })
+            .collect())
+    }
+
+    async fn report_process(&self, report: &ProcessReport) -> Result<(), BusError> {
+        let q = self.queue(&report.queue);
+        let mut state = lock(&q.state);
+        let newer_run = state.processes.get(&report.process).is_some_and(|r| r.started_at > report.started_at);
+        if !newer_run {
+            state.processes.insert(report.process.clone(), report.clone());
+        }
+        let forget_before = now_ms() - PROCESS_KEEP_MS as i64;
+        state.processes.retain(|_, r| r.last_seen >= forget_before);
+        Ok(())
+    }
+
+    async fn processes(&self, queue: &str) -> Result<Vec<ProcessReport>, BusError> {
+        let q = self.queue(queue);
+        let state = lock(&q.state);
+        let forget_before = now_ms() - PROCESS_KEEP_MS as i64;
+        let mut found: Vec<ProcessReport> =
+            state.processes.values().filter(|r| r.last_seen >= forget_before).cloned().collect();
+        found.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then_with(|| a.process.cmp(&b.process)));
+        Ok(found)
+    }
+
+    async fn journal_append(&self, journal: &str, entry: &serde_json::Value, keep: usize) -> Result<(), BusError> {
+        let mut journals = lock(&self.journals);
+        let entries = journals.entry(journal.to_string()).or_default();
+        entries.push_front(entry.clone());
+        entries.truncate(keep.max(1));
+        Ok(())
+    }
+
+    async fn journal_recent(&self, journal: &str, n: usize) -> Result<Vec<serde_json::Value>, BusError> {
+        let journals = lock(&self.journals);
+        Ok(journals.get(journal).map(|entries| entries.iter().take(n).cloned().collect()).unwrap_or_default())
+    }
+}
+
+/// The starts of the last `minutes` minutes (at most the kept window),
+/// oldest first, ending with the current one.
+pub(crate) fn minutes_back(minutes: usize) -> impl Iterator<Item = i64> {
+    let now = minute_of(now_ms());
+    let n = minutes.clamp(1, THROUGHPUT_MINUTES) as i64;
+    (0..n).rev().map(move |back| now - back * 60_000)
 }
 
 fn delivery(token: LeaseToken, envelope: Envelope) -> Delivery {

@@ -14,12 +14,12 @@ use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
 use redis::{AsyncCommands, Script};
 
 use crate::backend::{
-    Backend, ConsumerId, DeadSelector, Delivery, HeartbeatReport, Lease, LeaseToken, QueueDepths, Settlement,
-    SweepReport,
+    minute_of, Backend, ConsumerId, DeadSelector, Delivery, HeartbeatReport, Lease, LeaseToken, MinuteCounts,
+    ProcessReport, QueueDepths, Settlement, SweepReport, PROCESS_KEEP_MS, THROUGHPUT_MINUTES,
 };
 use crate::envelope::{now_ms, DeadContent, DeadLetter, Envelope};
 use crate::error::BusError;
-use crate::memory::{revived, sweepable};
+use crate::memory::{minutes_back, revived, sweepable};
 
 /// How long one Redis call may take before it counts as failed. Generous: a
 /// stalled server must not stall a worker forever, but a busy one is fine.
@@ -28,6 +28,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const PROMOTE_LIMIT: usize = 500;
 /// Dead letters read per sweep or operator action, at most.
 const DEAD_SCAN_LIMIT: isize = 10_000;
+/// A minute's throughput hash lives this long after its last write: the
+/// kept window plus a minute.
+const THROUGHPUT_TTL_MS: u64 = (THROUGHPUT_MINUTES as u64 + 1) * 60_000;
 
 /// Key names of one queue.
 #[derive(Debug, Clone)]
@@ -64,6 +67,18 @@ impl QueueKeys {
     }
     pub fn sweep_lock(&self) -> String {
         format!("{}:sweep", self.base)
+    }
+    /// Settled counts of the minute starting at `minute` (ms).
+    pub fn throughput(&self, minute: i64) -> String {
+        format!("{}:throughput:{minute}", self.base)
+    }
+    /// Worker processes reporting on this queue, by last seen.
+    pub fn processes(&self) -> String {
+        format!("{}:processes", self.base)
+    }
+    /// One worker process's report.
+    pub fn process(&self, process: &str) -> String {
+        format!("{}:process:{process}", self.base)
     }
 }
 
@@ -102,6 +117,7 @@ struct Scripts {
     settle: Script,
     reap: Script,
     depths: Script,
+    report: Script,
 }
 
 /// Queues in Redis.
@@ -128,12 +144,19 @@ impl RedisBackend {
                 settle: Script::new(include_str!("lua/settle.lua")),
                 reap: Script::new(include_str!("lua/reap.lua")),
                 depths: Script::new(include_str!("lua/depths.lua")),
+                report: Script::new(include_str!("lua/report.lua")),
             },
         })
     }
 
     pub fn keys(&self, queue: &str) -> QueueKeys {
         QueueKeys::new(&self.prefix, queue)
+    }
+
+    /// `<prefix>:journal:<name>`: a capped list of JSON entries, newest at
+    /// the left.
+    pub fn journal_key(&self, journal: &str) -> String {
+        format!("{}:journal:{journal}", self.prefix)
     }
 
     async fn conn(&self) -> Result<deadpool_redis::Connection, BusError> {
@@ -174,7 +197,9 @@ impl RedisBackend {
             .key(keys.pending())
             .key(keys.delayed())
             .key(keys.dead())
-            .key(keys.keys());
+            .key(keys.keys())
+            .key(keys.throughput(minute_of(now_ms())));
+        call.arg(THROUGHPUT_TTL_MS);
         for item in &items {
             call.key(match &item.key {
                 Some(key) => keys.held(key),
@@ -524,5 +549,86 @@ impl Backend for RedisBackend {
         let mut conn = self.conn().await?;
         let _: String = timed(redis::cmd("PING").query_async(&mut conn)).await?;
         Ok(())
+    }
+
+    async fn throughput(&self, queue: &str, minutes: usize) -> Result<Vec<MinuteCounts>, BusError> {
+        let keys = self.keys(queue);
+        let minutes: Vec<i64> = minutes_back(minutes).collect();
+        // One slot: the pipeline goes to one node on a cluster too.
+        let mut pipe = redis::pipe();
+        for &minute in &minutes {
+            pipe.cmd("HMGET").arg(keys.throughput(minute)).arg("handled").arg("retried").arg("dead");
+        }
+        let mut conn = self.conn().await?;
+        let rows: Vec<(Option<u64>, Option<u64>, Option<u64>)> = timed(pipe.query_async(&mut conn)).await?;
+        Ok(minutes
+            .into_iter()
+            .zip(rows)
+            .map(|(minute, (handled, retried, dead))| MinuteCounts {
+                minute,
+                handled: handled.unwrap_or(0),
+                retried: retried.unwrap_or(0),
+                dead: dead.unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn report_process(&self, report: &ProcessReport) -> Result<(), BusError> {
+        let keys = self.keys(&report.queue);
+        let mut call = self.scripts.report.prepare_invoke();
+        call.key(keys.processes()).key(keys.process(&report.process));
+        call.arg(&report.process).arg(report.started_at).arg(report.last_seen).arg(PROCESS_KEEP_MS);
+        for (field, value) in report.to_fields() {
+            call.arg(field).arg(value);
+        }
+        let mut conn = self.conn().await?;
+        let _: i64 = timed(call.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn processes(&self, queue: &str) -> Result<Vec<ProcessReport>, BusError> {
+        let keys = self.keys(queue);
+        let mut conn = self.conn().await?;
+        let names: Vec<String> = timed(conn.zrevrange(keys.processes(), 0, 499)).await?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.hgetall(keys.process(name));
+        }
+        let hashes: Vec<Vec<(String, String)>> = timed(pipe.query_async(&mut conn)).await?;
+        Ok(hashes
+            .iter()
+            .filter(|fields| !fields.is_empty())
+            .map(|fields| ProcessReport::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
+            .collect())
+    }
+
+    async fn journal_append(&self, journal: &str, entry: &serde_json::Value, keep: usize) -> Result<(), BusError> {
+        let key = self.journal_key(journal);
+        let text = entry.to_string();
+        let mut conn = self.conn().await?;
+        // One key, so the transaction is fine on a cluster.
+        let () = timed(
+            redis::pipe()
+                .atomic()
+                .lpush(&key, text)
+                .ignore()
+                .ltrim(&key, 0, keep.max(1) as isize - 1)
+                .ignore()
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn journal_recent(&self, journal: &str, n: usize) -> Result<Vec<serde_json::Value>, BusError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let texts: Vec<String> = timed(conn.lrange(self.journal_key(journal), 0, n as isize - 1)).await?;
+        Ok(texts.iter().filter_map(|text| serde_json::from_str(text).ok()).collect())
     }
 }

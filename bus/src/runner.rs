@@ -33,7 +33,9 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::backend::{Backend, ConsumerId, Delivery, Lease, Settlement};
+use crate::backend::{
+    process_name, Backend, ConsumerId, Delivery, Lease, ProcessReport, Settlement, LATENCY_BOUNDS_MICROS,
+};
 use crate::envelope::{now_ms, DeadContent, DeadLetter, Envelope};
 use crate::error::{BusError, HandlerError};
 use crate::plugin::{Outbox, Plugin};
@@ -67,7 +69,8 @@ impl RunnerOptions {
     }
 }
 
-/// Counters of one runner, readable while it runs.
+/// Counters of one runner, readable while it runs; published with the
+/// heartbeat as this process's [`ProcessReport`].
 #[derive(Debug, Default)]
 pub struct RunnerStats {
     pub handled: AtomicU64,
@@ -75,6 +78,67 @@ pub struct RunnerStats {
     pub dead: AtomicU64,
     /// Total handler time, microseconds (divide by `handled + retried + dead`).
     pub handler_micros: AtomicU64,
+    /// Longest handler run, microseconds.
+    pub handler_max_micros: AtomicU64,
+    /// Handler runs per latency bucket ([`LATENCY_BOUNDS_MICROS`], then one
+    /// unbounded), so `/metrics` can show a histogram per process.
+    pub latency_buckets: [AtomicU64; LATENCY_BOUNDS_MICROS.len() + 1],
+}
+
+impl RunnerStats {
+    fn record_latency(&self, micros: u64) {
+        self.handler_micros.fetch_add(micros, Ordering::Relaxed);
+        self.handler_max_micros.fetch_max(micros, Ordering::Relaxed);
+        let bucket =
+            LATENCY_BOUNDS_MICROS.iter().position(|&bound| micros <= bound).unwrap_or(LATENCY_BOUNDS_MICROS.len());
+        self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// This runner's counters as a report (identity and times filled in by
+    /// the caller).
+    pub fn report(&self) -> ProcessReport {
+        let buckets: Vec<u64> = self.latency_buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        ProcessReport {
+            handled: self.handled.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            dead: self.dead.load(Ordering::Relaxed),
+            latency_count: buckets.iter().sum(),
+            latency_sum_micros: self.handler_micros.load(Ordering::Relaxed),
+            latency_max_micros: self.handler_max_micros.load(Ordering::Relaxed),
+            latency_buckets: buckets,
+            ..ProcessReport::default()
+        }
+    }
+}
+
+/// How often a runner publishes its [`ProcessReport`] at most (and at least
+/// once per heartbeat).
+pub const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Who this runner is, for its reports.
+#[derive(Clone)]
+struct Reporter {
+    process: String,
+    queue: String,
+    plugin: String,
+    started_at: i64,
+    interval: Duration,
+    stats: Arc<RunnerStats>,
+}
+
+impl Reporter {
+    fn report(&self, stopped: bool) -> ProcessReport {
+        ProcessReport {
+            process: self.process.clone(),
+            queue: self.queue.clone(),
+            plugin: self.plugin.clone(),
+            started_at: self.started_at,
+            last_seen: now_ms(),
+            interval_ms: self.interval.as_millis() as u64,
+            stopped,
+            ..self.stats.report()
+        }
+    }
 }
 
 /// What a runner did before it stopped.
@@ -196,10 +260,20 @@ impl Runner {
         let settler =
             tokio::spawn(settler(self.backend.clone(), consumer.clone(), done_rx, slots.clone(), hard_stop.clone()));
         let heartbeat_stop = Shutdown::new();
+        let every = (self.options.heartbeat_timeout / 3).max(Duration::from_millis(100));
+        let reporter = Reporter {
+            process: process_name(),
+            queue: queue.clone(),
+            plugin: self.plugin.name().to_string(),
+            started_at: now_ms(),
+            interval: every.min(REPORT_EVERY),
+            stats: self.stats.clone(),
+        };
         let heartbeat = tokio::spawn(heartbeat(
             self.backend.clone(),
             consumer.clone(),
             self.options.clone(),
+            reporter.clone(),
             heartbeat_stop.clone(),
         ));
 
@@ -240,6 +314,10 @@ impl Runner {
                     tokio::time::sleep(backoff.next()).await;
                 }
             }
+        }
+        // Goodbye: the admin page shows it stopped, not lost.
+        if let Err(err) = self.backend.report_process(&reporter.report(true)).await {
+            tracing::warn!(%queue, error = %err, "cannot publish the final process report");
         }
         let report = RunReport {
             handled: self.stats.handled.load(Ordering::Relaxed),
@@ -396,7 +474,7 @@ async fn handle(
             Err(HandlerError::Transient(format!("handler panicked: {what}")))
         });
     let ended = Instant::now();
-    stats.handler_micros.fetch_add(ended.duration_since(started).as_micros() as u64, Ordering::Relaxed);
+    stats.record_latency(ended.duration_since(started).as_micros() as u64);
     let _entered = span.enter();
     let (settlement, outputs) = match result {
         Ok(()) => {
@@ -583,17 +661,33 @@ where
     }
 }
 
-async fn heartbeat(backend: Arc<dyn Backend>, consumer: ConsumerId, options: RunnerOptions, stop: Shutdown) {
+async fn heartbeat(
+    backend: Arc<dyn Backend>,
+    consumer: ConsumerId,
+    options: RunnerOptions,
+    reporter: Reporter,
+    stop: Shutdown,
+) {
     let every = (options.heartbeat_timeout / 3).max(Duration::from_millis(100));
     let timeout_ms = options.heartbeat_timeout.as_millis() as u64;
     let sweep_every = options.dead_sweep_interval.min(Duration::from_secs(60));
     let mut last_sweep: Option<Instant> = None;
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reports = tokio::time::interval(reporter.interval);
+    reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
+            _ = reports.tick() => {
+                // Counters for the admin page and /metrics; a failure only
+                // makes this process look quiet for a while.
+                if let Err(err) = backend.report_process(&reporter.report(false)).await {
+                    tracing::debug!(queue = %consumer.queue, error = %err, "process report failed");
+                }
+                continue;
+            }
         }
         if let Err(err) = backend.heartbeat(&consumer, timeout_ms).await {
             tracing::warn!(queue = %consumer.queue, error = %err, "heartbeat failed");

@@ -35,6 +35,16 @@ impl SetupError {
 
 /// Runs the worker `binary`: `build` makes its plugin from the settings.
 pub async fn run_worker<P: Plugin>(binary: &str, build: impl FnOnce(&Settings) -> Result<P, SetupError>) -> ExitCode {
+    run_worker_with(binary, |settings, _| build(settings)).await
+}
+
+/// Like [`run_worker`], for a plugin that also needs the backend it runs
+/// on — only to hand a narrow view of it (a [`crate::Journal`]) to the
+/// plugin, never the queues.
+pub async fn run_worker_with<P: Plugin>(
+    binary: &str,
+    build: impl FnOnce(&Settings, &Arc<dyn crate::Backend>) -> Result<P, SetupError>,
+) -> ExitCode {
     let settings = match Settings::load() {
         Ok(settings) => settings,
         Err(err) => return fail(binary, SetupError::Config(err)),
@@ -48,7 +58,7 @@ pub async fn run_worker<P: Plugin>(binary: &str, build: impl FnOnce(&Settings) -
         Ok(backend) => backend,
         Err(err) => return fail(binary, SetupError::failed(err)),
     };
-    let plugin = match build(&settings) {
+    let plugin = match build(&settings, &backend) {
         Ok(plugin) => plugin,
         Err(err) => return fail(binary, err),
     };

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use hookbus_bus::backend::{DeadSelector, Settlement};
 use hookbus_bus::redis::RedisBackend;
 use hookbus_bus::{
-    Backend, ConsumerId, DeadContent, DeadLetter, Envelope, HandlerError, MemoryBackend, Outbox, Plugin, Runner,
-    RunnerOptions, Shutdown,
+    Backend, ConsumerId, DeadContent, DeadLetter, Envelope, HandlerError, MemoryBackend, Outbox, Plugin, ProcessReport,
+    Runner, RunnerOptions, Shutdown,
 };
 use hookbus_config::BusSettings;
 use hookbus_testkit::RedisServer;
@@ -63,6 +63,10 @@ both_backends!(
     runner_on_dead_emits_last_words_with_the_dead_letter,
     dead_letters_can_be_listed_retried_and_purged,
     sweep_redrives_until_the_limit_then_gives_up,
+    settled_messages_are_counted_in_the_current_minute,
+    process_reports_are_kept_and_a_newer_run_wins,
+    journal_keeps_the_newest_entries_newest_first,
+    runner_publishes_its_counters_and_says_goodbye,
 );
 
 fn msg(n: u32) -> Envelope {
@@ -467,4 +471,95 @@ async fn runner_on_dead_emits_last_words_with_the_dead_letter(f: Fixture) {
     assert_eq!(words.trace_id, "trace-dead");
     let body: serde_json::Value = words.payload_as().expect("json");
     assert_eq!(body, serde_json::json!({ "n": 1, "why": "no such repository" }));
+}
+
+async fn settled_messages_are_counted_in_the_current_minute(f: Fixture) {
+    let b = &*f.backend;
+    b.push("q", &(1..=4).map(msg).collect::<Vec<_>>()).await.expect("push");
+    let c = consumer("q");
+    let got = b.fetch(&c, 1, 10).await.expect("fetch");
+    let settle: Vec<_> = got
+        .iter()
+        .map(|d| {
+            let settlement = match n_of(&d.envelope) {
+                1 | 2 => Settlement::Ack,
+                3 => Settlement::Retry { envelope: d.envelope.clone(), due_ms: i64::MAX / 2 },
+                _ => Settlement::Dead(DeadLetter {
+                    content: DeadContent::Envelope(d.envelope.clone()),
+                    reason: "no".into(),
+                    dead_at: 1,
+                }),
+            };
+            (d.lease.clone(), settlement)
+        })
+        .collect();
+    b.settle(&c, &settle).await.expect("settle");
+    // Settling the same leases again is a no-op, and counts nothing.
+    b.settle(&c, &settle).await.expect("settle again");
+    let minutes = b.throughput("q", 5).await.expect("throughput");
+    assert_eq!(minutes.len(), 5);
+    assert!(minutes.windows(2).all(|w| w[1].minute - w[0].minute == 60_000), "{minutes:?}");
+    let now = minutes.last().expect("current minute");
+    // The minute may have turned between settle and read.
+    let total: (u64, u64, u64) =
+        minutes.iter().fold((0, 0, 0), |(h, r, d), m| (h + m.handled, r + m.retried, d + m.dead));
+    assert_eq!(total, (2, 1, 1), "{now:?}");
+    assert!(b.throughput("other", 3).await.expect("empty").iter().all(|m| m.handled == 0));
+}
+
+async fn process_reports_are_kept_and_a_newer_run_wins(f: Fixture) {
+    let b = &*f.backend;
+    let now = hookbus_bus::envelope::now_ms();
+    let report = |started_at: i64, handled: u64| ProcessReport {
+        process: "commit.1".into(),
+        queue: "q".into(),
+        plugin: "scripted".into(),
+        started_at,
+        last_seen: now,
+        interval_ms: 5_000,
+        handled,
+        latency_buckets: vec![1, 2, 0],
+        ..ProcessReport::default()
+    };
+    b.report_process(&report(now - 10, 5)).await.expect("report");
+    b.report_process(&report(now, 1)).await.expect("newer run");
+    b.report_process(&report(now - 10, 7)).await.expect("old run, late");
+    let mut other = report(now, 3);
+    other.process = "commit.2".into();
+    other.last_seen = now - 60_000;
+    b.report_process(&other).await.expect("another dyno");
+    let listed = b.processes("q").await.expect("processes");
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[0], report(now, 1), "the newer run's report, most recently seen first");
+    assert_eq!(listed[1].process, "commit.2");
+    assert!(listed[0].alive(now) && !listed[1].alive(now), "commit.2 stopped reporting a minute ago");
+    assert!(b.processes("nobody").await.expect("none").is_empty());
+}
+
+async fn journal_keeps_the_newest_entries_newest_first(f: Fixture) {
+    let b = &*f.backend;
+    for n in 1..=5 {
+        b.journal_append("commits", &serde_json::json!({ "n": n }), 3).await.expect("append");
+    }
+    let recent = b.journal_recent("commits", 10).await.expect("recent");
+    assert_eq!(recent, vec![serde_json::json!({"n": 5}), serde_json::json!({"n": 4}), serde_json::json!({"n": 3})]);
+    assert_eq!(b.journal_recent("commits", 1).await.expect("one").len(), 1);
+    assert!(b.journal_recent("other", 10).await.expect("none").is_empty());
+}
+
+async fn runner_publishes_its_counters_and_says_goodbye(f: Fixture) {
+    let plugin = scripted(|n, _| if n == 2 { Err(HandlerError::permanent("bad")) } else { Ok(()) });
+    f.backend.push("q", &[msg(1), msg(2), msg(3)]).await.expect("push");
+    run_until(&f.backend, plugin, |d| d.dead == 1 && d.pending + d.in_flight == 0).await;
+    let listed = f.backend.processes("q").await.expect("processes");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let report = &listed[0];
+    assert_eq!((report.handled, report.retried, report.dead), (2, 0, 1));
+    assert_eq!((report.queue.as_str(), report.plugin.as_str()), ("q", "scripted"));
+    assert!(report.stopped, "a clean shutdown is reported");
+    assert_eq!(report.latency_count, 3);
+    assert_eq!(report.latency_buckets.iter().sum::<u64>(), 3);
+    assert!(!report.alive(hookbus_bus::envelope::now_ms()));
+    let minutes = f.backend.throughput("q", 2).await.expect("throughput");
+    assert_eq!(minutes.iter().map(|m| (m.handled, m.dead)).fold((0, 0), |a, m| (a.0 + m.0, a.1 + m.1)), (2, 1));
 }

@@ -5,8 +5,10 @@
 -- KEYS[3]  <prefix>:{<q>}:delayed
 -- KEYS[4]  <prefix>:{<q>}:dead
 -- KEYS[5]  <prefix>:{<q>}:keys
--- KEYS[5+i] <prefix>:{<q>}:held:<key of lease i> (any key of the slot for unkeyed ones)
--- ARGV     per lease, 6 values: token, op, key ('' = none), id, data, score
+-- KEYS[6]  <prefix>:{<q>}:throughput:<minute start ms>  hash: handled, retried, dead
+-- KEYS[6+i] <prefix>:{<q>}:held:<key of lease i> (any key of the slot for unkeyed ones)
+-- ARGV[1]  how long the throughput hash lives, ms
+-- ARGV     then per lease, 6 values: token, op, key ('' = none), id, data, score
 --          op 'ack'     -> forget it
 --          op 'retry'   -> ZADD delayed score data (data = envelope with attempts+1)
 --          op 'dead'    -> LPUSH dead data (data = dead entry)
@@ -15,7 +17,9 @@
 --
 -- Invariants kept atomically: a lease is acted on only if it is still in the
 -- consumer's in-flight hash (a consumer declared dead had its leases put back,
--- and its late settle must neither lose nor duplicate them). Ack and dead
+-- and its late settle must neither lose nor duplicate them), and only those
+-- are counted in the minute's throughput (ack -> handled, retry -> retried,
+-- dead -> dead; requeue is not a settlement). Ack and dead
 -- release the key to the next held message, which goes to the tail of
 -- pending; retry and requeue keep the key, so later messages of the key wait.
 local function release(key, id, held)
@@ -37,10 +41,11 @@ local function release(key, id, held)
 end
 
 local settled = 0
+local handled, retried, dead = 0, 0, 0
 local plain_acks = {}
-local n = #ARGV / 6
+local n = (#ARGV - 1) / 6
 for i = 1, n do
-  local b = 6 * (i - 1)
+  local b = 1 + 6 * (i - 1)
   local token, op, key, id, data, score = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
   if op == 'ack' and key == '' then
     plain_acks[#plain_acks + 1] = token
@@ -50,12 +55,15 @@ for i = 1, n do
       redis.call('HDEL', KEYS[1], token)
       settled = settled + 1
       if op == 'ack' then
-        release(key, id, KEYS[5 + i])
+        handled = handled + 1
+        release(key, id, KEYS[6 + i])
       elseif op == 'retry' then
+        retried = retried + 1
         redis.call('ZADD', KEYS[3], tonumber(score), data)
       elseif op == 'dead' then
+        dead = dead + 1
         redis.call('LPUSH', KEYS[4], data)
-        release(key, id, KEYS[5 + i])
+        release(key, id, KEYS[6 + i])
       elseif op == 'requeue' then
         redis.call('RPUSH', KEYS[2], raw)
       end
@@ -63,6 +71,14 @@ for i = 1, n do
   end
 end
 if #plain_acks > 0 then
-  settled = settled + redis.call('HDEL', KEYS[1], unpack(plain_acks))
+  local acked = redis.call('HDEL', KEYS[1], unpack(plain_acks))
+  settled = settled + acked
+  handled = handled + acked
+end
+if handled + retried + dead > 0 then
+  if handled > 0 then redis.call('HINCRBY', KEYS[6], 'handled', handled) end
+  if retried > 0 then redis.call('HINCRBY', KEYS[6], 'retried', retried) end
+  if dead > 0 then redis.call('HINCRBY', KEYS[6], 'dead', dead) end
+  redis.call('PEXPIRE', KEYS[6], ARGV[1])
 end
 return settled
