@@ -160,7 +160,20 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn print(label: &str, f: &Figures, target: f64, memory: &str) {
+/// Prints the figures, and records them for the performance report.
+fn print(bench: &str, label: &str, f: &Figures, target: f64, memory: &str) {
+    hookbus_testkit::bench::record(
+        bench,
+        serde_json::json!({
+            "label": label,
+            "messages_per_s": f.throughput,
+            "target_messages_per_s": target,
+            "paced_rate": f.paced_rate,
+            "p50_ms": f.p50_ms,
+            "p99_ms": f.p99_ms,
+            "peak_memory": memory,
+        }),
+    );
     println!("{label}");
     println!("  end-to-end throughput : {:>10.0} msgs/s   (target >= {target:.0})", f.throughput);
     println!("  latency at {:>6} msgs/s: p50 {:.2} ms, p99 {:.2} ms", f.paced_rate, f.p50_ms, f.p99_ms);
@@ -195,6 +208,7 @@ fn main() {
         figures
     });
     print(
+        "pipeline-memory",
         "in memory (one process)",
         &figures,
         1_000_000.0,
@@ -245,7 +259,7 @@ fn main() {
         let _ = child.kill();
         let _ = child.wait();
     }
-    print("redis (one process per stage, local redis-server)", &figures, 32_000.0, &memory.join(", "));
+    print("pipeline-redis", "redis (one process per stage, local redis-server)", &figures, 32_000.0, &memory.join(", "));
 }
 
 fn num_cpus() -> usize {

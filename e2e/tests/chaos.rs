@@ -4,15 +4,14 @@
 //! `hookbus-notify` — against a real `redis-server` with AOF, a bare git
 //! remote and a local subscriber. Webhooks built from a real payload
 //! (`fixtures/github/issues/edited.json`) arrive out of order, duplicated and
-//! in same-second bursts while workers are SIGKILLed and SIGTERMed at random
-//! and Redis is restarted once. Then every queue must drain and the outcome
+//! in same-second bursts while workers and the gateway are SIGKILLed and
+//! SIGTERMed at random and Redis is restarted once; senders re-send what
+//! got no 202, as GitHub redelivers. Then every queue must drain and the outcome
 //! must be exactly what the SPEC promises (see the assertions at the end of
 //! [`chaos_pipeline_converges_under_kills_and_a_redis_restart`]).
 //!
-//! Binaries: an integration test only gets `CARGO_BIN_EXE_*` for its own
-//! package, so this test runs `cargo build --workspace --bins` once (same
-//! profile as the test itself) and uses the `hookbus-*` binaries next to
-//! the test executable (`target/<profile>/`).
+//! Binaries: [`hookbus_e2e::build_binaries`] builds the workspace's
+//! `hookbus-*` binaries once, in the test's own profile.
 //!
 //! Size: `CHAOS_WEBHOOKS` (default 400) and `CHAOS_RESOURCES` (default 20);
 //! `CHAOS_SEND_SECONDS` (default 20) is how long sending takes; `CHAOS_SEED`
@@ -21,28 +20,22 @@
 //! `CHAOS_WEBHOOKS=2000 CHAOS_RESOURCES=50 cargo test -p hookbus-e2e --release -- --nocapture chaos`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
 use futures::StreamExt;
-use hmac::{Hmac, Mac};
 use hookbus_bus::redis::RedisBackend;
 use hookbus_bus::Backend;
-use hookbus_testkit::{free_port, workspace_root, RedisServer};
+use hookbus_e2e::{
+    bare_remote, build_binaries, git, issue_template, rfc3339, send, Deployment, Proc, Webhook, QUEUES, WORKERS,
+};
+use hookbus_testkit::{free_port, RedisServer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::Commands;
-use sha2::Sha256;
 
-const QUEUES: [&str; 4] = ["normalise", "reconcile", "commit", "notify"];
-const WORKERS: [&str; 4] = ["hookbus-normalise", "hookbus-reconcile", "hookbus-commit", "hookbus-notify"];
-const SECRET: &str = "chaos-webhook-secret";
-const SUBSCRIBER: &str = "chaos";
 /// The fixture's repository, lowercased as normalise keys it.
 const REPOSITORY: &str = "codertocat/hello-world";
 /// Issue numbers of the test's resources start here.
@@ -52,128 +45,6 @@ fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// `target/<profile>/`, where cargo puts the workspace's binaries.
-fn binaries_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test>-<hash>
-    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/").to_path_buf()
-}
-
-/// Builds every binary of the workspace once per test process.
-fn build_binaries() -> PathBuf {
-    static BUILD: Once = Once::new();
-    let dir = binaries_dir();
-    BUILD.call_once(|| {
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--workspace", "--bins", "--quiet"]).current_dir(workspace_root());
-        if dir.file_name().is_some_and(|name| name == "release") {
-            cmd.arg("--release");
-        }
-        // Same target directory as the test, wherever CARGO_TARGET_DIR put it.
-        if let Some(target) = dir.parent() {
-            cmd.env("CARGO_TARGET_DIR", target);
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build --workspace --bins failed");
-    });
-    dir
-}
-
-/// One running binary; SIGKILLed if the test ends while it runs.
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
-        assert!(status.is_ok_and(|s| s.success()), "kill -{sig} {} ({})", self.child.id(), self.name);
-    }
-
-    /// Waits for the exit; SIGKILLs after `within`. Returns the exit code.
-    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.code();
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What every process of the run shares: where the binaries, Redis, the
-/// remote and the logs are.
-struct Cluster {
-    bin: PathBuf,
-    redis_url: String,
-    remote: PathBuf,
-    scratch: PathBuf,
-    gateway_port: u16,
-    subscriber_port: u16,
-    started: usize,
-}
-
-impl Cluster {
-    /// Starts `name`; `slot` picks the git workdir of a commit worker (a
-    /// replacement reuses its predecessor's clone, as a restarted dyno would).
-    fn spawn(&mut self, name: &'static str, slot: usize) -> Proc {
-        self.started += 1;
-        let log = self.scratch.join(format!("{name}.{slot}.{}.log", self.started));
-        let log = File::create(&log).expect("log file");
-        let subscribers = serde_json::json!([{
-            "name": SUBSCRIBER,
-            "url": format!("http://127.0.0.1:{}/hook", self.subscriber_port),
-            "secret": "subscriber-secret",
-            "timeout_ms": 5000,
-        }]);
-        let child = Command::new(self.bin.join(name))
-            .env("REDIS_URL", &self.redis_url)
-            .env("PORT", self.gateway_port.to_string())
-            .env("HOOKBUS_GITHUB__WEBHOOK_SECRET", SECRET)
-            .env("HOOKBUS_GATEWAY__REDIS_TIMEOUT_MS", "500")
-            .env("HOOKBUS_BUS__HEARTBEAT_TIMEOUT_MS", "1000")
-            .env("HOOKBUS_BUS__GRACE_PERIOD_MS", "2000")
-            .env("HOOKBUS_BUS__POLL_INTERVAL_MS", "10")
-            .env("HOOKBUS_BUS__BACKOFF_BASE_MS", "50")
-            .env("HOOKBUS_BUS__BACKOFF_MAX_MS", "2000")
-            .env("HOOKBUS_BUS__CONCURRENCY", "8")
-            .env("HOOKBUS_BUS__BATCH_SIZE", "8")
-            .env("HOOKBUS_REDIS__POOL_SIZE", "8")
-            .env("HOOKBUS_GIT__REMOTE", &self.remote)
-            .env("HOOKBUS_GIT__WORKDIR", self.scratch.join(format!("commit-workdir-{slot}")))
-            .env("HOOKBUS_GIT__BRANCH", "main")
-            .env("HOOKBUS_GIT__PUSH_WINDOW_MS", "20")
-            .env("HOOKBUS_NOTIFY__SUBSCRIBERS", subscribers.to_string())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|err| panic!("start {name}: {err}"));
-        Proc { name, child }
-    }
-}
-
-/// One webhook as GitHub would send it.
-#[derive(Clone)]
-struct Webhook {
-    delivery: String,
-    body: Vec<u8>,
-}
-
 /// One update of one resource; `updated_at` in whole seconds.
 #[derive(Clone)]
 struct Update {
@@ -181,23 +52,6 @@ struct Update {
     title: String,
     updated_at: String,
     updated_at_s: i64,
-}
-
-/// Seconds since the epoch to RFC 3339 (UTC, whole seconds).
-fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// The updates of every resource: increasing `updated_at`, about one in five
@@ -229,51 +83,7 @@ fn updates(rng: &mut StdRng, resources: usize, per_resource: usize) -> Vec<Vec<U
 }
 
 fn webhook(template: &serde_json::Value, update: &Update) -> Webhook {
-    let mut payload = template.clone();
-    payload["action"] = "edited".into();
-    payload["issue"]["number"] = update.number.into();
-    payload["issue"]["title"] = update.title.clone().into();
-    payload["issue"]["updated_at"] = update.updated_at.clone().into();
-    payload["issue"]["html_url"] = format!("https://github.com/Codertocat/Hello-World/issues/{}", update.number).into();
-    Webhook { delivery: uuid::Uuid::new_v4().to_string(), body: serde_json::to_vec(&payload).expect("json") }
-}
-
-fn signature(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("hmac key");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// POSTs until the gateway answers 202 (503 and refused connections are
-/// what a Redis restart looks like from outside).
-async fn send(client: &reqwest::Client, url: &str, hook: &Webhook, retried: &AtomicUsize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let sent = client
-            .post(url)
-            .header("Content-Type", "application/json")
-            .header("X-GitHub-Event", "issues")
-            .header("X-GitHub-Delivery", &hook.delivery)
-            .header("X-Hub-Signature-256", signature(&hook.body))
-            .body(hook.body.clone())
-            .send()
-            .await;
-        match sent {
-            Ok(resp) if resp.status() == reqwest::StatusCode::ACCEPTED => return,
-            Ok(resp) if resp.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {}
-            Ok(resp) => panic!(
-                "webhook {} answered {}: {}",
-                hook.delivery,
-                resp.status(),
-                resp.text().await.unwrap_or_default()
-            ),
-            Err(err) if err.is_connect() || err.is_timeout() || err.is_request() => {}
-            Err(err) => panic!("webhook {}: {err}", hook.delivery),
-        }
-        assert!(Instant::now() < deadline, "webhook {} never got a 202 within 60 s", hook.delivery);
-        retried.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Webhook::issue_edited(template, update.number, &update.title, &update.updated_at)
 }
 
 /// What the local subscriber received: one entry per request it answered 200.
@@ -315,6 +125,8 @@ struct Chaos {
     sigkills: usize,
     sigterms: usize,
     notify_sigkills: usize,
+    /// Kills (either signal) of the gateway.
+    gateway_kills: usize,
     redis_restarts: usize,
     /// SIGTERMed workers that did not exit 0 within the grace period.
     unclean_exits: Vec<String>,
@@ -323,14 +135,14 @@ struct Chaos {
 /// Kills a random worker every 0.2–1 s and starts its replacement, restarts
 /// Redis once half the webhooks are in, until `stop`.
 fn chaos(
-    mut cluster: Cluster,
+    mut cluster: Deployment,
     mut workers: Vec<Proc>,
     mut redis: RedisServer,
     seed: u64,
     sent: Arc<AtomicUsize>,
     total: usize,
     stop: Arc<AtomicBool>,
-) -> (Cluster, Vec<Proc>, RedisServer, Chaos) {
+) -> (Deployment, Vec<Proc>, RedisServer, Chaos) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0xC4A05);
     let mut done = Chaos::default();
     while !stop.load(Ordering::SeqCst) {
@@ -345,6 +157,9 @@ fn chaos(
         }
         let slot = rng.random_range(0..workers.len());
         let name = workers[slot].name;
+        if name == "hookbus-gateway" {
+            done.gateway_kills += 1;
+        }
         if rng.random_bool(0.5) {
             workers[slot].child.kill().expect("SIGKILL");
             let _ = workers[slot].child.wait();
@@ -365,10 +180,6 @@ fn chaos(
         workers[slot] = cluster.spawn(name, slot);
     }
     (cluster, workers, redis, done)
-}
-
-fn git(remote: &Path, args: &[&str]) -> std::process::Output {
-    Command::new("git").arg("--git-dir").arg(remote).args(args).output().expect("run git")
 }
 
 /// Every queue's depths, summed over what is still to do.
@@ -464,23 +275,14 @@ async fn chaos_pipeline_converges_under_kills_and_a_redis_restart() {
     let scratch = tempfile::Builder::new().prefix("hookbus-chaos-").tempdir().expect("scratch dir").keep();
     eprintln!("chaos: process logs and the remote in {} (removed when the test passes)", scratch.display());
     let remote = scratch.join("records.git");
-    let init = Command::new("git").args(["init", "--bare", "--quiet"]).arg(&remote).status().expect("git init");
-    assert!(init.success(), "git init --bare");
+    bare_remote(&remote);
 
     let received = Arc::new(Mutex::new(Received::default()));
     let subscriber_port = free_port();
     tokio::spawn(subscriber(subscriber_port, received.clone()));
 
-    let mut cluster = Cluster {
-        bin,
-        redis_url: redis.url(),
-        remote: remote.clone(),
-        scratch: scratch.clone(),
-        gateway_port: free_port(),
-        subscriber_port,
-        started: 0,
-    };
-    let gateway = cluster.spawn("hookbus-gateway", 0);
+    let mut cluster = Deployment::new(bin, redis.url(), remote.clone(), scratch.clone(), free_port());
+    cluster.subscriber_port = Some(subscriber_port);
     let mut workers = Vec::new();
     for name in WORKERS {
         for _ in 0..2 {
@@ -490,13 +292,14 @@ async fn chaos_pipeline_converges_under_kills_and_a_redis_restart() {
             workers.push(cluster.spawn(name, position));
         }
     }
+    // The gateway is killed and restarted like any worker: senders see
+    // refused or cut connections and re-send, as GitHub redelivers.
+    let position = workers.len();
+    workers.push(cluster.spawn("hookbus-gateway", position));
 
     // The webhooks: unique updates, out of order, then ~10% re-sent (same
     // delivery id) anywhere.
-    let template: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(workspace_root().join("fixtures/github/issues/edited.json")).expect("fixture"),
-    )
-    .expect("fixture JSON");
+    let template = issue_template();
     // Every resource gets all its updates (cutting one short could make its
     // newest update a tie).
     let per_resource = (total * 10 / 11 / resources).max(1);
@@ -528,11 +331,8 @@ async fn chaos_pipeline_converges_under_kills_and_a_redis_restart() {
     });
 
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("http client");
-    let url = format!("http://127.0.0.1:{}/webhooks/github", cluster.gateway_port);
-    let ready = hookbus_testkit::eventually(Duration::from_secs(20), || {
-        std::net::TcpStream::connect(("127.0.0.1", cluster.gateway_port)).is_ok()
-    });
-    assert!(ready, "the gateway never listened on {}", cluster.gateway_port);
+    let url = cluster.webhook_url();
+    assert!(cluster.await_gateway(Duration::from_secs(20)), "the gateway never listened on {}", cluster.gateway_port);
 
     let sent = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -708,7 +508,6 @@ async fn chaos_pipeline_converges_under_kills_and_a_redis_restart() {
     );
 
     drop(workers);
-    drop(gateway);
     let _ = std::fs::remove_dir_all(&scratch);
     eprintln!(
         "chaos summary: seed {seed}; sent {total} webhooks ({unique} distinct, {duplicates} duplicates) to {resources} \

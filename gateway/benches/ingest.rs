@@ -177,6 +177,7 @@ fn main() {
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/github/installation/suspend.json");
     let body = Arc::new(std::fs::read(&fixture).expect("fixture"));
     let signature = sign(SECRET.as_bytes(), &body);
+    let body_len = body.len();
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("load-client")
@@ -255,5 +256,24 @@ fn main() {
         "gateway / bare: {:.0}% of the bare handler's requests/s (target >= 50%), gateway p99 {:.2} ms (target < 10 ms)",
         100.0 * gateway_figures.rate() / bare_figures.rate(),
         gateway_figures.percentile_ms(0.99)
+    );
+    hookbus_testkit::bench::record(
+        "gateway-ingest",
+        serde_json::json!({
+            "payload_bytes": body_len,
+            "connections": connections,
+            "seconds": seconds,
+            "bare_requests_per_s": bare_figures.rate(),
+            "gateway_requests_per_s": gateway_figures.rate(),
+            "ratio": gateway_figures.rate() / bare_figures.rate(),
+            "target_ratio": 0.5,
+            "p50_ms": gateway_figures.percentile_ms(0.50),
+            "p99_ms": gateway_figures.percentile_ms(0.99),
+            "target_p99_ms": 10.0,
+            "stored": stored,
+            "gateway_cpu_us_per_webhook": per_request(server_cpu),
+            "redis_cpu_us_per_webhook": per_request(redis_used),
+            "peak_memory_kib": hookbus_testkit::bench::peak_rss_kib(std::process::id()),
+        }),
     );
 }

@@ -2,6 +2,8 @@
 //! on free loopback ports, so tests run in parallel, can kill and restart
 //! their server, and never touch one somebody else started.
 
+pub mod bench;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -111,4 +111,19 @@ async fn main() {
     println!("  pushes        {}", plugin.push_batches());
     println!("  p50 dequeue->pushed  {:.1} ms", percentile(&latencies, 0.50).as_secs_f64() * 1000.0);
     println!("  p99 dequeue->pushed  {:.1} ms", percentile(&latencies, 0.99).as_secs_f64() * 1000.0);
+    hookbus_testkit::bench::record(
+        "commit",
+        serde_json::json!({
+            "operations": commits,
+            "resources": RESOURCES,
+            "handlers": CONCURRENCY,
+            "push_window_ms": window_ms,
+            "commits_per_s": commits as f64 / elapsed.as_secs_f64(),
+            "target_commits_per_s": 200.0,
+            "pushes": plugin.push_batches(),
+            "p50_ms": percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
+            "p99_ms": percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
+            "peak_memory_kib": hookbus_testkit::bench::peak_rss_kib(std::process::id()),
+        }),
+    );
 }

@@ -1,0 +1,198 @@
+//! Webhook-to-pushed-commit latency at a steady rate, through the real
+//! binaries as an operator runs them: `hookbus-gateway` and one process of
+//! each worker (one small dyno per stage) against a local `redis-server`,
+//! with production defaults for every setting, committing into a bare git
+//! remote.
+//!
+//! `LATENCY_RATE` webhooks/s (default 100) for `LATENCY_SECONDS` (default
+//! 30), `issues.edited` built from a real payload, spread over
+//! `LATENCY_RESOURCES` issues (default 200), each an update that must become
+//! one commit. A webhook's latency runs from just before its POST to the
+//! moment its commit (found by its `Hookbus-Delivery` trailer) is on the
+//! remote's branch; the remote is watched every 2 ms. Also prints the peak
+//! memory of every process and of redis-server.
+//!
+//! `cargo bench -p hookbus-e2e --bench latency`
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hookbus_e2e::{bare_remote, build_binaries, git, issue_template, rfc3339, send, Deployment, Webhook, WORKERS};
+use hookbus_testkit::{free_port, RedisServer};
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The branch's head on the remote, read as git would (loose ref, then
+/// packed refs); `None` before the first push.
+fn head(remote: &Path) -> Option<String> {
+    if let Ok(sha) = std::fs::read_to_string(remote.join("refs/heads/main")) {
+        return Some(sha.trim().to_string());
+    }
+    let packed = std::fs::read_to_string(remote.join("packed-refs")).ok()?;
+    packed.lines().find_map(|line| line.strip_suffix(" refs/heads/main")).map(str::to_string)
+}
+
+/// Watches the remote until `stop`: every delivery whose commit appeared,
+/// with when it was first seen there.
+fn watch(remote: PathBuf, stop: Arc<AtomicBool>) -> HashMap<String, Instant> {
+    let mut pushed = HashMap::new();
+    let mut last: Option<String> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let now = head(&remote);
+        if now.is_some() && now != last {
+            let seen = Instant::now();
+            let new = now.clone().unwrap_or_default();
+            let range = match &last {
+                Some(old) => format!("{old}..{new}"),
+                None => new.clone(),
+            };
+            let out = git(&remote, &["log", "--format=%(trailers:key=Hookbus-Delivery,valueonly)", &range]);
+            for delivery in String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|l| !l.is_empty()) {
+                pushed.entry(delivery.to_string()).or_insert(seen);
+            }
+            last = now;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    pushed
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let rate = env_number("LATENCY_RATE", 100).max(1);
+    let seconds = env_number("LATENCY_SECONDS", 30).max(1);
+    let resources = env_number("LATENCY_RESOURCES", 200).max(1);
+    let total = rate * seconds;
+    println!(
+        "webhook -> pushed commit: {rate} webhooks/s for {seconds} s over {resources} issues; gateway + one process per stage, production defaults"
+    );
+
+    let bin = tokio::task::spawn_blocking(build_binaries).await.expect("build");
+    let redis = RedisServer::start();
+    let scratch = tempfile::Builder::new().prefix("hookbus-latency-").tempdir().expect("scratch dir");
+    let remote = scratch.path().join("records.git");
+    bare_remote(&remote);
+    let mut deployment =
+        Deployment::new(bin, redis.url(), remote.clone(), scratch.path().to_path_buf(), free_port());
+    // Production defaults, but for the branch the remote has.
+    deployment.env = vec![("HOOKBUS_GIT__BRANCH".into(), "main".into()), ("RUST_LOG".into(), "warn".into())];
+    let mut procs = vec![deployment.spawn("hookbus-gateway", 0)];
+    for (slot, name) in WORKERS.iter().enumerate() {
+        procs.push(deployment.spawn(name, slot + 1));
+    }
+    assert!(deployment.await_gateway(Duration::from_secs(20)), "the gateway never listened");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (remote, stop) = (remote.clone(), stop.clone());
+        std::thread::spawn(move || watch(remote, stop))
+    };
+
+    let template = issue_template();
+    let base = 1_795_000_000i64;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http client");
+    let url = deployment.webhook_url();
+    let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let retried = Arc::new(AtomicUsize::new(0));
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    let mut posts = Vec::with_capacity(total as usize);
+    let started = Instant::now();
+    for n in 0..total {
+        ticker.tick().await;
+        // Every update is newer than the last one of its issue: each must
+        // become a commit.
+        let number = 1 + n % resources;
+        let hook = Webhook::issue_edited(&template, number, &format!("latency update {n}"), &rfc3339(base + n as i64));
+        let (client, url, sent_at, retried) = (client.clone(), url.clone(), sent_at.clone(), retried.clone());
+        posts.push(tokio::spawn(async move {
+            sent_at.lock().expect("lock").insert(hook.delivery.clone(), Instant::now());
+            send(&client, &url, &hook, &retried).await;
+        }));
+    }
+    for post in posts {
+        post.await.expect("post");
+    }
+    let sending = started.elapsed();
+
+    // Every webhook's commit on the remote, or a minute's grace.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let expected = total as usize;
+    loop {
+        let on_remote = git(&remote, &["rev-list", "--count", "main"]);
+        let count: usize = String::from_utf8_lossy(&on_remote.stdout).trim().parse().unwrap_or(0);
+        if count >= expected || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One more look by the watcher at the final head.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let drained = started.elapsed();
+    let memory: Vec<(String, u64)> =
+        procs.iter().map(|p| (p.name.to_string(), p.peak_rss_kib().unwrap_or(0))).collect();
+    let redis_peak: u64 = {
+        let mut conn = redis.client();
+        let info: String = redis::cmd("INFO").arg("memory").query(&mut conn).expect("INFO memory");
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory_peak:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            / 1024
+    };
+    stop.store(true, Ordering::SeqCst);
+    let pushed = watcher.join().expect("watcher");
+    for mut proc in procs {
+        proc.signal("TERM");
+        let _ = proc.wait_exit(Duration::from_secs(10));
+    }
+
+    let sent_at = sent_at.lock().expect("lock");
+    let mut latencies: Vec<f64> = sent_at
+        .iter()
+        .filter_map(|(delivery, sent)| pushed.get(delivery).map(|at| at.duration_since(*sent).as_secs_f64() * 1000.0))
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let missing = expected - latencies.len();
+    let (p50, p90, p99, max) = (
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.90),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(f64::NAN),
+    );
+    println!("  sent          {total} webhooks in {:.1} s ({:.1}/s), {} re-sent", sending.as_secs_f64(), total as f64 / sending.as_secs_f64(), retried.load(Ordering::SeqCst));
+    println!("  committed     {} of {expected} within {:.1} s of the first send", latencies.len(), drained.as_secs_f64());
+    println!("  latency       p50 {p50:.0} ms, p90 {p90:.0} ms, p99 {p99:.0} ms, max {max:.0} ms");
+    for (name, kib) in &memory {
+        println!("  peak memory   {name:<18} {:>6.1} MiB", *kib as f64 / 1024.0);
+    }
+    println!("  peak memory   {:<18} {:>6.1} MiB (used_memory_peak)", "redis-server", redis_peak as f64 / 1024.0);
+    let memory: serde_json::Map<String, serde_json::Value> =
+        memory.into_iter().map(|(name, kib)| (name, kib.into())).collect();
+    hookbus_testkit::bench::record(
+        "webhook-to-commit",
+        serde_json::json!({
+            "rate": rate,
+            "seconds": seconds,
+            "resources": resources,
+            "sent": total,
+            "committed": latencies.len(),
+            "missing": missing,
+            "p50_ms": p50,
+            "p90_ms": p90,
+            "p99_ms": p99,
+            "max_ms": max,
+            "peak_memory_kib": memory,
+            "redis_peak_memory_kib": redis_peak,
+        }),
+    );
+    assert_eq!(missing, 0, "{missing} webhooks never became a commit on the remote");
+}
