@@ -43,11 +43,10 @@ pub const QUEUES: [&str; 4] = ["normalise", "reconcile", "commit", "notify"];
 
 /// The backend the settings name: Redis at `redis.url`.
 pub fn connect(settings: &hookbus_config::Settings) -> Result<Arc<dyn Backend>, BusError> {
-    let backend = redis::RedisBackend::connect(
-        settings.redis.url.expose(),
+    let backend = redis::RedisBackend::open(
+        &redis::RedisTarget::from_settings(&settings.redis),
         &settings.bus.prefix,
         settings.redis.pool_size,
-        settings.redis.tls_insecure,
     )?;
     Ok(Arc::new(backend))
 }

@@ -6,12 +6,15 @@
 //! the hash tag `{<queue>}` and so live in one Redis Cluster slot. The key
 //! layout is documented in `docs/redis-layout.md`.
 
+mod connection;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
 use redis::{AsyncCommands, Script};
+
+pub use connection::{dial_url, pool, PooledConnection, RedisConnection, RedisPool, RedisTarget};
 
 use crate::backend::{
     minute_of, Backend, ConsumerId, DeadSelector, Delivery, HeartbeatReport, Lease, LeaseToken, MinuteCounts,
@@ -82,33 +85,9 @@ impl QueueKeys {
     }
 }
 
-/// `url` as the redis crate should dial it: on `rediss://` with
-/// `tls_insecure`, a self-signed certificate (Heroku Redis) is accepted.
-pub fn dial_url(url: &str, tls_insecure: bool) -> String {
-    if tls_insecure && url.starts_with("rediss://") && !url.contains('#') {
-        format!("{url}#insecure")
-    } else {
-        url.to_string()
-    }
-}
-
-/// A pool of `size` connections to `url`, connecting lazily (a server that
-/// is down now is retried on use), with bounded waits so a dead server
-/// fails calls instead of hanging them. Every hookbus store that keeps its
-/// own keys in Redis uses this.
-pub fn pool(url: &str, tls_insecure: bool, size: usize) -> Result<Pool, BusError> {
-    let mut config = Config::from_url(dial_url(url, tls_insecure));
-    config.pool = Some(PoolConfig {
-        max_size: size,
-        timeouts: Timeouts {
-            wait: Some(CALL_TIMEOUT),
-            create: Some(Duration::from_secs(3)),
-            recycle: Some(Duration::from_secs(3)),
-        },
-        ..PoolConfig::default()
-    });
-    config.create_pool(Some(Runtime::Tokio1)).map_err(|err| BusError::Setup(err.to_string()))
-}
+/// Longest one call to a Redis store may take (see `CALL_TIMEOUT`); what
+/// stores built on [`pool`] outside the bus pass to it.
+pub const STORE_CALL_TIMEOUT: Duration = CALL_TIMEOUT;
 
 struct Scripts {
     push: Script,
@@ -122,7 +101,7 @@ struct Scripts {
 
 /// Queues in Redis.
 pub struct RedisBackend {
-    pool: Pool,
+    pool: RedisPool,
     prefix: String,
     scripts: Scripts,
 }
@@ -133,7 +112,14 @@ impl RedisBackend {
     /// accepted, as Heroku Redis needs). Connects lazily: a server that is
     /// down now is retried on use.
     pub fn connect(url: &str, prefix: &str, pool_size: usize, tls_insecure: bool) -> Result<Self, BusError> {
-        let pool = pool(url, tls_insecure, pool_size)?;
+        Self::open(&RedisTarget::single(url, tls_insecure), prefix, pool_size)
+    }
+
+    /// Queues on `target`, a single server (a pool of `pool_size`
+    /// connections) or a Redis Cluster (one connection multiplexed per
+    /// master; `pool_size` does not apply). Connects lazily.
+    pub fn open(target: &RedisTarget, prefix: &str, pool_size: usize) -> Result<Self, BusError> {
+        let pool = pool(target, pool_size, CALL_TIMEOUT)?;
         Ok(RedisBackend {
             pool,
             prefix: prefix.to_string(),
@@ -159,8 +145,8 @@ impl RedisBackend {
         format!("{}:journal:{journal}", self.prefix)
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, BusError> {
-        self.pool.get().await.map_err(|err| BusError::Pool(err.to_string()))
+    async fn conn(&self) -> Result<PooledConnection, BusError> {
+        self.pool.get().await
     }
 
     /// Pushes with optional "only if this dead entry could be removed".

@@ -1,5 +1,6 @@
-//! One behaviour suite, run against both backends: whatever a plugin can
-//! observe must be the same in memory and over Redis.
+//! One behaviour suite, run against every backend: whatever a plugin can
+//! observe must be the same in memory, over one Redis server and over a
+//! 3-master Redis Cluster.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -7,28 +8,38 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use hookbus_bus::backend::{DeadSelector, Settlement};
-use hookbus_bus::redis::RedisBackend;
+use hookbus_bus::redis::{RedisBackend, RedisTarget};
 use hookbus_bus::{
     Backend, ConsumerId, DeadContent, DeadLetter, Envelope, HandlerError, MemoryBackend, Outbox, Plugin, ProcessReport,
     Runner, RunnerOptions, Shutdown,
 };
 use hookbus_config::BusSettings;
-use hookbus_testkit::RedisServer;
+use hookbus_testkit::{RedisCluster, RedisServer};
 
 /// A backend and whatever must live as long as it (the redis-server).
 struct Fixture {
     backend: Arc<dyn Backend>,
     _server: Option<RedisServer>,
+    _cluster: Option<Arc<RedisCluster>>,
 }
 
 fn memory() -> Fixture {
-    Fixture { backend: Arc::new(MemoryBackend::new()), _server: None }
+    Fixture { backend: Arc::new(MemoryBackend::new()), _server: None, _cluster: None }
 }
 
 fn redis() -> Fixture {
     let server = RedisServer::start();
     let backend = RedisBackend::connect(&server.url(), "hookbus", 4, false).expect("pool");
-    Fixture { backend: Arc::new(backend), _server: Some(server) }
+    Fixture { backend: Arc::new(backend), _server: Some(server), _cluster: None }
+}
+
+/// The Redis backend on a cluster shared with the other cluster cases
+/// running now; a prefix of its own keeps this case's keys apart.
+fn cluster() -> Fixture {
+    let cluster = RedisCluster::shared();
+    let prefix = format!("case{}", uuid::Uuid::new_v4().simple());
+    let backend = RedisBackend::open(&RedisTarget::cluster(cluster.urls(), false), &prefix, 4).expect("cluster");
+    Fixture { backend: Arc::new(backend), _server: None, _cluster: Some(cluster) }
 }
 
 macro_rules! both_backends {
@@ -40,6 +51,10 @@ macro_rules! both_backends {
         mod on_redis {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { super::$name(super::redis()).await })*
+        }
+        mod on_cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::cluster()).await })*
         }
     };
 }

@@ -32,10 +32,7 @@ const DEV_RECORDS: &str = ".hookbus/records.git";
 fn plugins(settings: &Settings, operations: Option<Arc<MemoryStore>>) -> Result<Vec<Arc<dyn Plugin>>, String> {
     let over_redis = operations.is_none();
     let registry: Arc<dyn RepositoryRegistry> = if over_redis {
-        Arc::new(
-            RedisRegistry::connect(settings.redis.url.expose(), settings.redis.tls_insecure, &settings.bus.prefix)
-                .map_err(|e| e.to_string())?,
-        )
+        Arc::new(RedisRegistry::from_settings(settings).map_err(|e| e.to_string())?)
     } else {
         Arc::new(MemoryRegistry::new())
     };

@@ -635,11 +635,30 @@ pub struct RedisSettings {
     pub pool_size: usize,
     /// Accept a self-signed certificate on `rediss://` (Heroku Redis uses one).
     pub tls_insecure: bool,
+    /// `url` names Redis Cluster seed nodes (one URL, or several separated
+    /// by commas) rather than one server. Same binaries, same keys: every
+    /// key of a queue or resource carries a hash tag, so its atomic steps
+    /// stay in one slot (docs/redis-layout.md, "Redis Cluster").
+    pub cluster: bool,
 }
 
 impl Default for RedisSettings {
     fn default() -> Self {
-        RedisSettings { url: Secret::new("redis://127.0.0.1:6379"), pool_size: 16, tls_insecure: true }
+        RedisSettings { url: Secret::new("redis://127.0.0.1:6379"), pool_size: 16, tls_insecure: true, cluster: false }
+    }
+}
+
+impl RedisSettings {
+    /// The URLs `url` names: itself, or in cluster mode each comma-separated
+    /// seed node (a single server's URL is never split, so a password may
+    /// hold a comma).
+    pub fn nodes(&self) -> Vec<&str> {
+        let url = self.url.expose();
+        if self.cluster {
+            url.split(',').map(str::trim).filter(|node| !node.is_empty()).collect()
+        } else {
+            vec![url]
+        }
     }
 }
 
@@ -799,9 +818,37 @@ impl Settings {
                 "must be at least 60000 (one minute)",
             ));
         }
-        let url = self.redis.url.expose();
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            return Err(ConfigError::invalid("redis.url (REDIS_URL)", "must start with redis:// or rediss://"));
+        let nodes = self.redis.nodes();
+        if nodes.is_empty() {
+            return Err(ConfigError::invalid("redis.url (REDIS_URL)", "names no Redis Cluster seed node"));
+        }
+        for url in &nodes {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::invalid("redis.url (REDIS_URL)", "must start with redis:// or rediss://"));
+            }
+        }
+        let several = self.redis.url.expose().split(',').skip(1).any(|part| part.trim_start().starts_with("redis"));
+        if !self.redis.cluster && several {
+            return Err(ConfigError::invalid(
+                "redis.url (REDIS_URL)",
+                "names several nodes; set redis.cluster = true (HOOKBUS_REDIS__CLUSTER) for a Redis Cluster",
+            ));
+        }
+        if self.redis.cluster {
+            if nodes.iter().any(|url| url.starts_with("rediss://"))
+                != nodes.iter().all(|url| url.starts_with("rediss://"))
+            {
+                return Err(ConfigError::invalid(
+                    "redis.url (REDIS_URL)",
+                    "the Redis Cluster seed nodes must all use redis:// or all use rediss://",
+                ));
+            }
+            if nodes.iter().any(|url| names_database(url)) {
+                return Err(ConfigError::invalid(
+                    "redis.url (REDIS_URL)",
+                    "a Redis Cluster has only database 0; drop the /<db> path (redis.cluster is true)",
+                ));
+            }
         }
         if self.redis.pool_size == 0 {
             return Err(ConfigError::invalid("redis.pool_size", "must be at least 1"));
@@ -873,6 +920,17 @@ impl Settings {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether a `redis://` URL selects a database other than 0 (`/<db>`).
+fn names_database(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let authority_end = rest.rfind('@').map_or(0, |at| at + 1);
+    match rest[authority_end..].split_once('/') {
+        Some((_, db)) => !(db.is_empty() || db == "0"),
+        None => false,
     }
 }
 
@@ -1159,6 +1217,29 @@ mod tests {
         let path = file.to_string_lossy().to_string();
         let s = load(&[("HOOKBUS_CONFIG", &path)]).expect("loads");
         assert_eq!(s.notify.subscribers.get("ops").map(|o| o.url.as_str()), Some("https://ops.example/h"));
+    }
+
+    #[test]
+    fn redis_cluster_takes_seed_nodes_and_refuses_what_a_cluster_cannot_do() {
+        let seeds = "redis://10.0.0.1:7000, redis://10.0.0.2:7000";
+        let s = load(&[("REDIS_URL", seeds), ("HOOKBUS_REDIS__CLUSTER", "true")]).expect("loads");
+        assert!(s.redis.cluster);
+        assert_eq!(s.redis.nodes(), vec!["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]);
+        let single = load(&[("REDIS_URL", "redis://:pa,ss@host:1")]).expect("a comma in a single URL is not split");
+        assert_eq!(single.redis.nodes(), vec!["redis://:pa,ss@host:1"]);
+
+        let bad = |pairs: &[(&str, &str)]| load(pairs).expect_err("refused").to_string();
+        let err = bad(&[("REDIS_URL", seeds)]);
+        assert!(err.contains("redis.url (REDIS_URL)"), "several nodes without cluster: {err}");
+        let err = bad(&[("REDIS_URL", "redis://a:1,rediss://b:2"), ("HOOKBUS_REDIS__CLUSTER", "true")]);
+        assert!(err.contains("redis.url") && err.contains("all use"), "{err}");
+        let err = bad(&[("REDIS_URL", "redis://:pw@a:1/3"), ("HOOKBUS_REDIS__CLUSTER", "true")]);
+        assert!(err.contains("redis.url") && err.contains("database 0") && !err.contains("pw"), "{err}");
+        let err = bad(&[("REDIS_URL", " , "), ("HOOKBUS_REDIS__CLUSTER", "true")]);
+        assert!(err.contains("redis.url"), "{err}");
+        let err = bad(&[("HOOKBUS_REDIS__CLUSTER", "maybe")]);
+        assert!(err.contains("redis.cluster") || err.contains("HOOKBUS_REDIS__CLUSTER"), "{err}");
+        assert!(load(&[("REDIS_URL", "redis://a:1/0"), ("HOOKBUS_REDIS__CLUSTER", "true")]).is_ok());
     }
 
     fn tempdir_for(name: &str) -> PathBuf {

@@ -20,9 +20,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use hookbus_bus::redis::QueueKeys;
+use hookbus_bus::redis::{QueueKeys, RedisConnection, RedisTarget};
 use hookbus_bus::{Backend, BusError, Envelope};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// The queue the gateway feeds.
@@ -93,7 +92,7 @@ const WAITING: usize = 4096;
 
 /// Marks and messages in Redis, written by one transaction per batch.
 pub struct RedisIntake {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     keys: QueueKeys,
     prefix: String,
     retention_ms: u64,
@@ -113,8 +112,8 @@ struct Request {
 }
 
 impl RedisIntake {
-    /// Connects lazily to `url` (a server that is down now is retried on use,
-    /// with every call bounded by `timeout`).
+    /// Connects lazily to the server at `url` (a server that is down now is
+    /// retried on use, with every call bounded by `timeout`).
     pub fn connect(
         url: &str,
         tls_insecure: bool,
@@ -122,18 +121,19 @@ impl RedisIntake {
         retention: Duration,
         timeout: Duration,
     ) -> Result<Self, IntakeError> {
-        let url = if tls_insecure && url.starts_with("rediss://") && !url.contains('#') {
-            format!("{url}#insecure")
-        } else {
-            url.to_string()
-        };
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Self::open(&RedisTarget::single(url, tls_insecure), prefix, retention, timeout)
+    }
+
+    /// Connects lazily to `target`, one server or a Redis Cluster: the
+    /// transaction touches only `{normalise}` keys, so on a cluster it runs
+    /// on the one master that owns that slot.
+    pub fn open(
+        target: &RedisTarget,
+        prefix: &str,
+        retention: Duration,
+        timeout: Duration,
+    ) -> Result<Self, IntakeError> {
+        let conn = RedisConnection::open(target, timeout)?;
         Ok(RedisIntake {
             conn,
             keys: QueueKeys::new(prefix, QUEUE),
@@ -163,7 +163,7 @@ impl RedisIntake {
 /// each, and answers every request from its own entry of the reply. Ends
 /// when the [`RedisIntake`] is dropped.
 struct Writer {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     pending: String,
     retention_ms: u64,
 }

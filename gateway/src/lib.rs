@@ -71,9 +71,8 @@ impl Gateway {
     /// Over Redis: marks and enqueue in one script on `redis.url`, depths and
     /// dead letters through `backend`.
     pub fn over_redis(backend: Arc<dyn Backend>, settings: &Settings) -> Result<Self, GatewayError> {
-        let intake = RedisIntake::connect(
-            settings.redis.url.expose(),
-            settings.redis.tls_insecure,
+        let intake = RedisIntake::open(
+            &hookbus_bus::redis::RedisTarget::from_settings(&settings.redis),
             &settings.bus.prefix,
             Duration::from_millis(settings.gateway.delivery_retention_ms),
             settings.gateway.redis_timeout(),

@@ -3,6 +3,9 @@
 //! their server, and never touch one somebody else started.
 
 pub mod bench;
+mod cluster;
+
+pub use cluster::RedisCluster;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

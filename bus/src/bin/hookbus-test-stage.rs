@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hookbus_bus::{Envelope, HandlerError, Outbox, Plugin, SetupError};
+use hookbus_bus::{Envelope, HandlerError, Outbox, Plugin};
 use hookbus_config::ConfigError;
 use redis::AsyncCommands;
 
@@ -36,7 +36,7 @@ struct Stage {
     record: Option<String>,
     order_check: bool,
     max_sleep: Duration,
-    redis: Option<redis::aio::ConnectionManager>,
+    redis: Option<hookbus_bus::redis::RedisConnection>,
 }
 
 #[async_trait]
@@ -109,11 +109,12 @@ async fn main() -> std::process::ExitCode {
         let record = arg_value(&args, "--record");
         let redis = match &record {
             Some(_) => {
-                let client = redis::Client::open(settings.redis.url.expose())
-                    .map_err(|e| ConfigError::invalid("redis.url (REDIS_URL)", e.to_string()))?;
-                // A lazily connecting manager: the effect list survives a Redis restart.
-                let config = redis::aio::ConnectionManagerConfig::new();
-                Some(redis::aio::ConnectionManager::new_lazy_with_config(client, config).map_err(SetupError::failed)?)
+                // Connects lazily: the effect list survives a Redis restart.
+                let target = hookbus_bus::redis::RedisTarget::from_settings(&settings.redis);
+                Some(
+                    hookbus_bus::redis::RedisConnection::open(&target, Duration::from_secs(10))
+                        .map_err(|e| ConfigError::invalid("redis.url (REDIS_URL)", e.to_string()))?,
+                )
             }
             None => None,
         };

@@ -12,9 +12,8 @@ use hookbus_normalise::{Normalise, RedisRegistry};
 #[tokio::main]
 async fn main() -> ExitCode {
     run_worker("hookbus-normalise", |settings| {
-        let registry =
-            RedisRegistry::connect(settings.redis.url.expose(), settings.redis.tls_insecure, &settings.bus.prefix)
-                .map_err(|err| ConfigError::invalid("redis.url (REDIS_URL)", err.to_string()))?;
+        let registry = RedisRegistry::from_settings(settings)
+            .map_err(|err| ConfigError::invalid("redis.url (REDIS_URL)", err.to_string()))?;
         Ok::<_, SetupError>(Normalise::new(Arc::new(registry), settings.normalise.repositories.clone()))
     })
     .await

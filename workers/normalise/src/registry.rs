@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use hookbus_bus::redis::{RedisConnection, RedisTarget};
 
 /// The registry's store could not be reached or answered nonsense. Transient:
 /// the message is retried.
@@ -87,24 +87,28 @@ impl RepositoryRegistry for MemoryRegistry {
 /// In Redis: the hash `<prefix>:repositories`, field `owner/name`, value
 /// `enabled:<ms>` or `disabled:<ms>` (docs/redis-layout.md, "Normalise keys").
 pub struct RedisRegistry {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     key: String,
     script: redis::Script,
 }
 
 impl RedisRegistry {
-    /// Connects lazily to `url` (the first command dials; a Redis that is
-    /// down makes handlers retry, not the process exit).
+    /// Connects lazily to the server at `url` (the first command dials; a
+    /// Redis that is down makes handlers retry, not the process exit).
     pub fn connect(url: &str, tls_insecure: bool, prefix: &str) -> Result<Self, RegistryError> {
-        let client = redis::Client::open(hookbus_bus::redis::dial_url(url, tls_insecure))
-            .map_err(|err| RegistryError(format!("redis url: {err}")))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|err| RegistryError(format!("redis: {err}")))?;
+        Self::open(&RedisTarget::single(url, tls_insecure), prefix)
+    }
+
+    /// As the settings name it: `redis.*` and `bus.prefix`.
+    pub fn from_settings(settings: &hookbus_config::Settings) -> Result<Self, RegistryError> {
+        Self::open(&RedisTarget::from_settings(&settings.redis), &settings.bus.prefix)
+    }
+
+    /// Connects lazily to `target`, one server or a Redis Cluster (the
+    /// registry is one hash, so its script runs on the master owning it).
+    pub fn open(target: &RedisTarget, prefix: &str) -> Result<Self, RegistryError> {
+        let conn =
+            RedisConnection::open(target, Duration::from_secs(2)).map_err(|err| RegistryError(err.to_string()))?;
         Ok(RedisRegistry {
             conn,
             key: format!("{prefix}:repositories"),

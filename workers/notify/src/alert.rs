@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use hookbus_bus::redis::RedisConnection;
 
 use crate::error::NotifyError;
 
@@ -44,13 +44,13 @@ pub trait AlertWindow: Send + Sync + 'static {
 /// (docs/redis-layout.md, "Notify keys"), changed atomically by
 /// `lua/alert_window.lua`.
 pub struct RedisAlertWindow {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: String,
     script: redis::Script,
 }
 
 impl RedisAlertWindow {
-    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+    pub fn new(conn: RedisConnection, prefix: &str) -> Self {
         RedisAlertWindow {
             conn,
             prefix: prefix.to_string(),

@@ -2,7 +2,7 @@
 //! (Redis pub/sub, at most once: for live listeners, not a durable feed).
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use hookbus_bus::redis::RedisConnection;
 use tokio::sync::broadcast;
 
 use crate::error::NotifyError;
@@ -15,12 +15,12 @@ pub trait EventPublisher: Send + Sync + 'static {
 
 /// `PUBLISH <prefix>:events <json>`.
 pub struct RedisEvents {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     channel: String,
 }
 
 impl RedisEvents {
-    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+    pub fn new(conn: RedisConnection, prefix: &str) -> Self {
         RedisEvents { conn, channel: channel(prefix) }
     }
 }

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use hookbus_bus::redis::{RedisConnection, RedisTarget};
 use hookbus_bus::runner::{DeadNotice, DEAD_NOTICE_KIND};
 use hookbus_bus::{Envelope, HandlerError, Outbox, Plugin};
 use hookbus_config::{Secret, Settings, Subscribers};
@@ -247,21 +248,11 @@ fn notice_text(notice: &DeadNotice, folded: u64) -> String {
     format!("hookbus: {what}: {}{more}; trace {}", notice.reason, notice.trace_id)
 }
 
-fn redis_connection(settings: &Settings) -> Result<redis::aio::ConnectionManager, NotifyError> {
-    let url = settings.redis.url.expose();
-    let url = if settings.redis.tls_insecure && url.starts_with("rediss://") && !url.contains('#') {
-        format!("{url}#insecure")
-    } else {
-        url.to_string()
-    };
-    // Not the URL in the message: it carries the password.
-    let client = redis::Client::open(url).map_err(|e| NotifyError::Setup(format!("redis.url (REDIS_URL): {e}")))?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_secs(2));
-    redis::aio::ConnectionManager::new_lazy_with_config(client, config).map_err(NotifyError::from)
+/// One server or a Redis Cluster, as `redis.*` says. The errors name the
+/// setting, not the URL: it carries the password.
+fn redis_connection(settings: &Settings) -> Result<RedisConnection, NotifyError> {
+    RedisConnection::open(&RedisTarget::from_settings(&settings.redis), Duration::from_secs(2))
+        .map_err(|e| NotifyError::Setup(e.to_string()))
 }
 
 #[async_trait]

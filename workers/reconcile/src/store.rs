@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::Pool;
+use hookbus_bus::redis::{PooledConnection, RedisPool, RedisTarget};
 use redis::{AsyncCommands, Script};
 
 use crate::book::{Book, OperationRecord};
@@ -87,24 +87,30 @@ impl OperationStore for MemoryStore {
 
 /// In Redis, shared by every reconcile process (and read by the gateway).
 pub struct RedisStore {
-    pool: Pool,
+    pool: RedisPool,
     prefix: String,
     retention: Duration,
     save: Script,
 }
 
 impl RedisStore {
+    /// On the server at `url`.
     pub fn connect(url: &str, tls_insecure: bool, prefix: &str, retention: Duration) -> Result<Self, StoreError> {
-        let pool = hookbus_bus::redis::pool(url, tls_insecure, 8).map_err(|e| StoreError::Pool(e.to_string()))?;
+        Self::open(&RedisTarget::single(url, tls_insecure), prefix, retention)
+    }
+
+    /// On `target`, one server or a Redis Cluster.
+    pub fn open(target: &RedisTarget, prefix: &str, retention: Duration) -> Result<Self, StoreError> {
+        let pool = hookbus_bus::redis::pool(target, 8, hookbus_bus::redis::STORE_CALL_TIMEOUT)
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
         Ok(RedisStore { pool, prefix: prefix.to_string(), retention, save: Script::new(include_str!("lua/save.lua")) })
     }
 
-    /// As every hookbus process wires it: `redis.url`, `bus.prefix`,
+    /// As every hookbus process wires it: `redis.*`, `bus.prefix`,
     /// `reconcile.retention_ms`.
     pub fn from_settings(settings: &hookbus_config::Settings) -> Result<Self, StoreError> {
-        Self::connect(
-            settings.redis.url.expose(),
-            settings.redis.tls_insecure,
+        Self::open(
+            &RedisTarget::from_settings(&settings.redis),
             &settings.bus.prefix,
             Duration::from_millis(settings.reconcile.retention_ms),
         )
@@ -118,7 +124,7 @@ impl RedisStore {
         format!("{}:op:{id}", self.prefix)
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
+    async fn conn(&self) -> Result<PooledConnection, StoreError> {
         self.pool.get().await.map_err(|e| StoreError::Pool(e.to_string()))
     }
 }
@@ -144,10 +150,24 @@ impl OperationStore for RedisStore {
         let base = self.base(key);
         let retention_ms = self.retention.as_millis() as u64;
         let mut conn = self.conn().await?;
-        // The by-id index lives in another slot: written first, so a saved
-        // record is always findable; an index entry without a record (the
-        // save below lost a race) just answers "not found".
-        if !records.is_empty() {
+        // The by-id index lives outside the resource's slot (one key per
+        // operation id, so each in a slot of its own on a cluster): written
+        // first, so a saved record is always findable; an index entry without
+        // a record (the save below lost a race, or the process died between
+        // the two) just answers "not found", and the retry writes it again.
+        // One pipeline on a single server; on a cluster a pipeline must stay
+        // in one slot, so one SET per record.
+        if self.pool.is_cluster() {
+            for record in records {
+                let () = redis::cmd("SET")
+                    .arg(self.index(&record.id))
+                    .arg(key)
+                    .arg("PX")
+                    .arg(retention_ms)
+                    .query_async(&mut conn)
+                    .await?;
+            }
+        } else if !records.is_empty() {
             let mut pipe = redis::pipe();
             for record in records {
                 pipe.cmd("SET").arg(self.index(&record.id)).arg(key).arg("PX").arg(retention_ms).ignore();
