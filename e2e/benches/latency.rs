@@ -81,15 +81,14 @@ async fn main() {
     let scratch = tempfile::Builder::new().prefix("hookbus-latency-").tempdir().expect("scratch dir");
     let remote = scratch.path().join("records.git");
     bare_remote(&remote);
-    let mut deployment =
-        Deployment::new(bin, redis.url(), remote.clone(), scratch.path().to_path_buf(), free_port());
+    let mut deployment = Deployment::new(bin, redis.url(), remote.clone(), scratch.path().to_path_buf(), free_port());
     // Production defaults, but for the branch the remote has.
     deployment.env = vec![("HOOKBUS_GIT__BRANCH".into(), "main".into()), ("RUST_LOG".into(), "warn".into())];
     let mut procs = vec![deployment.spawn("hookbus-gateway", 0)];
     for (slot, name) in WORKERS.iter().enumerate() {
         procs.push(deployment.spawn(name, slot + 1));
     }
-    assert!(deployment.await_gateway(Duration::from_secs(20)), "the gateway never listened");
+    assert!(deployment.await_gateway(Duration::from_secs(20)), "the gateway never listened:\n{}", deployment.logs());
 
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
@@ -168,8 +167,17 @@ async fn main() {
         percentile(&latencies, 0.99),
         latencies.last().copied().unwrap_or(f64::NAN),
     );
-    println!("  sent          {total} webhooks in {:.1} s ({:.1}/s), {} re-sent", sending.as_secs_f64(), total as f64 / sending.as_secs_f64(), retried.load(Ordering::SeqCst));
-    println!("  committed     {} of {expected} within {:.1} s of the first send", latencies.len(), drained.as_secs_f64());
+    println!(
+        "  sent          {total} webhooks in {:.1} s ({:.1}/s), {} re-sent",
+        sending.as_secs_f64(),
+        total as f64 / sending.as_secs_f64(),
+        retried.load(Ordering::SeqCst)
+    );
+    println!(
+        "  committed     {} of {expected} within {:.1} s of the first send",
+        latencies.len(),
+        drained.as_secs_f64()
+    );
     println!("  latency       p50 {p50:.0} ms, p90 {p90:.0} ms, p99 {p99:.0} ms, max {max:.0} ms");
     for (name, kib) in &memory {
         println!("  peak memory   {name:<18} {:>6.1} MiB", *kib as f64 / 1024.0);

@@ -192,12 +192,26 @@ impl Deployment {
         for (key, value) in &self.env {
             cmd.env(key, value);
         }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|err| panic!("start {name}: {err}"));
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap_or_else(|err| panic!("start {name}: {err}"));
         Proc { name, child }
+    }
+
+    /// Every process log so far, each under its file name: what to print
+    /// when a run fails.
+    pub fn logs(&self) -> String {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&self.scratch)
+            .map(|dir| {
+                dir.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+            .iter()
+            .map(|path| format!("== {} ==\n{}", path.display(), std::fs::read_to_string(path).unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// `http://127.0.0.1:<port>/webhooks/github`.

@@ -1,7 +1,8 @@
 //! Benchmarks' figures in machine-readable form, for the performance report.
 //!
 //! Every benchmark prints its figures for a person. When
-//! `HOOKBUS_BENCH_REPORT` names a file, it also appends them there as one
+//! `BENCH_REPORT_FILE` names a file (not `HOOKBUS_*`: hookbus's own binaries
+//! refuse settings they do not know, and benchmarks start them), it also appends them there as one
 //! JSON object per line (`{"bench": "<name>", ...figures}`), which
 //! `cargo run -p hookbus-e2e --release --bin perf-report` turns into
 //! docs/performance.md.
@@ -9,7 +10,7 @@
 use std::io::Write;
 
 /// The variable naming the file figures are appended to.
-pub const REPORT_VAR: &str = "HOOKBUS_BENCH_REPORT";
+pub const REPORT_VAR: &str = "BENCH_REPORT_FILE";
 
 /// Appends `figures` (a JSON object) for `bench` to the report file, if one
 /// is named. A report that cannot be written fails the benchmark: a silently

@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Runs every benchmark of the workspace in turn (`cargo bench`, so each
-//! prints its figures as usual) with `HOOKBUS_BENCH_REPORT` naming a
+//! prints its figures as usual) with `BENCH_REPORT_FILE` naming a
 //! scratch file, reads the figures they record there
 //! ([`hookbus_testkit::bench`]) and writes the report: the machine, each
 //! figure next to its target, then each benchmark's details and the command
@@ -56,8 +56,8 @@ const BENCHES: [Bench; 4] = [
         name: "latency",
         args: &["-p", "hookbus-e2e", "--bench", "latency"],
         about: "The real binaries as an operator runs them — hookbus-gateway and one process per worker \
-                stage, production defaults — against a local redis-server and a bare git remote: 100 \
-                issues.edited webhooks/s for 30 s over 200 issues, each an update that must become one \
+                stage, production defaults — against a local redis-server and a bare git remote: \
+                issues.edited webhooks at a steady rate (default 100/s for 30 s over 200 issues), each an update that must become one \
                 commit. Latency from just before the POST to the commit (found by its Hookbus-Delivery \
                 trailer) being on the remote's branch. Peak memory (VmHWM) of every process.",
     },
@@ -125,10 +125,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let by_bench: BTreeMap<String, Value> = figures
-        .into_iter()
-        .filter_map(|f| Some((f.get("bench")?.as_str()?.to_string(), f.clone())))
-        .collect();
+    let by_bench: BTreeMap<String, Value> =
+        figures.into_iter().filter_map(|f| Some((f.get("bench")?.as_str()?.to_string(), f.clone()))).collect();
     let report = render(&runs, &by_bench);
     if let Err(err) = std::fs::write(&out, report) {
         eprintln!("perf-report: cannot write {}: {err}", out.display());
@@ -329,7 +327,13 @@ fn render(runs: &[(&Bench, String)], figures: &BTreeMap<String, Value>) -> Strin
 
     let _ = writeln!(doc, "## The benchmarks\n");
     for (bench, _) in runs {
-        let _ = writeln!(doc, "### {}\n\n```sh\ncargo bench {}\n```\n\n{}\n", bench.name, bench.args.join(" "), bench.about);
+        let _ = writeln!(
+            doc,
+            "### {}\n\n```sh\ncargo bench {}\n```\n\n{}\n",
+            bench.name,
+            bench.args.join(" "),
+            bench.about
+        );
         let _ = writeln!(doc, "| figure | value |\n| --- | --- |");
         let names: &[&str] = match bench.name {
             "pipeline" => &["pipeline-memory", "pipeline-redis"],
@@ -360,9 +364,7 @@ fn show(value: &Value) -> String {
             None => n.to_string(),
         },
         Value::String(s) => s.clone(),
-        Value::Object(map) => {
-            map.iter().map(|(k, v)| format!("{k} {}", show(v))).collect::<Vec<_>>().join(", ")
-        }
+        Value::Object(map) => map.iter().map(|(k, v)| format!("{k} {}", show(v))).collect::<Vec<_>>().join(", "),
         other => other.to_string(),
     }
 }
