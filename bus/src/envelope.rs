@@ -205,6 +205,38 @@ impl DeadLetter {
     }
 }
 
+impl Envelope {
+    /// The message as JSON for people (`hookbus peek`, the admin page): its
+    /// fields, and the payload decoded by [`payload_to_json`].
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "kind": self.kind,
+            "attempts": self.attempts,
+            "enqueued_at": self.enqueued_at,
+            "trace_id": self.trace_id,
+            "key": self.key,
+            "redrives": self.redrives,
+            "payload": payload_to_json(&self.payload),
+        })
+    }
+}
+
+impl DeadLetter {
+    /// The dead letter as JSON for people: the envelope's fields (or `raw`,
+    /// the bytes as text, for what never was an envelope) plus `dead_reason`
+    /// and `dead_at`, as stored.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = match &self.content {
+            DeadContent::Envelope(e) => e.to_json(),
+            DeadContent::Raw(raw) => serde_json::json!({ "id": self.id(), "raw": String::from_utf8_lossy(raw) }),
+        };
+        value["dead_reason"] = serde_json::json!(self.reason);
+        value["dead_at"] = serde_json::json!(self.dead_at);
+        value
+    }
+}
+
 /// Encodes a payload value with named fields; it must be a map.
 pub fn encode_payload<T: Serialize>(value: &T) -> Result<Bytes, PayloadError> {
     let bytes = rmp_serde::to_vec_named(value)?;

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use hookbus_bus::{Backend, MemoryBackend, Plugin, RunnerOptions, Shutdown};
-use hookbus_commit::CommitPlugin;
+use hookbus_bus::{Backend, Journal, MemoryBackend, Plugin, RunnerOptions, Shutdown};
+use hookbus_commit::{CommitPlugin, COMMITS_JOURNAL, COMMITS_KEPT};
 use hookbus_config::{exit_on_error, Secret, Settings, Tokens};
 use hookbus_gateway::operations::StoreLookup;
 use hookbus_gateway::{serve, Gateway};
@@ -29,7 +29,11 @@ const DEV_RECORDS: &str = ".hookbus/records.git";
 
 /// The worker plugins built so far, wired as their binaries wire them —
 /// over Redis with `--redis`, otherwise with in-memory state.
-fn plugins(settings: &Settings, operations: Option<Arc<MemoryStore>>) -> Result<Vec<Arc<dyn Plugin>>, String> {
+fn plugins(
+    settings: &Settings,
+    backend: &Arc<dyn Backend>,
+    operations: Option<Arc<MemoryStore>>,
+) -> Result<Vec<Arc<dyn Plugin>>, String> {
     let over_redis = operations.is_none();
     let registry: Arc<dyn RepositoryRegistry> = if over_redis {
         Arc::new(RedisRegistry::from_settings(settings).map_err(|e| e.to_string())?)
@@ -41,7 +45,11 @@ fn plugins(settings: &Settings, operations: Option<Arc<MemoryStore>>) -> Result<
         None => Reconcile::from_settings(settings).map_err(|e| e.to_string())?,
         Some(store) => Reconcile::new(store, tie_breaker(settings)),
     };
-    let commit = CommitPlugin::from_settings(settings).map_err(|e| e.to_string())?;
+    let commit = CommitPlugin::from_settings(settings).map_err(|e| e.to_string())?.with_journal(Journal::new(
+        backend.clone(),
+        COMMITS_JOURNAL,
+        COMMITS_KEPT,
+    ));
     let notify = if over_redis {
         Notify::from_settings(settings).map_err(|e| e.to_string())?
     } else {
@@ -162,7 +170,7 @@ pub async fn run(redis: Option<String>, port: Option<u16>) -> ExitCode {
         }
     };
 
-    let plugins = match plugins(&settings, operations) {
+    let plugins = match plugins(&settings, &backend, operations) {
         Ok(plugins) => plugins,
         Err(err) => {
             eprintln!("hookbus: cannot set up the workers: {err}");
@@ -191,6 +199,10 @@ pub async fn run(redis: Option<String>, port: Option<u16>) -> ExitCode {
         println!("  API token  {token}   (Authorization: Bearer …; kept in {DEV_TOKEN_FILE})");
     }
     println!("  health     http://{address}/healthz   metrics http://{address}/metrics");
+    match settings.admin.password() {
+        Some(_) => println!("  admin      http://{address}/admin   (user admin, HOOKBUS_ADMIN__PASSWORD)"),
+        None => println!("  admin      http://{address}/admin   (open from this machine only; set HOOKBUS_ADMIN__PASSWORD to require one)"),
+    }
     match &records {
         Some(path) => println!(
             "  records    {} (branch {}; see them: git --git-dir {} log --stat)",
@@ -208,7 +220,7 @@ pub async fn run(redis: Option<String>, port: Option<u16>) -> ExitCode {
     println!("Ctrl-C stops it cleanly.");
 
     let grace = settings.gateway.grace_period();
-    let served = serve(listener, gateway.router(), shutdown.clone(), grace).await;
+    let served = serve(listener, gateway.dev_mode().router(), shutdown.clone(), grace).await;
     shutdown.trigger();
     for runner in runners {
         let _ = runner.await;

@@ -4,8 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use hookbus_bus::backend::DeadSelector;
-use hookbus_bus::envelope::payload_to_json;
-use hookbus_bus::{Backend, DeadContent, DeadLetter, Envelope, QUEUES};
+use hookbus_bus::{Backend, DeadLetter, Envelope, QUEUES};
 use hookbus_config::{exit_on_error, Settings};
 use hookbus_reconcile::store::{OperationStore, RedisStore};
 use serde_json::{json, Value};
@@ -105,27 +104,14 @@ pub async fn peek(queue: &str, n: usize, dead: bool) -> ExitCode {
     }
 }
 
+/// The decoding the admin page shows too (`Envelope::to_json`).
 pub fn envelope_json(e: &Envelope) -> Value {
-    json!({
-        "id": e.id,
-        "kind": e.kind,
-        "attempts": e.attempts,
-        "enqueued_at": e.enqueued_at,
-        "trace_id": e.trace_id,
-        "key": e.key,
-        "redrives": e.redrives,
-        "payload": payload_to_json(&e.payload),
-    })
+    e.to_json()
 }
 
+/// The decoding the admin page shows too (`DeadLetter::to_json`).
 pub fn dead_json(letter: &DeadLetter) -> Value {
-    let mut value = match &letter.content {
-        DeadContent::Envelope(e) => envelope_json(e),
-        DeadContent::Raw(raw) => json!({ "id": letter.id(), "raw": String::from_utf8_lossy(raw) }),
-    };
-    value["dead_reason"] = json!(letter.reason);
-    value["dead_at"] = json!(letter.dead_at);
-    value
+    letter.to_json()
 }
 
 /// `hookbus ops <resource>`: reconcile's records of one resource.

@@ -123,6 +123,43 @@ pub struct Settings {
     pub git: GitSettings,
     pub reconcile: ReconcileSettings,
     pub notify: NotifySettings,
+    pub admin: AdminSettings,
+}
+
+/// The operator dashboard (`/admin` on the gateway).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// HTTP Basic password of `/admin` (user `admin`). Unset: `/admin` does
+    /// not exist (404), except in `hookbus dev` for requests from loopback.
+    pub password: Secret,
+}
+
+impl AdminSettings {
+    /// Shortest password accepted: the page can retry and delete messages.
+    pub const MIN_PASSWORD_CHARS: usize = 12;
+
+    /// The password, when one is set.
+    pub fn password(&self) -> Option<&Secret> {
+        Some(&self.password).filter(|p| !p.is_empty())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let Some(password) = self.password() else { return Ok(()) };
+        if password.expose().chars().count() < Self::MIN_PASSWORD_CHARS {
+            return Err(ConfigError::invalid(
+                "admin.password (HOOKBUS_ADMIN__PASSWORD)",
+                format!("must be at least {} characters", Self::MIN_PASSWORD_CHARS),
+            ));
+        }
+        if password.expose().trim() != password.expose() {
+            return Err(ConfigError::invalid(
+                "admin.password (HOOKBUS_ADMIN__PASSWORD)",
+                "must not start or end with whitespace",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The notify worker (`hookbus-notify`): subscribers, alerts.
@@ -812,6 +849,7 @@ impl Settings {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.admin.validate()?;
         if self.reconcile.retention_ms < 60_000 {
             return Err(ConfigError::invalid(
                 "reconcile.retention_ms (HOOKBUS_RECONCILE__RETENTION_MS)",
@@ -1094,6 +1132,16 @@ mod tests {
         let s = load(&[("HOOKBUS_API__TOKENS", "424242")]).expect("a numeric token loads");
         assert_eq!(s.api.tokens.iter().next().map(Secret::expose), Some("424242"));
         assert!(!format!("{s:?}").contains("424242"));
+        assert!(s.admin.password().is_none(), "no admin password unless set");
+    }
+
+    #[test]
+    fn admin_password_enables_the_dashboard_and_must_be_long_enough() {
+        let s = load(&[("HOOKBUS_ADMIN__PASSWORD", "correct horse battery")]).expect("loads");
+        assert_eq!(s.admin.password().map(Secret::expose), Some("correct horse battery"));
+        assert!(!format!("{s:?}").contains("horse"), "never printed");
+        let err = load(&[("HOOKBUS_ADMIN__PASSWORD", "short")]).expect_err("too short").to_string();
+        assert!(err.contains("admin.password (HOOKBUS_ADMIN__PASSWORD)") && !err.contains("short\""), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `GET /healthz` (the process answers), `GET /readyz` (Redis answers too)
-//! and `GET /metrics` (Prometheus text, queue depths read at each scrape).
+//! and `GET /metrics` (Prometheus text, queue depths and worker processes'
+//! reports read at each scrape).
 
 use std::sync::Arc;
 
@@ -55,6 +56,22 @@ pub async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
             }
         }
     }
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], gateway.metrics.render())
-        .into_response()
+    let mut text = gateway.metrics.render();
+    let mut reports = Vec::new();
+    for queue in QUEUES {
+        match gateway.bounded(gateway.backend.processes(queue)).await {
+            Ok(found) => reports.extend(found),
+            Err(err) => {
+                tracing::warn!(queue, error = %err, "worker reports unavailable for /metrics");
+                break;
+            }
+        }
+    }
+    if !reports.is_empty() {
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&metrics::worker_series(&reports, hookbus_bus::envelope::now_ms()));
+    }
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }

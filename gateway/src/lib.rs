@@ -10,7 +10,10 @@
 //! - [`operations`]: where that `GET` reads reconcile's operation records
 //!   (a trait; the adapter over reconcile's store is behind the `reconcile`
 //!   feature).
-//! - [`health`]: `/healthz`, `/readyz`, `/metrics`; [`metrics`] the series.
+//! - [`health`]: `/healthz`, `/readyz`, `/metrics`; [`metrics`] the series
+//!   (the gateway's own, and every worker process's from its reports).
+//! - [`admin`]: `/admin`, the operator dashboard and its JSON, behind HTTP
+//!   Basic (or loopback in dev mode) and a same-origin rule for POSTs.
 //! - [`rejection`]: every refusal is a JSON `{"error": ...}` and one log line.
 //!
 //! [`Gateway`] holds what the handlers share and builds the [`axum::Router`];
@@ -18,6 +21,7 @@
 //! The gateway never answers 2xx for something the store has not
 //! acknowledged.
 
+pub mod admin;
 pub mod api;
 pub mod health;
 pub mod intake;
@@ -65,6 +69,8 @@ pub struct Gateway {
     /// Bound on every store call a request waits for; past it, 503.
     timeout: Duration,
     metrics: PrometheusHandle,
+    /// Who may use `/admin`, and its CSRF token.
+    admin: admin::Admin,
 }
 
 impl Gateway {
@@ -98,7 +104,15 @@ impl Gateway {
             max_body: settings.gateway.max_body_bytes,
             timeout: settings.gateway.redis_timeout(),
             metrics: metrics::handle(),
+            admin: admin::Admin::from_settings(settings),
         }
+    }
+
+    /// `hookbus dev`: without `admin.password`, `/admin` is open to
+    /// requests from loopback (and only those); with one, Basic as usual.
+    pub fn dev_mode(mut self) -> Self {
+        self.admin = self.admin.in_dev_mode();
+        self
     }
 
     /// Answers `GET /api/v1/operations/{id}` from `operations` (reconcile's
@@ -110,7 +124,9 @@ impl Gateway {
 
     /// Every route of the gateway.
     pub fn router(self) -> Router {
+        let state = Arc::new(self);
         Router::new()
+            .merge(admin::routes(state.clone()))
             .route("/webhooks/github", post(webhook::receive))
             .route("/api/v1/changes", post(api::submit_change))
             .route("/api/v1/operations/{id}", get(api::operation))
@@ -118,7 +134,7 @@ impl Gateway {
             .route("/readyz", get(health::readyz))
             .route("/metrics", get(health::metrics))
             .route_layer(axum::middleware::from_fn(metrics::track))
-            .with_state(Arc::new(self))
+            .with_state(state)
     }
 
     /// Runs a store call with the gateway's bound: a dead Redis is a quick 503.
@@ -134,7 +150,9 @@ impl Gateway {
 }
 
 /// Serves `router` on `listener` until `shutdown` fires, then stops
-/// accepting and lets in-flight requests finish for at most `grace`.
+/// accepting and lets in-flight requests finish for at most `grace`. Each
+/// request knows its peer address (`ConnectInfo`), which dev mode's admin
+/// rule needs.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -142,7 +160,8 @@ pub async fn serve(
     grace: Duration,
 ) -> Result<(), GatewayError> {
     let signal = shutdown.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move { signal.cancelled().await });
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, service).with_graceful_shutdown(async move { signal.cancelled().await });
     let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
     tokio::select! {
         result = &mut server => return Ok(result?),

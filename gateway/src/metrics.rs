@@ -7,6 +7,11 @@
 //! - `hookbus_queue_depth{queue, state}`: read from the bus at each scrape.
 //! - `hookbus_http_request_duration_seconds{method, route, status}`: a
 //!   histogram of every request's latency.
+//! - `hookbus_worker_*{dyno, queue}`: every worker process's counters as it
+//!   last reported them into Redis (handled, retried, dead-lettered, a
+//!   handler-latency histogram, last seen, up), read at each scrape
+//!   ([`worker_series`]), so one scrape of the `web` dyno covers the fleet —
+//!   including processes that died, until their report is 24 h old.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -61,6 +66,59 @@ pub fn webhook(event: &str, result: &'static str) {
 /// Sets one queue-depth gauge.
 pub fn queue_depth(queue: &'static str, state: &'static str, value: u64) {
     metrics::gauge!(QUEUE_DEPTH, "queue" => queue, "state" => state).set(value as f64);
+}
+
+/// The worker processes' series, in Prometheus text format.
+pub fn worker_series(reports: &[hookbus_bus::ProcessReport], now_ms: i64) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let labels = |r: &hookbus_bus::ProcessReport| {
+        format!("dyno=\"{}\",queue=\"{}\"", label_value(&r.process), label_value(&r.queue))
+    };
+    type Count = fn(&hookbus_bus::ProcessReport) -> u64;
+    let counters: [(&str, &str, Count); 3] = [
+        ("hookbus_worker_handled_total", "Messages a worker process handled successfully.", |r| r.handled),
+        ("hookbus_worker_retried_total", "Messages a worker process failed and scheduled for a retry.", |r| r.retried),
+        ("hookbus_worker_dead_lettered_total", "Messages a worker process dead-lettered.", |r| r.dead),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for r in reports {
+            let _ = writeln!(out, "{name}{{{}}} {}", labels(r), value(r));
+        }
+    }
+    let name = "hookbus_worker_handler_seconds";
+    let _ = writeln!(out, "# HELP {name} Handler run time per message, per worker process.\n# TYPE {name} histogram");
+    for r in reports {
+        let mut cumulative = 0;
+        for (i, bound) in hookbus_bus::backend::LATENCY_BOUNDS_MICROS.iter().enumerate() {
+            cumulative += r.latency_buckets.get(i).copied().unwrap_or(0);
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(out, "{name}_bucket{{{},le=\"{le}\"}} {cumulative}", labels(r));
+        }
+        let _ = writeln!(out, "{name}_bucket{{{},le=\"+Inf\"}} {}", labels(r), r.latency_count);
+        let _ = writeln!(out, "{name}_sum{{{}}} {}", labels(r), r.latency_sum_micros as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count{{{}}} {}", labels(r), r.latency_count);
+    }
+    let name = "hookbus_worker_last_seen_seconds";
+    let _ = writeln!(out, "# HELP {name} When a worker process last reported (Unix time).\n# TYPE {name} gauge");
+    for r in reports {
+        let _ = writeln!(out, "{name}{{{}}} {}", labels(r), r.last_seen as f64 / 1e3);
+    }
+    let name = "hookbus_worker_up";
+    let _ = writeln!(
+        out,
+        "# HELP {name} 1 while a worker process reports, 0 once it stopped or went silent.\n# TYPE {name} gauge"
+    );
+    for r in reports {
+        let _ = writeln!(out, "{name}{{{}}} {}", labels(r), u8::from(r.alive(now_ms)));
+    }
+    out
+}
+
+/// A label value with Prometheus's escapes.
+fn label_value(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Middleware: times every request under its route pattern (never the raw

@@ -17,6 +17,18 @@ pub trait OperationLookup: Send + Sync + 'static {
     /// the store has none. `Err` means the store could not answer (503); the
     /// message says what failed.
     async fn operation(&self, id: &str) -> Result<Option<serde_json::Value>, String>;
+
+    /// Every record of one resource (its audit trail), newest first. The
+    /// admin page's search; a lookup that cannot list answers none.
+    async fn of_resource(&self, _key: &str) -> Result<Vec<serde_json::Value>, String> {
+        Ok(Vec::new())
+    }
+
+    /// The records one webhook delivery (`X-GitHub-Delivery`) caused, newest
+    /// first.
+    async fn of_delivery(&self, _delivery: &str) -> Result<Vec<serde_json::Value>, String> {
+        Ok(Vec::new())
+    }
 }
 
 #[cfg(feature = "reconcile")]
@@ -55,5 +67,28 @@ mod reconciled {
                 .transpose()
                 .map_err(|err| format!("cannot encode the record of operation {id}: {err}"))
         }
+
+        async fn of_resource(&self, key: &str) -> Result<Vec<serde_json::Value>, String> {
+            let records =
+                self.0.operations(key).await.map_err(|err| format!("cannot read operation records: {err}"))?;
+            to_values(&records)
+        }
+
+        async fn of_delivery(&self, delivery: &str) -> Result<Vec<serde_json::Value>, String> {
+            let records = self
+                .0
+                .operations_of_delivery(delivery)
+                .await
+                .map_err(|err| format!("cannot read operation records: {err}"))?;
+            to_values(&records)
+        }
+    }
+
+    fn to_values(records: &[hookbus_reconcile::book::OperationRecord]) -> Result<Vec<serde_json::Value>, String> {
+        records
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()
+            .map_err(|err| format!("cannot encode operation records: {err}"))
     }
 }

@@ -3,8 +3,10 @@
 //! their server, and never touch one somebody else started.
 
 pub mod bench;
+mod browser;
 mod cluster;
 
+pub use browser::{ChromeDriver, BROWSER_HINT};
 pub use cluster::RedisCluster;
 
 use std::net::TcpListener;

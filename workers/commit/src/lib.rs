@@ -13,7 +13,10 @@
 //! - [`error`]: what failed, and whether a retry can help.
 //!
 //! [`CommitPlugin`] is the plugin; the `hookbus-commit` binary runs it over
-//! Redis, `hookbus dev` over the in-memory bus. Invariant: an operation's
+//! Redis, `hookbus dev` over the in-memory bus. Each pushed commit is also
+//! recorded (sha, resource, author, subject, time) in the bus's `commits`
+//! journal ([`CommitPlugin::with_journal`]) for the admin page, since the
+//! gateway has no clone. Invariant: an operation's
 //! outcome is emitted only once its commit is on the remote, and the trailer
 //! makes a redelivered operation find its commit instead of making another.
 //! Each running worker needs its own workdir; any number may push to one
@@ -30,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hookbus_bus::{Envelope, HandlerError, Outbox, Plugin};
+use hookbus_bus::{Envelope, HandlerError, Journal, Outbox, Plugin};
 use hookbus_config::{GitMode, Settings};
 
 pub use contents::{ContentsApi, ContentsTarget};
@@ -50,6 +53,10 @@ pub const INPUT: &str = "commit";
 pub const RECONCILE: &str = "reconcile";
 /// Where synced records go.
 pub const NOTIFY: &str = "notify";
+/// The journal pushed commits are recorded in (the admin page reads it).
+pub const COMMITS_JOURNAL: &str = "commits";
+/// Commits kept in that journal.
+pub const COMMITS_KEPT: usize = 200;
 
 /// How pushes are batched.
 #[derive(Debug, Clone, Copy)]
@@ -64,18 +71,51 @@ pub struct PushBatching {
 pub struct CommitPlugin {
     git: Option<(Arc<Mutex<Workdir>>, Arc<PushGroup>)>,
     contents: Option<ContentsApi>,
+    /// Where pushed commits are recorded for people, if anywhere.
+    journal: Option<Journal>,
 }
 
 impl CommitPlugin {
     pub fn new(target: GitTarget, batching: PushBatching) -> Result<Self, CommitError> {
         let workdir = Arc::new(Mutex::new(Workdir::open(target)?));
         let group = PushGroup::new(Arc::clone(&workdir), batching.window, batching.max.max(1));
-        Ok(CommitPlugin { git: Some((workdir, group)), contents: None })
+        Ok(CommitPlugin { git: Some((workdir, group)), contents: None, journal: None })
     }
 
     /// Contents-API mode: one GitHub contents-API request per record.
     pub fn contents_api(target: ContentsTarget) -> Result<Self, CommitError> {
-        Ok(CommitPlugin { git: None, contents: Some(ContentsApi::new(target)?) })
+        Ok(CommitPlugin { git: None, contents: Some(ContentsApi::new(target)?), journal: None })
+    }
+
+    /// Records every pushed commit in `journal` (see [`COMMITS_JOURNAL`]).
+    pub fn with_journal(mut self, journal: Journal) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Adds one pushed commit to the journal. The commit is on the remote
+    /// already; a journal that cannot be written only leaves the admin
+    /// page's list short, so it is logged, not retried.
+    async fn record_commit(&self, op: &ApplyPayload, synced: &Synced) {
+        let (Some(journal), Some(sha)) = (&self.journal, &synced.commit) else { return };
+        let content: Option<serde_json::Value> = synced.content.as_deref().and_then(|b| serde_json::from_slice(b).ok());
+        let message = record_file::message(op, content.as_ref());
+        let (author, author_email) = record_file::author(op);
+        let entry = serde_json::json!({
+            "sha": sha,
+            "resource": op.key,
+            "path": synced.path,
+            "operation": op.operation,
+            "delivery": op.delivery,
+            "author": author,
+            "author_email": author_email,
+            "login": op.actor.login,
+            "message": message.lines().next().unwrap_or_default(),
+            "at": hookbus_bus::envelope::now_ms(),
+        });
+        if let Err(err) = journal.append(&entry).await {
+            tracing::warn!(operation = %op.operation, commit = %sha, error = %err, "cannot record the commit for the admin page");
+        }
     }
 
     /// The plugin the settings describe (`git.*`, `github.token`).
@@ -142,6 +182,7 @@ impl CommitPlugin {
             commit = result.commit.as_deref().unwrap_or("none"),
             "operation synced"
         );
+        self.record_commit(&op, &result).await;
         emit(&op, &result, out).map_err(HandlerError::from)
     }
 

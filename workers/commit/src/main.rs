@@ -4,16 +4,18 @@
 
 use std::process::ExitCode;
 
-use hookbus_bus::{run_worker, SetupError};
-use hookbus_commit::CommitPlugin;
+use hookbus_bus::{run_worker_with, Journal, SetupError};
+use hookbus_commit::{CommitPlugin, COMMITS_JOURNAL, COMMITS_KEPT};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    run_worker("hookbus-commit", |settings| {
-        CommitPlugin::from_settings(settings).map_err(|err| match err.is_permanent() {
+    run_worker_with("hookbus-commit", |settings, backend| {
+        let plugin = CommitPlugin::from_settings(settings).map_err(|err| match err.is_permanent() {
             true => SetupError::Unusable(err.to_string()),
             false => SetupError::failed(err),
-        })
+        })?;
+        // Pushed commits, for the admin page (the gateway has no clone).
+        Ok(plugin.with_journal(Journal::new(backend.clone(), COMMITS_JOURNAL, COMMITS_KEPT)))
     })
     .await
 }

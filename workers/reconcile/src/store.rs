@@ -39,6 +39,9 @@ pub trait OperationStore: Send + Sync + 'static {
     async fn operation(&self, id: &str) -> Result<Option<OperationRecord>, StoreError>;
     /// The operations of one resource still within the retention, newest first.
     async fn operations(&self, key: &str) -> Result<Vec<OperationRecord>, StoreError>;
+    /// The operations one webhook delivery (`X-GitHub-Delivery`) caused,
+    /// still within the retention, newest first.
+    async fn operations_of_delivery(&self, delivery: &str) -> Result<Vec<OperationRecord>, StoreError>;
 }
 
 /// In one process.
@@ -83,6 +86,13 @@ impl OperationStore for MemoryStore {
         found.sort_by(|a, b| b.arrived_at.cmp(&a.arrived_at).then_with(|| b.id.cmp(&a.id)));
         Ok(found)
     }
+
+    async fn operations_of_delivery(&self, delivery: &str) -> Result<Vec<OperationRecord>, StoreError> {
+        let mut found: Vec<OperationRecord> =
+            lock(&self.records).values().filter(|r| r.delivery.as_deref() == Some(delivery)).cloned().collect();
+        found.sort_by(|a, b| b.arrived_at.cmp(&a.arrived_at).then_with(|| b.id.cmp(&a.id)));
+        Ok(found)
+    }
 }
 
 /// In Redis, shared by every reconcile process (and read by the gateway).
@@ -124,6 +134,37 @@ impl RedisStore {
         format!("{}:op:{id}", self.prefix)
     }
 
+    /// `<prefix>:ops-of-delivery:<delivery>`: the operations one webhook
+    /// delivery caused (a set), so the admin page finds them by delivery id.
+    fn delivery_index(&self, delivery: &str) -> String {
+        format!("{}:ops-of-delivery:{delivery}", self.prefix)
+    }
+
+    /// Like the by-id index, written before the records (another slot, one
+    /// key per delivery): a saved record is always findable by its delivery.
+    async fn index_deliveries(&self, records: &[OperationRecord], retention_ms: u64) -> Result<(), StoreError> {
+        let mut deliveries: Vec<(&str, &str)> =
+            records.iter().filter_map(|r| r.delivery.as_deref().map(|d| (d, r.id.as_str()))).collect();
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        deliveries.sort_unstable();
+        deliveries.dedup();
+        let mut conn = self.conn().await?;
+        for (delivery, id) in deliveries {
+            // Both commands on one key: one slot, on a cluster too.
+            let key = self.delivery_index(delivery);
+            let () = redis::pipe()
+                .sadd(&key, id)
+                .ignore()
+                .pexpire(&key, retention_ms as i64)
+                .ignore()
+                .query_async(&mut conn)
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn conn(&self) -> Result<PooledConnection, StoreError> {
         self.pool.get().await.map_err(|e| StoreError::Pool(e.to_string()))
     }
@@ -149,6 +190,7 @@ impl OperationStore for RedisStore {
     async fn save(&self, key: &str, book: &Book, records: &[OperationRecord]) -> Result<bool, StoreError> {
         let base = self.base(key);
         let retention_ms = self.retention.as_millis() as u64;
+        self.index_deliveries(records, retention_ms).await?;
         let mut conn = self.conn().await?;
         // The by-id index lives outside the resource's slot (one key per
         // operation id, so each in a slot of its own on a cluster): written
@@ -207,5 +249,20 @@ impl OperationStore for RedisStore {
         let keys: Vec<String> = ids.iter().map(|id| format!("{base}:op:{id}")).collect();
         let jsons: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
         Ok(jsons.into_iter().flatten().filter_map(|j| serde_json::from_str(&j).ok()).collect())
+    }
+
+    async fn operations_of_delivery(&self, delivery: &str) -> Result<Vec<OperationRecord>, StoreError> {
+        let ids: Vec<String> = {
+            let mut conn = self.conn().await?;
+            conn.smembers(self.delivery_index(delivery)).await?
+        };
+        let mut found = Vec::new();
+        for id in ids.iter().take(500) {
+            if let Some(record) = self.operation(id).await? {
+                found.push(record);
+            }
+        }
+        found.sort_by(|a, b| b.arrived_at.cmp(&a.arrived_at).then_with(|| b.id.cmp(&a.id)));
+        Ok(found)
     }
 }
