@@ -17,36 +17,34 @@ const BUS_PORT_OFFSET: u16 = 10_000;
 /// A Redis Cluster owned by one test.
 pub struct RedisCluster {
     ports: Vec<u16>,
-    children: Vec<Child>,
-    _dir: tempfile::TempDir,
+    /// One per port, in the same order; `None` while a node is down.
+    children: Vec<Option<Child>>,
+    dir: tempfile::TempDir,
+    /// AOF with `appendfsync always`: a restarted node keeps every
+    /// acknowledged write (and its slots, from its nodes file).
+    durable: bool,
 }
 
 impl RedisCluster {
     /// Starts three masters, creates the cluster over them (no replicas) and
     /// returns once every node reports `cluster_state:ok`.
     pub fn start() -> RedisCluster {
+        Self::start_with(false)
+    }
+
+    /// Starts one whose masters keep an AOF (`appendfsync always`), so
+    /// [`RedisCluster::restart_node`] loses nothing that was acknowledged.
+    pub fn start_durable() -> RedisCluster {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> RedisCluster {
         let dir = tempfile::tempdir().expect("temp dir for the cluster");
         let ports = cluster_ports(MASTERS);
-        let mut cluster = RedisCluster { ports: ports.clone(), children: Vec::new(), _dir: dir };
+        let mut cluster = RedisCluster { ports: ports.clone(), children: Vec::new(), dir, durable };
         for &port in &ports {
-            let node_dir = cluster._dir.path().join(port.to_string());
-            std::fs::create_dir_all(&node_dir).expect("node dir");
-            let spawned = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--protected-mode", "no"])
-                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
-                .arg("--cluster-config-file")
-                .arg(node_dir.join(format!("nodes-{port}.conf")))
-                .arg("--dir")
-                .arg(&node_dir)
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            match spawned {
-                Ok(child) => cluster.children.push(child),
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL_HINT}"),
-                Err(err) => panic!("cannot start redis-server: {err}"),
-            }
+            let child = cluster.spawn_node(port);
+            cluster.children.push(Some(child));
         }
         for &port in &ports {
             cluster.wait_for(port, "to answer PING", |conn| redis::cmd("PING").query::<String>(conn).is_ok());
@@ -72,13 +70,67 @@ impl RedisCluster {
             String::from_utf8_lossy(&created.stdout),
             String::from_utf8_lossy(&created.stderr)
         );
-        for &port in &ports {
-            cluster.wait_for(port, "to report cluster_state:ok", |conn| {
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    fn spawn_node(&self, port: u16) -> Child {
+        let node_dir = self.dir.path().join(port.to_string());
+        std::fs::create_dir_all(&node_dir).expect("node dir");
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--protected-mode", "no"])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
+            .arg("--cluster-config-file")
+            .arg(node_dir.join(format!("nodes-{port}.conf")))
+            .arg("--dir")
+            .arg(&node_dir)
+            .args(["--save", ""])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if self.durable {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        match cmd.spawn() {
+            Ok(child) => child,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL_HINT}"),
+            Err(err) => panic!("cannot start redis-server: {err}"),
+        }
+    }
+
+    /// Waits until every node reports `cluster_state:ok` and knows the
+    /// others.
+    pub fn wait_until_ok(&self) {
+        for &port in &self.ports {
+            self.wait_for(port, "to report cluster_state:ok", |conn| {
                 let info: String = redis::cmd("CLUSTER").arg("INFO").query(conn).unwrap_or_default();
-                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+                info.contains("cluster_state:ok") && info.contains(&format!("cluster_known_nodes:{MASTERS}"))
             });
         }
-        cluster
+    }
+
+    /// SIGKILLs the master on `port` (no chance to save) and waits for it
+    /// to die; its slots are unserved until [`RedisCluster::start_node`].
+    pub fn kill_node(&mut self, port: u16) {
+        let index = self.index_of(port);
+        if let Some(mut child) = self.children[index].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the master on `port` again with its nodes file (same id, same
+    /// slots) and, when durable, its AOF; returns once the cluster is ok.
+    pub fn start_node(&mut self, port: u16) {
+        let index = self.index_of(port);
+        assert!(self.children[index].is_none(), "node {port} is running");
+        self.children[index] = Some(self.spawn_node(port));
+        self.wait_until_ok();
+    }
+
+    fn index_of(&self, port: u16) -> usize {
+        self.ports.iter().position(|&p| p == port).unwrap_or_else(|| panic!("no node on port {port}"))
     }
 
     /// One cluster shared by the tests of this process that run at the same
@@ -159,7 +211,7 @@ impl RedisCluster {
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        for child in &mut self.children {
+        for child in self.children.iter_mut().flatten() {
             let _ = child.kill();
             let _ = child.wait();
         }

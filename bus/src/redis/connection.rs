@@ -86,9 +86,13 @@ impl RedisTarget {
     }
 
     fn cluster_client(&self, timeout: Duration) -> Result<ClusterClient, redis::RedisError> {
+        // The overall bound covers the client's own retries (a node that
+        // is down, MOVED/ASK while slots move), so a call never outlasts
+        // `timeout` and the caller's retry policy decides what happens next.
         ClusterClient::builder(self.nodes.iter().map(String::as_str))
             .connection_timeout(timeout)
             .response_timeout(timeout)
+            .overall_response_timeout(Some(timeout))
             .build()
     }
 }
