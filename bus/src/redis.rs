@@ -246,6 +246,49 @@ struct SettleItem {
     score: i64,
 }
 
+/// Reads of a queue's depths before giving up when its consumers or
+/// ordering keys change between every two calls (each retry declares what
+/// the previous call found, so one quiet moment is enough).
+const DEPTHS_ATTEMPTS: usize = 20;
+
+/// What `depths.lua` answered.
+enum DepthsReply {
+    Counts(QueueDepths),
+    /// The declared lists were out of date; these are the current ones.
+    Stale {
+        consumers: Vec<String>,
+        ordering: Vec<String>,
+    },
+}
+
+fn depths_reply(reply: Vec<redis::Value>) -> Result<DepthsReply, BusError> {
+    let bad = || BusError::Protocol(format!("depths.lua answered {} values of the wrong shape", reply.len()));
+    let int = |value: &redis::Value| redis::from_redis_value_ref::<u64>(value).map_err(|_| bad());
+    match reply.first().map(int).transpose()? {
+        Some(1) if reply.len() == 7 => Ok(DepthsReply::Counts(QueueDepths {
+            pending: int(&reply[1])?,
+            in_flight: int(&reply[2])?,
+            delayed: int(&reply[3])?,
+            held: int(&reply[4])?,
+            dead: int(&reply[5])?,
+            consumers: int(&reply[6])?,
+        })),
+        Some(0) if reply.len() >= 2 => {
+            let n = usize::try_from(int(&reply[1])?).map_err(|_| bad())?;
+            let names: Vec<String> = reply[2..]
+                .iter()
+                .map(|value| redis::from_redis_value_ref::<String>(value).map_err(|_| bad()))
+                .collect::<Result<_, _>>()?;
+            if n > names.len() {
+                return Err(bad());
+            }
+            let (consumers, ordering) = names.split_at(n);
+            Ok(DepthsReply::Stale { consumers: consumers.to_vec(), ordering: ordering.to_vec() })
+        }
+        _ => Err(bad()),
+    }
+}
+
 async fn timed<T>(fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, BusError> {
     match tokio::time::timeout(CALL_TIMEOUT, fut).await {
         Ok(result) => result.map_err(BusError::from),
@@ -426,19 +469,34 @@ impl Backend for RedisBackend {
     async fn depths(&self, queue: &str) -> Result<QueueDepths, BusError> {
         let keys = self.keys(queue);
         let mut conn = self.conn().await?;
-        let (pending, in_flight, delayed, held, dead, consumers) = timed(
-            self.scripts
-                .depths
-                .key(keys.pending())
-                .key(keys.delayed())
-                .key(keys.dead())
-                .key(keys.consumers())
-                .key(keys.keys())
-                .arg(&keys.base)
-                .invoke_async(&mut conn),
-        )
-        .await?;
-        Ok(QueueDepths { pending, in_flight, delayed, held, dead, consumers })
+        // The script must be told which in-flight hashes and held lists to
+        // count (every key a script touches is declared, as Redis Cluster
+        // requires); it checks the lists and, when consumers or ordering
+        // keys changed since, answers with the current ones to ask again.
+        let (mut consumers, mut ordering): (Vec<String>, Vec<String>) =
+            timed(redis::pipe().zrange(keys.consumers(), 0, -1).hkeys(keys.keys()).query_async(&mut conn)).await?;
+        for _ in 0..DEPTHS_ATTEMPTS {
+            let mut call = self.scripts.depths.prepare_invoke();
+            call.key(keys.pending()).key(keys.delayed()).key(keys.dead()).key(keys.consumers()).key(keys.keys());
+            call.arg(consumers.len());
+            for consumer in &consumers {
+                call.key(keys.in_flight(consumer)).arg(consumer);
+            }
+            for key in &ordering {
+                call.key(keys.held(key)).arg(key);
+            }
+            let reply: Vec<redis::Value> = timed(call.invoke_async(&mut conn)).await?;
+            match depths_reply(reply)? {
+                DepthsReply::Counts(depths) => return Ok(depths),
+                DepthsReply::Stale { consumers: now, ordering: keys_now } => {
+                    consumers = now;
+                    ordering = keys_now;
+                }
+            }
+        }
+        Err(BusError::Protocol(format!(
+            "the consumers and ordering keys of {queue} changed on each of {DEPTHS_ATTEMPTS} reads; try again"
+        )))
     }
 
     async fn peek(&self, queue: &str, n: usize) -> Result<Vec<Result<Envelope, Bytes>>, BusError> {

@@ -61,6 +61,7 @@ macro_rules! both_backends {
 
 both_backends!(
     fetch_is_fifo_in_batches,
+    depths_count_every_consumer_and_every_held_key,
     ack_removes_the_message_for_good,
     a_repeated_fetch_returns_the_same_leases,
     same_key_runs_one_at_a_time_in_enqueue_order,
@@ -118,6 +119,21 @@ async fn fetch_is_fifo_in_batches(f: Fixture) {
     assert_eq!(fetch_ns(b, &c, 3, 4).await, Vec::<u32>::new());
     let depths = b.depths("q").await.expect("depths");
     assert_eq!((depths.pending, depths.in_flight), (0, 6));
+}
+
+async fn depths_count_every_consumer_and_every_held_key(f: Fixture) {
+    let b = &*f.backend;
+    let messages = [keyed(1, "a"), keyed(2, "a"), keyed(3, "a"), keyed(4, "b"), keyed(5, "b"), msg(6), msg(7)];
+    b.push("q", &messages).await.expect("push");
+    let (one, two) = (consumer("q"), consumer("q"));
+    assert_eq!(fetch_ns(b, &one, 1, 2).await, vec![1, 4]);
+    assert_eq!(fetch_ns(b, &two, 1, 1).await, vec![6]);
+    let depths = b.depths("q").await.expect("depths");
+    assert_eq!(
+        (depths.pending, depths.in_flight, depths.held, depths.consumers),
+        (1, 3, 3, 2),
+        "7 and, behind 1 and 4, 2, 3 and 5: {depths:?}"
+    );
 }
 
 async fn ack_removes_the_message_for_good(f: Fixture) {

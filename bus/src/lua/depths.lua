@@ -5,22 +5,60 @@
 -- KEYS[3]  <prefix>:{<q>}:dead
 -- KEYS[4]  <prefix>:{<q>}:consumers
 -- KEYS[5]  <prefix>:{<q>}:keys
--- ARGV[1]  the queue's key base, <prefix>:{<q>}
--- Returns  {pending, in_flight, delayed, held, dead, consumers}
+-- KEYS[5+i]    <prefix>:{<q>}:inflight:<consumer i>   (i = 1..c)
+-- KEYS[5+c+j]  <prefix>:{<q>}:held:<ordering key j>
+-- ARGV[1]  c, the number of consumers the caller declared
+-- ARGV[2..1+c]  those consumers; ARGV[2+c..] those ordering keys
+-- Returns  {1, pending, in_flight, delayed, held, dead, consumers}, or
+--          {0, n, consumer 1..n, ordering key ...}: the declared consumers or
+--          keys are not the current ones; call again declaring these.
 --
--- The in-flight and held keys are derived from the consumers and keys sets;
--- they share the queue's hash tag, so they live in the same cluster slot.
+-- Every key read is declared (Redis Cluster routes and checks by KEYS), so
+-- the in-flight hashes and held lists to count are named by the caller and
+-- checked here against `consumers` and `keys`: a message is only ever in
+-- the in-flight hash of a listed consumer or the held list of a held key.
 -- Read-only, so a snapshot never shows a message in two places or none.
-local in_flight = 0
+local c = tonumber(ARGV[1])
 local consumers = redis.call('ZRANGE', KEYS[4], 0, -1)
-for _, c in ipairs(consumers) do
-  in_flight = in_flight + redis.call('HLEN', ARGV[1] .. ':inflight:' .. c)
+local ordering = redis.call('HKEYS', KEYS[5])
+
+local function declared(current, first, count)
+  if #current ~= count then
+    return false
+  end
+  local named = {}
+  for i = first, first + count - 1 do
+    named[ARGV[i]] = true
+  end
+  for _, name in ipairs(current) do
+    if not named[name] then
+      return false
+    end
+  end
+  return true
+end
+
+if not (declared(consumers, 2, c) and declared(ordering, 2 + c, #ARGV - 1 - c)) then
+  local out = { 0, #consumers }
+  for _, name in ipairs(consumers) do
+    out[#out + 1] = name
+  end
+  for _, key in ipairs(ordering) do
+    out[#out + 1] = key
+  end
+  return out
+end
+
+local in_flight = 0
+for i = 1, c do
+  in_flight = in_flight + redis.call('HLEN', KEYS[5 + i])
 end
 local held = 0
-for _, k in ipairs(redis.call('HKEYS', KEYS[5])) do
-  held = held + redis.call('LLEN', ARGV[1] .. ':held:' .. k)
+for j = 1, #ordering do
+  held = held + redis.call('LLEN', KEYS[5 + c + j])
 end
 return {
+  1,
   redis.call('LLEN', KEYS[1]),
   in_flight,
   redis.call('ZCARD', KEYS[2]),
