@@ -479,8 +479,15 @@ async fn handle(
     let (settlement, outputs) = match result {
         Ok(()) => {
             stats.handled.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("handled");
-            (Settlement::Ack, outbox.into_messages())
+            let outputs = outbox.into_messages();
+            // One line per message per stage, inside the span (trace_id):
+            // what lets one webhook be followed across dynos.
+            tracing::info!(
+                elapsed_ms = ended.duration_since(started).as_millis() as u64,
+                outputs = outputs.len(),
+                "handled"
+            );
+            (Settlement::Ack, outputs)
         }
         Err(err) => {
             let settlement = failure(queue, envelope, err);
@@ -699,10 +706,16 @@ async fn heartbeat(
             match backend.sweep_dead(&consumer.queue, interval, options.dead_max_redrives).await {
                 Ok(report) if report.ran => {
                     if report.redriven > 0 {
+                        // Each re-driven message logs its own lines (with its
+                        // trace_id) when it is handled again.
                         tracing::info!(queue = %consumer.queue, redriven = report.redriven, "dead letters re-driven");
                     }
                     for letter in &report.given_up {
-                        tracing::error!(queue = %consumer.queue, id = %letter.id(), reason = %letter.reason,
+                        let trace_id = match &letter.content {
+                            DeadContent::Envelope(envelope) => envelope.trace_id.as_str(),
+                            DeadContent::Raw(_) => "",
+                        };
+                        tracing::error!(queue = %consumer.queue, id = %letter.id(), trace_id, reason = %letter.reason,
                             "dead letter re-driven {} times; it stays dead", options.dead_max_redrives);
                     }
                     let notices: Vec<Envelope> = match &options.alert_queue {

@@ -507,6 +507,19 @@ async fn dead_action(gateway: Arc<Gateway>, queue: String, body: Body, retry: bo
         DeadSelector::All => "all".to_string(),
         DeadSelector::Id(id) => id.clone(),
     };
+    // The trace ids of what is acted on, so the log line about each message
+    // carries its trace_id like every other.
+    let traces: Vec<String> = match gateway.bounded(gateway.backend.dead_list(queue, 1_000)).await {
+        Ok(letters) => letters
+            .iter()
+            .filter(|letter| selector.matches(letter))
+            .filter_map(|letter| match &letter.content {
+                hookbus_bus::DeadContent::Envelope(envelope) => Some(envelope.trace_id.clone()),
+                hookbus_bus::DeadContent::Raw(_) => None,
+            })
+            .collect(),
+        Err(err) => return unavailable("dead letters", err),
+    };
     let done = if retry {
         gateway.bounded(gateway.backend.dead_retry(queue, &selector)).await
     } else {
@@ -515,7 +528,13 @@ async fn dead_action(gateway: Arc<Gateway>, queue: String, body: Body, retry: bo
     match done {
         Ok(count) => {
             let action = if retry { "retried" } else { "deleted" };
-            tracing::info!(queue, dead_letter = %which, count, "admin: dead letters {action}");
+            match traces.as_slice() {
+                [trace_id] => {
+                    tracing::info!(queue, dead_letter = %which, %trace_id, count, "admin: dead letter {action}")
+                }
+                _ => tracing::info!(queue, dead_letter = %which, trace_ids = %traces.join(","), count,
+                    "admin: dead letters {action}"),
+            }
             Json(json!({ "queue": queue, action: count })).into_response()
         }
         Err(err) => unavailable("dead letters", err),
