@@ -57,6 +57,9 @@ pub const NOTIFY: &str = "notify";
 pub const COMMITS_JOURNAL: &str = "commits";
 /// Commits kept in that journal.
 pub const COMMITS_KEPT: usize = 200;
+/// How many of the newest journal entries are checked so that a commit
+/// found again on redelivery is not recorded twice.
+const JOURNAL_DEDUPE_WINDOW: usize = 50;
 
 /// How pushes are batched.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +101,14 @@ impl CommitPlugin {
     /// page's list short, so it is logged, not retried.
     async fn record_commit(&self, op: &ApplyPayload, synced: &Synced) {
         let (Some(journal), Some(sha)) = (&self.journal, &synced.commit) else { return };
+        // A redelivered operation finds its commit again (by its trailer):
+        // recorded once. (A crash after the push but before this line is
+        // healed by that same redelivery.)
+        if let Ok(recent) = journal.recent(JOURNAL_DEDUPE_WINDOW).await {
+            if recent.iter().any(|entry| entry["sha"].as_str() == Some(sha.as_str())) {
+                return;
+            }
+        }
         let content: Option<serde_json::Value> = synced.content.as_deref().and_then(|b| serde_json::from_slice(b).ok());
         let message = record_file::message(op, content.as_ref());
         let (author, author_email) = record_file::author(op);

@@ -49,6 +49,29 @@ async fn inbound_upsert_commits_the_record_file_authored_by_the_actor() {
 }
 
 #[tokio::test]
+async fn each_pushed_commit_is_recorded_in_the_commits_journal_once() {
+    let remote = BareRemote::new();
+    let wd = workdir();
+    let backend: Arc<dyn hookbus_bus::Backend> = Arc::new(hookbus_bus::MemoryBackend::new());
+    let journal = hookbus_bus::Journal::new(backend.clone(), hookbus_commit::COMMITS_JOURNAL, 10);
+    let plugin = plugin(&remote, &wd).with_journal(journal.clone());
+    let op = issue_op("gh-7", 7, "Journal me");
+    handle(&plugin, &op).await.expect("handled");
+    // Unchanged on redelivery: no commit, nothing recorded.
+    handle(&plugin, &op).await.expect("handled again");
+
+    let recorded = journal.recent(10).await.expect("journal");
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let entry = &recorded[0];
+    let commit = &remote.log()[0];
+    assert_eq!(entry["sha"], commit.sha.as_str());
+    assert_eq!(entry["resource"], "github:octo/repo:issue:7");
+    assert_eq!(entry["operation"], "gh-7");
+    assert_eq!(entry["author"], "octocat");
+    assert_eq!(entry["message"], "issues.edited octo/repo#7: Journal me");
+}
+
+#[tokio::test]
 async fn actor_email_and_name_are_used_when_known() {
     let remote = BareRemote::new();
     let wd = workdir();

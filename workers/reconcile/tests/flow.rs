@@ -345,6 +345,11 @@ async fn memory_and_redis_stores_keep_the_same_records() {
         let mut states = states;
         states.sort();
         seen.push(states);
+        // Found by the delivery that caused it too (the admin page's search).
+        let by_delivery: Vec<String> =
+            store.operations_of_delivery("d-m2").await.expect("by delivery").iter().map(|r| r.id.clone()).collect();
+        assert_eq!(by_delivery, ["m2"]);
+        assert!(store.operations_of_delivery("d-unknown").await.expect("none").is_empty());
     }
     assert_eq!(seen[0], seen[1]);
     assert_eq!(seen[0], vec![("m1".to_string(), "processing"), ("m2".to_string(), "dropped")]);
