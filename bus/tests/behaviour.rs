@@ -62,6 +62,7 @@ macro_rules! both_backends {
 both_backends!(
     fetch_is_fifo_in_batches,
     depths_count_every_consumer_and_every_held_key,
+    depths_stay_readable_while_consumers_and_keys_change,
     ack_removes_the_message_for_good,
     a_repeated_fetch_returns_the_same_leases,
     same_key_runs_one_at_a_time_in_enqueue_order,
@@ -134,6 +135,34 @@ async fn depths_count_every_consumer_and_every_held_key(f: Fixture) {
         (1, 3, 3, 2),
         "7 and, behind 1 and 4, 2, 3 and 5: {depths:?}"
     );
+}
+
+async fn depths_stay_readable_while_consumers_and_keys_change(f: Fixture) {
+    // New consumers and ordering keys come and go between the moment the
+    // Redis backend lists them and the moment it counts: it must ask again,
+    // not fail or miscount.
+    let backend = f.backend.clone();
+    let churn = tokio::spawn(async move {
+        for round in 0..60u32 {
+            let c = consumer("q");
+            let key = format!("k{round}");
+            backend.push("q", &[keyed(round, &key), keyed(round + 1000, &key)]).await.expect("push");
+            let got = backend.fetch(&c, 1, 10).await.expect("fetch");
+            let acks: Vec<_> = got.iter().map(|d| (d.lease.clone(), Settlement::Ack)).collect();
+            backend.settle(&c, &acks).await.expect("settle");
+            backend.deregister(&c).await.expect("deregister");
+        }
+    });
+    while !churn.is_finished() {
+        let depths = f.backend.depths("q").await.expect("depths while things change");
+        assert!(depths.in_flight <= 4 && depths.held <= 2, "{depths:?}");
+    }
+    churn.await.expect("churn");
+    // Each round's second message waited behind the first and was released
+    // to pending by its ack (the next round's fetch took it); the last one
+    // is still there. Nothing is in flight or held, no consumer is left.
+    let depths = f.backend.depths("q").await.expect("depths");
+    assert_eq!((depths.pending, depths.in_flight, depths.held, depths.consumers), (1, 0, 0, 0), "{depths:?}");
 }
 
 async fn ack_removes_the_message_for_good(f: Fixture) {
