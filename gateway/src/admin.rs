@@ -56,7 +56,7 @@ pub const COMMITS_JOURNAL: &str = "commits";
 /// Minutes of throughput shown per queue.
 const THROUGHPUT_MINUTES: usize = 30;
 /// Dead letters shown per queue.
-const DEAD_SHOWN: usize = 50;
+const DEAD_SHOWN: usize = 25;
 /// Commits shown.
 const COMMITS_SHOWN: usize = 30;
 /// A dead letter whose JSON is larger than this is shown without its payload.
