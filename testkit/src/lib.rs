@@ -1,6 +1,7 @@
 //! Test support shared by every crate's tests: real `redis-server` processes
 //! on free loopback ports, so tests run in parallel, can kill and restart
-//! their server, and never touch one somebody else started.
+//! their server, and never touch one somebody else started; and a headless
+//! Chromium behind `chromedriver` for the admin page's browser test.
 
 pub mod bench;
 mod browser;
