@@ -140,29 +140,10 @@ impl RedisStore {
         format!("{}:ops-of-delivery:{delivery}", self.prefix)
     }
 
-    /// Like the by-id index, written before the records (another slot, one
-    /// key per delivery): a saved record is always findable by its delivery.
-    async fn index_deliveries(&self, records: &[OperationRecord], retention_ms: u64) -> Result<(), StoreError> {
-        let mut deliveries: Vec<(&str, &str)> =
-            records.iter().filter_map(|r| r.delivery.as_deref().map(|d| (d, r.id.as_str()))).collect();
-        if deliveries.is_empty() {
-            return Ok(());
-        }
-        deliveries.sort_unstable();
-        deliveries.dedup();
-        let mut conn = self.conn().await?;
-        for (delivery, id) in deliveries {
-            // Both commands on one key: one slot, on a cluster too.
-            let key = self.delivery_index(delivery);
-            let () = redis::pipe()
-                .sadd(&key, id)
-                .ignore()
-                .pexpire(&key, retention_ms as i64)
-                .ignore()
-                .query_async(&mut conn)
-                .await?;
-        }
-        Ok(())
+    /// Adds "`delivery` caused operation `id`" to `pipe` (one key).
+    fn index_delivery(&self, pipe: &mut redis::Pipeline, delivery: &str, id: &str, retention_ms: u64) {
+        let index = self.delivery_index(delivery);
+        pipe.sadd(&index, id).ignore().pexpire(&index, retention_ms as i64).ignore();
     }
 
     async fn conn(&self) -> Result<PooledConnection, StoreError> {
@@ -190,15 +171,17 @@ impl OperationStore for RedisStore {
     async fn save(&self, key: &str, book: &Book, records: &[OperationRecord]) -> Result<bool, StoreError> {
         let base = self.base(key);
         let retention_ms = self.retention.as_millis() as u64;
-        self.index_deliveries(records, retention_ms).await?;
         let mut conn = self.conn().await?;
         // The by-id index lives outside the resource's slot (one key per
         // operation id, so each in a slot of its own on a cluster): written
         // first, so a saved record is always findable; an index entry without
         // a record (the save below lost a race, or the process died between
         // the two) just answers "not found", and the retry writes it again.
+        // The by-delivery index (`ops-of-delivery:<delivery>`, for the admin
+        // page's search) is written the same way, in the same round trip.
         // One pipeline on a single server; on a cluster a pipeline must stay
-        // in one slot, so one SET per record.
+        // in one slot, so one SET per record (and one SADD + PEXPIRE of one
+        // key per delivery).
         if self.pool.is_cluster() {
             for record in records {
                 let () = redis::cmd("SET")
@@ -208,11 +191,19 @@ impl OperationStore for RedisStore {
                     .arg(retention_ms)
                     .query_async(&mut conn)
                     .await?;
+                if let Some(delivery) = &record.delivery {
+                    let mut pipe = redis::pipe();
+                    self.index_delivery(&mut pipe, delivery, &record.id, retention_ms);
+                    let () = pipe.query_async(&mut conn).await?;
+                }
             }
         } else if !records.is_empty() {
             let mut pipe = redis::pipe();
             for record in records {
                 pipe.cmd("SET").arg(self.index(&record.id)).arg(key).arg("PX").arg(retention_ms).ignore();
+                if let Some(delivery) = &record.delivery {
+                    self.index_delivery(&mut pipe, delivery, &record.id, retention_ms);
+                }
             }
             let () = pipe.query_async(&mut conn).await?;
         }
