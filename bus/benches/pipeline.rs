@@ -259,7 +259,13 @@ fn main() {
         let _ = child.kill();
         let _ = child.wait();
     }
-    print("pipeline-redis", "redis (one process per stage, local redis-server)", &figures, 32_000.0, &memory.join(", "));
+    print(
+        "pipeline-redis",
+        "redis (one process per stage, local redis-server)",
+        &figures,
+        32_000.0,
+        &memory.join(", "),
+    );
 }
 
 fn num_cpus() -> usize {

@@ -316,6 +316,15 @@ async fn chaos_pipeline_converges_under_kills_and_a_redis_restart() {
     order.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut hooks: Vec<Webhook> = order.into_iter().map(|(_, hook)| hook).collect();
     let unique = hooks.len();
+    // Delivery id -> (issue number, title), to explain a wrong file.
+    let sent_as: HashMap<String, (u64, String)> = hooks
+        .iter()
+        .map(|hook| {
+            let body: serde_json::Value = serde_json::from_slice(&hook.body).expect("own JSON");
+            let number = body["issue"]["number"].as_u64().expect("issue number");
+            (hook.delivery.clone(), (number, body["issue"]["title"].as_str().unwrap_or_default().to_string()))
+        })
+        .collect();
     let duplicates = total.saturating_sub(unique);
     for _ in 0..duplicates {
         let original = hooks[rng.random_range(0..unique)].clone();
@@ -423,9 +432,46 @@ async fn chaos_pipeline_converges_under_kills_and_a_redis_restart() {
         let out = git(&remote, &["show", &path]);
         let file: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         if file["title"] != update.title.as_str() || file["updated_at"] != update.updated_at.as_str() {
+            // Every operation of that issue, oldest update first, with its
+            // audit trail: what reconcile decided and why.
+            let mut trail: Vec<(i64, String)> = records
+                .values()
+                .filter_map(|r| {
+                    let (of, title) = sent_as.get(r["delivery"].as_str()?)?;
+                    (of == number).then(|| {
+                        let notes: Vec<String> = r["history"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|h| format!("{}@{} {}", h["state"], h["at"], h["note"]))
+                            .collect();
+                        let line = format!(
+                            "  {title:?} {} updated_at {} arrived {} commit {}: {}",
+                            r["id"],
+                            r["updated_at"],
+                            r["arrived_at"],
+                            r["commit"],
+                            notes.join(" -> ")
+                        );
+                        (r["updated_at"].as_i64().unwrap_or_default(), line)
+                    })
+                })
+                .collect();
+            trail.sort();
+            let key = trail.first().and_then(|_| {
+                records.values().find_map(|r| {
+                    let (of, _) = sent_as.get(r["delivery"].as_str()?)?;
+                    (of == number).then(|| r["key"].as_str().unwrap_or_default().to_string())
+                })
+            });
+            let book = key.map(|key| book(&mut conn, &key)).unwrap_or_default();
             wrong_files.push(format!(
-                "#{number}: file has {:?} @ {:?}, newest update is {:?} @ {}",
-                file["title"], file["updated_at"], update.title, update.updated_at
+                "#{number}: file has {:?} @ {:?}, newest update is {:?} @ {}; its operations:\n{}\n  book: {book}",
+                file["title"],
+                file["updated_at"],
+                update.title,
+                update.updated_at,
+                trail.into_iter().map(|(_, line)| line).collect::<Vec<_>>().join("\n")
             ));
         }
     }
