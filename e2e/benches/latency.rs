@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hookbus_e2e::{bare_remote, build_binaries, git, issue_template, rfc3339, send, Deployment, Webhook, WORKERS};
+use hookbus_e2e::{
+    bare_remote, build_bench_binaries, git, issue_template, rfc3339, send, Deployment, Webhook, WORKERS,
+};
 use hookbus_testkit::{free_port, RedisServer};
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -76,7 +78,7 @@ async fn main() {
         "webhook -> pushed commit: {rate} webhooks/s for {seconds} s over {resources} issues; gateway + one process per stage, production defaults"
     );
 
-    let bin = tokio::task::spawn_blocking(build_binaries).await.expect("build");
+    let bin = tokio::task::spawn_blocking(build_bench_binaries).await.expect("build");
     let redis = RedisServer::start();
     let scratch = tempfile::Builder::new().prefix("hookbus-latency-").tempdir().expect("scratch dir");
     let remote = scratch.path().join("records.git");

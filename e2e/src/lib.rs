@@ -43,23 +43,34 @@ fn binaries_dir() -> PathBuf {
 }
 
 /// Builds every binary of the workspace once per process, in the caller's
-/// profile and target directory, and returns where they are.
+/// profile (`dev` or `release`, told by where the caller runs from) and
+/// target directory, and returns where they are.
 pub fn build_binaries() -> PathBuf {
+    let dir = binaries_dir();
+    let profile = if dir.file_name().is_some_and(|name| name == "release") { "release" } else { "dev" };
+    build_binaries_in(profile)
+}
+
+/// [`build_binaries`] for a benchmark: the `bench` profile `cargo bench`
+/// builds the benchmark itself with, so the workspace is not compiled a
+/// second time under `release`.
+pub fn build_bench_binaries() -> PathBuf {
+    build_binaries_in("bench")
+}
+
+fn build_binaries_in(profile: &str) -> PathBuf {
     static BUILD: Once = Once::new();
     let dir = binaries_dir();
     BUILD.call_once(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--workspace", "--bins", "--quiet"]).current_dir(workspace_root());
-        if dir.file_name().is_some_and(|name| name == "release") {
-            cmd.arg("--release");
-        }
+        cmd.args(["build", "--workspace", "--bins", "--quiet", "--profile", profile]).current_dir(workspace_root());
         // Same target directory as the caller, wherever CARGO_TARGET_DIR put it.
         if let Some(target) = dir.parent() {
             cmd.env("CARGO_TARGET_DIR", target);
         }
         let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build --workspace --bins failed");
+        assert!(status.success(), "cargo build --workspace --bins --profile {profile} failed");
     });
     dir
 }

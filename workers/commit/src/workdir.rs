@@ -30,6 +30,9 @@ const SCAN_DEPTH: usize = 500;
 const PUSH_TRIES: u32 = 5;
 /// The remote's name in the workdir.
 const REMOTE: &str = "origin";
+/// A ref lock in a local remote older than this was left by a killed
+/// pusher: a ref update holds it for microseconds.
+const ABANDONED_LOCK_AGE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where and as whom to commit.
 #[derive(Debug, Clone)]
@@ -409,7 +412,64 @@ impl Workdir {
         self.commit(Some(onto), new_tree, &commit.author(), message).map(Some)
     }
 
+    /// Pushes the local branch once: `Ok(false)` when the remote moved
+    /// since we last fetched (re-apply and try again).
     fn push_once(&self) -> Result<bool, CommitError> {
+        match self.local_remote() {
+            Some(remote) => self.push_to_local(&remote),
+            None => self.push_refspec(&format!("{0}:{0}", self.branch_ref)),
+        }
+    }
+
+    /// The remote, when it is a repository on this machine's filesystem.
+    fn local_remote(&self) -> Option<Repository> {
+        Repository::open_bare(self.target.local_path()?).ok()
+    }
+
+    /// A push into a repository on this machine. libgit2's local transport
+    /// moves the branch without comparing it, under its lock, with what the
+    /// pusher last saw: two commit workers pushing at once can both
+    /// "succeed" and the first commit is silently overwritten (the chaos
+    /// test caught one). So the objects go up under a ref of this push's
+    /// own, and the branch moves by compare-and-swap under git's ref lock —
+    /// what `git receive-pack` does on a real server such as GitHub's.
+    fn push_to_local(&self, remote: &Repository) -> Result<bool, CommitError> {
+        let Some(local) = self.local_tip() else { return Ok(true) };
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let staging = format!("refs/hookbus/push/{}-{nanos}", std::process::id());
+        if !self.push_refspec(&format!("+{}:{staging}", self.branch_ref))? {
+            return Ok(false);
+        }
+        let moved = match self.tracking_tip() {
+            Some(seen) => remote.reference_matching(&self.branch_ref, local, true, seen, "hookbus: push"),
+            None => remote.reference(&self.branch_ref, local, false, "hookbus: push"),
+        };
+        if let Ok(mut staged) = remote.find_reference(&staging) {
+            let _ = staged.delete();
+        }
+        match moved {
+            Ok(_) => Ok(true),
+            Err(err) if matches!(err.code(), git2::ErrorCode::Modified | git2::ErrorCode::Exists) => Ok(false),
+            Err(err) if err.code() == git2::ErrorCode::Locked => {
+                self.clear_abandoned_ref_lock(remote);
+                Ok(false)
+            }
+            Err(err) => Err(CommitError::Git { action: "push", source: err }),
+        }
+    }
+
+    /// A ref lock in the remote older than any ref update takes was left by
+    /// a pusher killed mid-update; without removing it no push succeeds again.
+    fn clear_abandoned_ref_lock(&self, remote: &Repository) {
+        let lock = remote.path().join(format!("{}.lock", self.branch_ref));
+        let age = std::fs::metadata(&lock).and_then(|m| m.modified()).ok().and_then(|at| at.elapsed().ok());
+        if age.is_some_and(|age| age > ABANDONED_LOCK_AGE) {
+            tracing::warn!(lock = %lock.display(), "removing a ref lock in the remote left by a killed pusher");
+            let _ = std::fs::remove_file(&lock);
+        }
+    }
+
+    fn push_refspec(&self, refspec: &str) -> Result<bool, CommitError> {
         let mut remote = self.repo.find_remote(REMOTE).map_err(CommitError::git("find remote"))?;
         let auth = Auth::new(self.target.token.as_deref());
         let rejected: RefCell<Option<String>> = RefCell::new(None);
@@ -423,7 +483,7 @@ impl Workdir {
             });
             let mut options = PushOptions::new();
             options.remote_callbacks(callbacks);
-            remote.push(&[format!("{0}:{0}", self.branch_ref)], Some(&mut options))
+            remote.push(&[refspec], Some(&mut options))
         };
         match result {
             Ok(()) => Ok(rejected.into_inner().is_none()),
