@@ -155,7 +155,10 @@ fn chaos(
             done.redis_restarts += 1;
             continue;
         }
-        let slot = rng.random_range(0..workers.len());
+        // Every fifth kill is the gateway's (last in `workers`), so each run
+        // kills it a few times; the rest are chosen at random.
+        let kills = done.sigkills + done.sigterms;
+        let slot = if kills % 5 == 4 { workers.len() - 1 } else { rng.random_range(0..workers.len()) };
         let name = workers[slot].name;
         if name == "hookbus-gateway" {
             done.gateway_kills += 1;
