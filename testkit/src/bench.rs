@@ -4,7 +4,7 @@
 //! `BENCH_REPORT_FILE` names a file (not `HOOKBUS_*`: hookbus's own binaries
 //! refuse settings they do not know, and benchmarks start them), it also appends them there as one
 //! JSON object per line (`{"bench": "<name>", ...figures}`), which
-//! `cargo run -p hookbus-e2e --release --bin perf-report` turns into
+//! `cargo run -p hookbus-e2e --bin perf-report` turns into
 //! docs/performance.md.
 
 use std::io::Write;
