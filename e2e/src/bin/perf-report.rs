@@ -97,6 +97,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before the benchmarks, while nothing else of ours runs.
+    let calibration = redis_calibration();
+    eprintln!("perf-report: this machine's redis-benchmark: {calibration}");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut runs = Vec::new();
     for bench in BENCHES.iter().filter(|b| only.as_ref().is_none_or(|o| o.iter().any(|n| n == b.name))) {
@@ -130,7 +133,7 @@ fn main() -> ExitCode {
     };
     let by_bench: BTreeMap<String, Value> =
         figures.into_iter().filter_map(|f| Some((f.get("bench")?.as_str()?.to_string(), f.clone()))).collect();
-    let report = render(&runs, &by_bench);
+    let report = render(&runs, &by_bench, &calibration);
     if let Err(err) = std::fs::write(&out, report) {
         eprintln!("perf-report: cannot write {}: {err}", out.display());
         return ExitCode::FAILURE;
@@ -183,6 +186,31 @@ fn machine() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// How fast this machine is right now, in a unit the issues' targets were
+/// set in: `redis-benchmark` SET and GET (50 clients, no pipelining) against
+/// a redis-server of our own. Shared machines vary by tens of percent
+/// between hours; this line lets a reader scale every other figure.
+fn redis_calibration() -> String {
+    let server = hookbus_testkit::RedisServer::start();
+    let port = server.port().to_string();
+    let out = Command::new("redis-benchmark").args(["-q", "-p", &port, "-n", "100000", "-t", "set,get"]).output();
+    let Ok(out) = out else { return "redis-benchmark not found".into() };
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    let rate = |command: &str| {
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix(command))
+            .find_map(|rest| rest.split_whitespace().next().and_then(|n| n.parse::<f64>().ok()))
+    };
+    match (rate("SET:"), rate("GET:")) {
+        (Some(set), Some(get)) => format!(
+            "SET {} req/s, GET {} req/s (50 clients, no pipelining; the issues' reference machine: about 98,000)",
+            thousands(set),
+            thousands(get)
+        ),
+        _ => "redis-benchmark printed no figures".into(),
+    }
+}
+
 fn num(value: &Value, field: &str) -> Option<f64> {
     value.get(field).and_then(Value::as_f64)
 }
@@ -211,7 +239,7 @@ fn verdict(met: Option<bool>) -> &'static str {
     }
 }
 
-fn render(runs: &[(&Bench, String)], figures: &BTreeMap<String, Value>) -> String {
+fn render(runs: &[(&Bench, String)], figures: &BTreeMap<String, Value>, calibration: &str) -> String {
     let mut doc = String::new();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -229,6 +257,7 @@ fn render(runs: &[(&Bench, String)], figures: &BTreeMap<String, Value>) -> Strin
     for (what, value) in machine() {
         let _ = writeln!(doc, "| {what} | {value} |");
     }
+    let _ = writeln!(doc, "| redis-benchmark against a fresh redis-server, before the benchmarks | {calibration} |");
     let loads: Vec<String> = runs.iter().map(|(b, load)| format!("{} {load}", b.name)).collect();
     let _ = writeln!(doc, "| load average (1 min) when each benchmark started | {} |\n", loads.join(", "));
     let _ = writeln!(
