@@ -197,7 +197,12 @@ impl Workdir {
     /// Pushes the local branch; a rejection (the remote moved) is resolved
     /// by fetching and re-applying the unpushed commits, never by force.
     pub fn push(&mut self) -> Result<(), CommitError> {
-        for _ in 0..PUSH_TRIES {
+        for tries in 0..PUSH_TRIES {
+            if tries > 0 {
+                // Workers re-applying in lockstep would collide again: wait
+                // a little, at random, growing with each rejection.
+                std::thread::sleep(push_backoff(tries));
+            }
             let Some(local) = self.local_tip() else { return Ok(()) };
             if self.tracking_tip() == Some(local) {
                 return Ok(());
@@ -540,6 +545,14 @@ impl<'a> Auth<'a> {
         });
         callbacks
     }
+}
+
+/// Up to 5 ms × 2^(tries−1), at random (from the clock's nanoseconds: no
+/// need for a generator to spread a few workers apart).
+fn push_backoff(tries: u32) -> std::time::Duration {
+    let ceiling_us = 5_000u64 << tries.saturating_sub(1).min(6);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    std::time::Duration::from_micros(u64::from(nanos) % ceiling_us)
 }
 
 fn read_file(repo: &Repository, tree: &git2::Tree<'_>, path: &str) -> Option<Vec<u8>> {

@@ -313,7 +313,18 @@ async fn workers_pushing_at_once_lose_no_commit() {
             let number = 100 * w as u64 + i;
             let op = issue_op(&format!("gh-{w}-{i}"), number, &format!("{w} {i}"));
             let plugin = Arc::clone(plugin);
-            tasks.push(tokio::spawn(async move { handle(&plugin, &op).await.map(|_| ()) }));
+            tasks.push(tokio::spawn(async move {
+                // As the runner would: a push still rejected after its
+                // re-applications is transient and is tried again.
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    match handle(&plugin, &op).await {
+                        Err(HandlerError::Transient(_)) if attempts < 10 => continue,
+                        other => return other.map(|_| ()),
+                    }
+                }
+            }));
         }
     }
     for task in tasks {
