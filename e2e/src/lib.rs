@@ -10,16 +10,19 @@
 //! - [`Proc`]: one running binary — signals, exit, peak memory.
 //! - [`Webhook`], [`signature`], [`send`]: webhooks as GitHub sends them,
 //!   re-sent until the gateway acknowledges them as GitHub's redelivery would.
+//! - [`subscriber`]: the local subscriber notify delivers to, counting what
+//!   it acknowledged by delivery id.
 //!
 //! Users: `tests/chaos.rs` (the chaos test), `benches/latency.rs`
 //! (webhook-to-pushed-commit latency) and `src/bin/perf-report.rs` (the one
 //! command behind docs/performance.md).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Once;
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
@@ -337,4 +340,35 @@ pub fn rfc3339(secs: i64) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// What the local subscriber acknowledged: `X-Hookbus-Delivery` →
+/// (operation, times answered 200).
+pub type Received = Arc<Mutex<HashMap<String, (String, usize)>>>;
+
+/// Serves notify's subscriber at `http://127.0.0.1:<port>/hook` until the
+/// test ends: every `record.synced` event is counted in `received` by its
+/// delivery id and answered 200; anything else is a 400.
+pub async fn subscriber(port: u16, received: Received) {
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let received = received.clone();
+            async move {
+                let Ok(event) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                    return axum::http::StatusCode::BAD_REQUEST;
+                };
+                if event["type"] != "record.synced" {
+                    return axum::http::StatusCode::BAD_REQUEST;
+                }
+                let delivery =
+                    headers.get("x-hookbus-delivery").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                let operation = event["operation"].as_str().unwrap_or_default().to_string();
+                received.lock().expect("lock").entry(delivery).or_insert((operation, 0)).1 += 1;
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind subscriber");
+    axum::serve(listener, app).await.expect("subscriber server");
 }

@@ -21,15 +21,15 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, StatusCode};
 use futures::StreamExt;
 use hookbus_bus::redis::RedisBackend;
 use hookbus_bus::Backend;
 use hookbus_e2e::{
-    bare_remote, build_binaries, git, issue_template, rfc3339, send, Deployment, Proc, Webhook, QUEUES, WORKERS,
+    bare_remote, build_binaries, git, issue_template, rfc3339, send, subscriber, Deployment, Proc, Received, Webhook,
+    QUEUES, WORKERS,
 };
 use hookbus_testkit::{free_port, RedisServer};
 use rand::rngs::StdRng;
@@ -84,39 +84,6 @@ fn updates(rng: &mut StdRng, resources: usize, per_resource: usize) -> Vec<Vec<U
 
 fn webhook(template: &serde_json::Value, update: &Update) -> Webhook {
     Webhook::issue_edited(template, update.number, &update.title, &update.updated_at)
-}
-
-/// What the local subscriber received: one entry per request it answered 200.
-#[derive(Default)]
-struct Received {
-    /// X-Hookbus-Delivery → (operation, times acknowledged).
-    by_delivery: HashMap<String, (String, usize)>,
-}
-
-async fn subscriber(port: u16, received: Arc<Mutex<Received>>) {
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-            let received = received.clone();
-            async move {
-                let event: serde_json::Value = match serde_json::from_slice(&body) {
-                    Ok(event) => event,
-                    Err(_) => return StatusCode::BAD_REQUEST,
-                };
-                if event["type"] != "record.synced" {
-                    return StatusCode::BAD_REQUEST;
-                }
-                let delivery =
-                    headers.get("x-hookbus-delivery").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-                let operation = event["operation"].as_str().unwrap_or_default().to_string();
-                let mut received = received.lock().expect("lock");
-                received.by_delivery.entry(delivery).or_insert((operation, 0)).1 += 1;
-                StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind subscriber");
-    axum::serve(listener, app).await.expect("subscriber server");
 }
 
 /// What the chaos thread did.
@@ -280,7 +247,7 @@ async fn chaos_pipeline_converges_under_kills_and_a_redis_restart() {
     let remote = scratch.join("records.git");
     bare_remote(&remote);
 
-    let received = Arc::new(Mutex::new(Received::default()));
+    let received = Received::default();
     let subscriber_port = free_port();
     tokio::spawn(subscriber(subscriber_port, received.clone()));
 
@@ -540,7 +507,7 @@ async fn chaos_pipeline_converges_under_kills_and_a_redis_restart() {
     // same id): counted, and only allowed when a notify was SIGKILLed.
     let received = received.lock().expect("lock");
     let mut notified: HashMap<String, usize> = HashMap::new();
-    for (operation, _) in received.by_delivery.values() {
+    for (operation, _) in received.values() {
         *notified.entry(operation.clone()).or_default() += 1;
     }
     let several_ids: Vec<_> = notified.iter().filter(|(_, n)| **n > 1).collect();
@@ -550,7 +517,7 @@ async fn chaos_pipeline_converges_under_kills_and_a_redis_restart() {
     let extra: Vec<_> = notified.difference(&committed).collect();
     assert!(not_notified.is_empty(), "committed operations the subscriber never received: {not_notified:?}");
     assert!(extra.is_empty(), "events for operations that made no commit: {extra:?}");
-    let redelivered: usize = received.by_delivery.values().map(|(_, n)| n - 1).sum();
+    let redelivered: usize = received.values().map(|(_, n)| n - 1).sum();
     assert!(
         redelivered == 0 || chaos.notify_sigkills > 0,
         "{redelivered} events acknowledged twice although no notify process was SIGKILLed"
@@ -567,6 +534,6 @@ async fn chaos_pipeline_converges_under_kills_and_a_redis_restart() {
         drained_at.as_secs_f64(),
         started.elapsed().as_secs_f64(),
         chaos,
-        received.by_delivery.len(),
+        received.len(),
     );
 }

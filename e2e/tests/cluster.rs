@@ -14,14 +14,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, StatusCode};
 use hookbus_bus::redis::{RedisBackend, RedisTarget};
 use hookbus_bus::Backend;
 use hookbus_e2e::{
-    bare_remote, build_binaries, git, issue_template, rfc3339, send, Deployment, Webhook, QUEUES, WORKERS,
+    bare_remote, build_binaries, git, issue_template, rfc3339, send, subscriber, Deployment, Received, Webhook, QUEUES,
+    WORKERS,
 };
 use hookbus_testkit::{free_port, RedisCluster};
 use redis::Commands;
@@ -30,31 +29,6 @@ use redis::Commands;
 const REPOSITORY: &str = "codertocat/hello-world";
 const ISSUES: u64 = 4;
 const UPDATES_PER_ISSUE: u64 = 3;
-
-/// operation id -> times the subscriber acknowledged an event for it, by
-/// delivery id.
-type Received = Arc<Mutex<HashMap<String, (String, usize)>>>;
-
-async fn subscriber(port: u16, received: Received) {
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-            let received = received.clone();
-            async move {
-                let Ok(event) = serde_json::from_slice::<serde_json::Value>(&body) else {
-                    return StatusCode::BAD_REQUEST;
-                };
-                let delivery =
-                    headers.get("x-hookbus-delivery").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-                let operation = event["operation"].as_str().unwrap_or_default().to_string();
-                received.lock().expect("lock").entry(delivery).or_insert((operation, 0)).1 += 1;
-                StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind subscriber");
-    axum::serve(listener, app).await.expect("subscriber server");
-}
 
 /// Keys matching `pattern` on every master: a cluster node's SCAN only sees
 /// its own slots.
@@ -92,7 +66,7 @@ async fn pipeline_runs_unchanged_on_a_three_master_cluster() {
     let scratch = tempfile::Builder::new().prefix("hookbus-cluster-").tempdir().expect("scratch dir");
     let remote = scratch.path().join("records.git");
     bare_remote(&remote);
-    let received: Received = Arc::default();
+    let received = Received::default();
     let subscriber_port = free_port();
     tokio::spawn(subscriber(subscriber_port, received.clone()));
 
