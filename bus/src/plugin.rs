@@ -37,21 +37,44 @@ pub trait Plugin: Send + Sync + 'static {
 }
 
 /// Messages a handler emits. Each carries the input's `trace_id`.
+///
+/// The runner gives each of its workers one outbox for all the messages it
+/// handles, so a message that emits to a queue it emitted to before costs no
+/// allocation beyond the envelope's own.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    trace_id: String,
-    messages: Vec<(String, Envelope)>,
+    /// None: the runner stamps the trace when it takes the messages
+    /// ([`Outbox::drain_into`]).
+    trace_id: Option<String>,
+    /// Emitted messages by queue, queues in the order first emitted to; a
+    /// queue stays listed (with its buffer) after its messages are taken.
+    queues: ByQueue,
+    len: usize,
 }
+
+/// Messages grouped by the queue they go to.
+pub(crate) type ByQueue = Vec<(String, Vec<Envelope>)>;
 
 impl Outbox {
     pub fn new(trace_id: &str) -> Self {
-        Outbox { trace_id: trace_id.to_string(), messages: Vec::new() }
+        Outbox { trace_id: Some(trace_id.to_string()), ..Outbox::default() }
+    }
+
+    /// An outbox whose messages are stamped by [`Outbox::drain_into`].
+    pub(crate) fn untraced() -> Self {
+        Outbox::default()
     }
 
     /// Emits `envelope` to `queue`, stamped with the input's trace.
     pub fn emit(&mut self, queue: &str, mut envelope: Envelope) {
-        envelope.trace_id.clone_from(&self.trace_id);
-        self.messages.push((queue.to_string(), envelope));
+        if let Some(trace_id) = &self.trace_id {
+            envelope.trace_id.clone_from(trace_id);
+        }
+        match self.queues.iter_mut().find(|(q, _)| q == queue) {
+            Some((_, list)) => list.push(envelope),
+            None => self.queues.push((queue.to_string(), vec![envelope])),
+        }
+        self.len += 1;
     }
 
     /// Emits a new message of `kind` with `payload`, optionally keyed.
@@ -69,10 +92,48 @@ impl Outbox {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
+        self.len == 0
     }
 
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The messages with their queues, in the order emitted per queue.
     pub fn into_messages(self) -> Vec<(String, Envelope)> {
-        self.messages
+        let mut out = Vec::with_capacity(self.len);
+        for (queue, list) in self.queues {
+            out.extend(list.into_iter().map(|envelope| (queue.clone(), envelope)));
+        }
+        out
+    }
+
+    /// Forgets the messages emitted so far (the handler failed).
+    pub(crate) fn clear(&mut self) {
+        for (_, list) in &mut self.queues {
+            list.clear();
+        }
+        self.len = 0;
+    }
+
+    /// Moves the messages into `out`, each stamped with `trace_id` when
+    /// given (reusing the buffer the envelope's own trace id already has).
+    pub(crate) fn drain_into(&mut self, trace_id: Option<&str>, out: &mut ByQueue) {
+        for (queue, list) in &mut self.queues {
+            if list.is_empty() {
+                continue;
+            }
+            if let Some(trace_id) = trace_id {
+                for envelope in list.iter_mut() {
+                    envelope.trace_id.clear();
+                    envelope.trace_id.push_str(trace_id);
+                }
+            }
+            match out.iter_mut().find(|(q, _)| q == queue) {
+                Some((_, all)) => all.append(list),
+                None => out.push((queue.clone(), std::mem::take(list))),
+            }
+        }
+        self.len = 0;
     }
 }

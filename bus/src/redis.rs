@@ -8,6 +8,7 @@
 
 mod connection;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -347,7 +348,7 @@ impl Backend for RedisBackend {
                         id: envelope.key.as_ref().map(|_| envelope.id.clone()),
                         key: envelope.key.clone(),
                     },
-                    envelope,
+                    envelope: Arc::new(envelope),
                 }),
                 Err(err) => garbage.push(SettleItem {
                     token,

@@ -38,7 +38,7 @@ use crate::backend::{
 };
 use crate::envelope::{now_ms, DeadContent, DeadLetter, Envelope};
 use crate::error::{BusError, HandlerError};
-use crate::plugin::{Outbox, Plugin};
+use crate::plugin::{ByQueue, Outbox, Plugin};
 use crate::shutdown::Shutdown;
 
 /// How a runner behaves; built from [`BusSettings`] for one queue.
@@ -86,14 +86,6 @@ pub struct RunnerStats {
 }
 
 impl RunnerStats {
-    fn record_latency(&self, micros: u64) {
-        self.handler_micros.fetch_add(micros, Ordering::Relaxed);
-        self.handler_max_micros.fetch_max(micros, Ordering::Relaxed);
-        let bucket =
-            LATENCY_BOUNDS_MICROS.iter().position(|&bound| micros <= bound).unwrap_or(LATENCY_BOUNDS_MICROS.len());
-        self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
-    }
-
     /// This runner's counters as a report (identity and times filled in by
     /// the caller).
     pub fn report(&self) -> ProcessReport {
@@ -107,6 +99,47 @@ impl RunnerStats {
             latency_max_micros: self.handler_max_micros.load(Ordering::Relaxed),
             latency_buckets: buckets,
             ..ProcessReport::default()
+        }
+    }
+}
+
+/// One worker's counts since it last handed results over, added to the
+/// shared [`RunnerStats`] once per chunk: the shared counters are written by
+/// every worker on every core, and one write per message would have them
+/// bounce between cores.
+#[derive(Default)]
+struct Tally {
+    handled: u64,
+    retried: u64,
+    dead: u64,
+    micros: u64,
+    max_micros: u64,
+    buckets: [u64; LATENCY_BOUNDS_MICROS.len() + 1],
+}
+
+impl Tally {
+    fn record_latency(&mut self, micros: u64) {
+        self.micros += micros;
+        self.max_micros = self.max_micros.max(micros);
+        let bucket =
+            LATENCY_BOUNDS_MICROS.iter().position(|&bound| micros <= bound).unwrap_or(LATENCY_BOUNDS_MICROS.len());
+        self.buckets[bucket] += 1;
+    }
+
+    fn flush(&mut self, stats: &RunnerStats) {
+        let tally = std::mem::take(self);
+        if tally.handled + tally.retried + tally.dead == 0 {
+            return;
+        }
+        stats.handled.fetch_add(tally.handled, Ordering::Relaxed);
+        stats.retried.fetch_add(tally.retried, Ordering::Relaxed);
+        stats.dead.fetch_add(tally.dead, Ordering::Relaxed);
+        stats.handler_micros.fetch_add(tally.micros, Ordering::Relaxed);
+        stats.handler_max_micros.fetch_max(tally.max_micros, Ordering::Relaxed);
+        for (shared, n) in stats.latency_buckets.iter().zip(tally.buckets) {
+            if n > 0 {
+                shared.fetch_add(n, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -170,10 +203,17 @@ pub struct Runner {
     stats: Arc<RunnerStats>,
 }
 
-struct Finished {
-    lease: Lease,
-    settlement: Settlement,
-    outputs: Vec<(String, Envelope)>,
+/// What a worker hands the settler at once: how its finished messages are
+/// to be settled, and everything they emitted, by queue.
+struct Chunk {
+    settled: Vec<(Lease, Settlement)>,
+    outputs: ByQueue,
+}
+
+impl Chunk {
+    fn new() -> Self {
+        Chunk { settled: Vec::with_capacity(CHUNK), outputs: Vec::new() }
+    }
 }
 
 /// Leased messages waiting for a worker.
@@ -183,6 +223,9 @@ struct WorkQueue {
     ready: Notify,
     /// The fetcher has stopped: no more items will come.
     closed: AtomicBool,
+    /// Shutdown fired: start nothing new. Workers look at this before every
+    /// message; a plain flag, where asking the shutdown token takes a lock.
+    stopping: AtomicBool,
 }
 
 impl WorkQueue {
@@ -205,10 +248,21 @@ impl WorkQueue {
         self.closed.store(true, Ordering::Release);
         self.ready.notify_waiters();
     }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.ready.notify_waiters();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
 }
 
-/// A worker hands its results over at least this often while busy.
+/// A worker hands its results over at least this often while busy...
 const FLUSH_EVERY: Duration = Duration::from_millis(2);
+/// ...and in chunks of at most this many, allocated once at this size.
+const CHUNK: usize = 64;
 
 impl Runner {
     pub fn new(backend: Arc<dyn Backend>, plugin: Arc<dyn Plugin>, options: RunnerOptions) -> Self {
@@ -240,10 +294,17 @@ impl Runner {
         let q = &self.options.queue;
         let slots = Arc::new(Semaphore::new(q.concurrency + q.batch_size));
         let work = Arc::new(WorkQueue::default());
-        let (done_tx, done_rx) = mpsc::channel::<Vec<Finished>>(q.concurrency * 2);
+        let (done_tx, done_rx) = mpsc::channel::<Chunk>(q.concurrency * 2);
         // Fires after the grace period: whatever is still running is abandoned.
         let hard_stop = Shutdown::new();
 
+        let stop_watch = tokio::spawn({
+            let (work, shutdown) = (work.clone(), shutdown.clone());
+            async move {
+                shutdown.cancelled().await;
+                work.stop();
+            }
+        });
         let mut workers = JoinSet::new();
         for _ in 0..q.concurrency {
             workers.spawn(worker(
@@ -252,7 +313,6 @@ impl Runner {
                 self.options.alert_queue.clone(),
                 work.clone(),
                 done_tx.clone(),
-                shutdown.clone(),
                 self.stats.clone(),
             ));
         }
@@ -278,7 +338,9 @@ impl Runner {
         ));
 
         fetcher(&*self.backend, &consumer, &self.options, slots, &work, &shutdown).await;
+        work.stop();
         work.close();
+        stop_watch.abort();
 
         // Drain: workers finish what they started (unstarted messages are
         // left leased), within the grace period.
@@ -395,62 +457,68 @@ async fn worker(
     queue: QueueSettings,
     alert_queue: Option<String>,
     work: Arc<WorkQueue>,
-    done: mpsc::Sender<Vec<Finished>>,
-    shutdown: Shutdown,
+    done: mpsc::Sender<Chunk>,
     stats: Arc<RunnerStats>,
 ) {
-    let mut finished: Vec<Finished> = Vec::new();
+    let mut chunk = Chunk::new();
+    let mut outbox = Outbox::untraced();
+    let mut tally = Tally::default();
     let mut since = Instant::now();
     let mut clock = Instant::now();
     loop {
         // After shutdown, messages not yet started stay leased and go back
         // to the head when the runner deregisters.
-        let next = if shutdown.is_triggered() { None } else { work.pop() };
+        let next = if work.stopping() { None } else { work.pop() };
         if let Some(delivery) = next {
-            if finished.is_empty() {
+            if chunk.settled.is_empty() {
                 since = clock;
             }
-            let (result, ended) = handle(&*plugin, &queue, alert_queue.as_deref(), delivery, &stats, clock).await;
-            finished.push(result);
+            let ended =
+                handle(&*plugin, &queue, alert_queue.as_deref(), delivery, &mut outbox, &mut chunk, &mut tally, clock)
+                    .await;
             clock = ended;
-            if ended.duration_since(since) >= FLUSH_EVERY && done.send(std::mem::take(&mut finished)).await.is_err() {
-                return;
+            if chunk.settled.len() >= CHUNK || ended.duration_since(since) >= FLUSH_EVERY {
+                tally.flush(&stats);
+                if done.send(std::mem::replace(&mut chunk, Chunk::new())).await.is_err() {
+                    return;
+                }
             }
             continue;
         }
-        if !finished.is_empty() && done.send(std::mem::take(&mut finished)).await.is_err() {
+        tally.flush(&stats);
+        if !chunk.settled.is_empty() && done.send(std::mem::replace(&mut chunk, Chunk::new())).await.is_err() {
             return;
         }
-        if shutdown.is_triggered() || work.closed.load(Ordering::Acquire) {
-            return;
-        }
-        // Register for a wake-up before looking again, so an item pushed in
-        // between is not missed.
+        // Register for a wake-up before looking again, so an item pushed or
+        // a stop in between is not missed.
         let ready = work.ready.notified();
         tokio::pin!(ready);
         ready.as_mut().enable();
+        if work.stopping() || work.closed.load(Ordering::Acquire) {
+            return;
+        }
         if !work.is_empty() {
             continue;
         }
-        tokio::select! {
-            _ = ready => {}
-            _ = shutdown.cancelled() => {}
-        }
+        ready.await;
         clock = Instant::now();
     }
 }
 
-/// Runs the handler on one message (starting at `started`) and decides its
-/// settlement; also returns when it ended, so the caller needs no clock read
-/// of its own.
+/// Runs the handler on one message (starting at `started`), and adds its
+/// settlement and what it emitted to `chunk`; returns when it ended, so the
+/// caller needs no clock read of its own. `outbox` is the worker's, empty.
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     plugin: &dyn Plugin,
     queue: &QueueSettings,
     alert_queue: Option<&str>,
     delivery: Delivery,
-    stats: &RunnerStats,
+    outbox: &mut Outbox,
+    chunk: &mut Chunk,
+    tally: &mut Tally,
     started: Instant,
-) -> (Finished, Instant) {
+) -> Instant {
     let Delivery { lease, envelope } = delivery;
     let span = tracing::info_span!(
         "message",
@@ -460,8 +528,7 @@ async fn handle(
         trace_id = %envelope.trace_id,
         attempt = envelope.attempts + 1,
     );
-    let mut outbox = Outbox::new(&envelope.trace_id);
-    let result = AssertUnwindSafe(plugin.handle(&envelope, &mut outbox))
+    let result = AssertUnwindSafe(plugin.handle(&envelope, outbox))
         .catch_unwind()
         .instrument(span.clone())
         .await
@@ -474,27 +541,24 @@ async fn handle(
             Err(HandlerError::Transient(format!("handler panicked: {what}")))
         });
     let ended = Instant::now();
-    stats.record_latency(ended.duration_since(started).as_micros() as u64);
+    tally.record_latency(ended.duration_since(started).as_micros() as u64);
     let _entered = span.enter();
-    let (settlement, outputs) = match result {
+    let settlement = match result {
         Ok(()) => {
-            stats.handled.fetch_add(1, Ordering::Relaxed);
-            let outputs = outbox.into_messages();
+            tally.handled += 1;
+            let emitted = outbox.len();
+            outbox.drain_into(Some(&envelope.trace_id), &mut chunk.outputs);
             // One line per message per stage, inside the span (trace_id):
             // what lets one webhook be followed across dynos.
-            tracing::info!(
-                elapsed_ms = ended.duration_since(started).as_millis() as u64,
-                outputs = outputs.len(),
-                "handled"
-            );
-            (Settlement::Ack, outputs)
+            tracing::info!(elapsed_ms = ended.duration_since(started).as_millis() as u64, outputs = emitted, "handled");
+            Settlement::Ack
         }
         Err(err) => {
-            let settlement = failure(queue, envelope, err);
-            let mut outputs = Vec::new();
+            outbox.clear();
+            let settlement = failure(queue, Arc::unwrap_or_clone(envelope), err);
             match &settlement {
                 Settlement::Dead(letter) => {
-                    stats.dead.fetch_add(1, Ordering::Relaxed);
+                    tally.dead += 1;
                     if let DeadContent::Envelope(envelope) = &letter.content {
                         // Tell whoever waits on this message that it gave up;
                         // stored with the dead letter, before the ack.
@@ -505,17 +569,18 @@ async fn handle(
                                 last_words.emit(alerts, notice);
                             }
                         }
-                        outputs = last_words.into_messages();
+                        last_words.drain_into(None, &mut chunk.outputs);
                     }
                 }
                 _ => {
-                    stats.retried.fetch_add(1, Ordering::Relaxed);
+                    tally.retried += 1;
                 }
             }
-            (settlement, outputs)
+            settlement
         }
     };
-    (Finished { lease, settlement, outputs }, ended)
+    chunk.settled.push((lease, settlement));
+    ended
 }
 
 /// Decides what a failed message becomes.
@@ -611,22 +676,23 @@ pub fn retry_delay(queue: &QueueSettings, failed_attempts: u32) -> Duration {
 async fn settler(
     backend: Arc<dyn Backend>,
     consumer: ConsumerId,
-    mut done: mpsc::Receiver<Vec<Finished>>,
+    mut done: mpsc::Receiver<Chunk>,
     slots: Arc<Semaphore>,
     hard_stop: Shutdown,
 ) {
     let mut chunks = Vec::new();
     while done.recv_many(&mut chunks, 64).await > 0 {
-        let mut outputs: Vec<(String, Vec<Envelope>)> = Vec::new();
-        let mut settlements = Vec::new();
-        for finished in chunks.drain(..).flatten() {
-            for (queue, envelope) in finished.outputs {
+        let n: usize = chunks.iter().map(|c| c.settled.len()).sum();
+        let mut outputs: ByQueue = Vec::new();
+        let mut settlements = Vec::with_capacity(n);
+        for chunk in chunks.drain(..) {
+            settlements.extend(chunk.settled);
+            for (queue, mut list) in chunk.outputs {
                 match outputs.iter_mut().find(|(q, _)| *q == queue) {
-                    Some((_, list)) => list.push(envelope),
-                    None => outputs.push((queue, vec![envelope])),
+                    Some((_, all)) => all.append(&mut list),
+                    None => outputs.push((queue, list)),
                 }
             }
-            settlements.push((finished.lease, finished.settlement));
         }
         for (queue, envelopes) in &mut outputs {
             // A failed push leaves the vector whole for the next try.
@@ -639,7 +705,6 @@ async fn settler(
                 }
             }
         }
-        let n = settlements.len();
         if !retry_until(&hard_stop, "acknowledge", || backend.settle(&consumer, &settlements)).await {
             return;
         }

@@ -215,8 +215,11 @@ async fn dead_letter_releases_the_key_to_the_next_message(f: Fixture) {
     let c = consumer("q");
     let got = b.fetch(&c, 1, 10).await.expect("fetch");
     assert_eq!(got.len(), 1);
-    let letter =
-        DeadLetter { content: DeadContent::Envelope(got[0].envelope.clone()), reason: "broken".into(), dead_at: 1 };
+    let letter = DeadLetter {
+        content: DeadContent::Envelope(Envelope::clone(&got[0].envelope)),
+        reason: "broken".into(),
+        dead_at: 1,
+    };
     b.settle(&c, &[(got[0].lease.clone(), Settlement::Dead(letter))]).await.expect("dead");
     assert_eq!(fetch_ns(b, &c, 2, 10).await, vec![2]);
     assert_eq!(b.depths("q").await.expect("depths").dead, 1);
@@ -228,7 +231,7 @@ async fn retried_message_holds_back_its_key(f: Fixture) {
     let c = consumer("q");
     let got = b.fetch(&c, 1, 10).await.expect("fetch");
     let one = got.iter().find(|d| n_of(&d.envelope) == 1).expect("1");
-    let mut retry = one.envelope.clone();
+    let mut retry = Envelope::clone(&one.envelope);
     retry.attempts += 1;
     let due = hookbus_bus::envelope::now_ms() + 150;
     b.settle(&c, &[(one.lease.clone(), Settlement::Retry { envelope: retry, due_ms: due })]).await.expect("retry");
@@ -472,7 +475,7 @@ async fn kill_all(b: &dyn Backend, ns: &[u32]) {
         .filter(|d| ns.contains(&n_of(&d.envelope)))
         .map(|d| {
             let letter = DeadLetter {
-                content: DeadContent::Envelope(d.envelope.clone()),
+                content: DeadContent::Envelope(Envelope::clone(&d.envelope)),
                 reason: format!("n={}", n_of(&d.envelope)),
                 dead_at: 1,
             };
@@ -543,9 +546,9 @@ async fn settled_messages_are_counted_in_the_current_minute(f: Fixture) {
         .map(|d| {
             let settlement = match n_of(&d.envelope) {
                 1 | 2 => Settlement::Ack,
-                3 => Settlement::Retry { envelope: d.envelope.clone(), due_ms: i64::MAX / 2 },
+                3 => Settlement::Retry { envelope: Envelope::clone(&d.envelope), due_ms: i64::MAX / 2 },
                 _ => Settlement::Dead(DeadLetter {
-                    content: DeadContent::Envelope(d.envelope.clone()),
+                    content: DeadContent::Envelope(Envelope::clone(&d.envelope)),
                     reason: "no".into(),
                     dead_at: 1,
                 }),

@@ -115,7 +115,7 @@ async fn dead_letter(backend: &dyn Backend, queue: &str, reason: &str) -> String
         .into_iter()
         .map(|d| {
             let letter = DeadLetter {
-                content: DeadContent::Envelope(d.envelope),
+                content: DeadContent::Envelope(std::sync::Arc::unwrap_or_clone(d.envelope)),
                 reason: reason.to_string(),
                 dead_at: now_ms(),
             };

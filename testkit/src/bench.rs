@@ -35,3 +35,27 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// CPU time (user + system) a live process has used so far, in seconds.
+///
+/// Unlike requests/s, CPU time per message barely moves when other work
+/// shares the machine's cores, so benchmarks print both.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses:
+    // state is the first, utime the 12th and stime the 13th.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(ticks as f64 / 100.0)
+}
+
+/// CPU time redis-server has used so far (`INFO cpu`), in seconds.
+pub fn redis_cpu_seconds(client: &mut redis::Connection) -> Option<f64> {
+    let info: String = redis::cmd("INFO").arg("cpu").query(client).ok()?;
+    let field = |name: &str| -> Option<f64> {
+        info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+    };
+    Some(field("used_cpu_sys")? + field("used_cpu_user")?)
+}
