@@ -119,18 +119,21 @@ struct Figures {
     /// per message, during the throughput run: what the figure costs, which
     /// other load on the machine barely changes.
     cpu_us_per_msg: f64,
+    /// Of which redis-server's.
+    redis_cpu_us_per_msg: f64,
     p50_ms: f64,
     p99_ms: f64,
     paced_rate: u64,
 }
 
-/// `cpu` tells the CPU seconds used so far by every process involved.
+/// `cpu` tells the CPU seconds used so far by the bus's processes and by
+/// redis-server.
 async fn measure(
     backend: Arc<dyn Backend>,
     sink: Arc<Sink>,
     total: u64,
     paced_rate: u64,
-    cpu: impl Fn() -> f64,
+    cpu: impl Fn() -> (f64, f64),
 ) -> Figures {
     // Throughput: everything at once. The messages exist before the clock
     // starts (making them is the producer's work, not the bus's), each with
@@ -150,7 +153,10 @@ async fn measure(
     }
     assert!(wait_done(&sink, total, Duration::from_secs(600)).await, "pipeline did not drain");
     let throughput = total as f64 / start.elapsed().as_secs_f64();
-    let cpu_us_per_msg = (cpu() - cpu_before) * 1e6 / total as f64;
+    let cpu_after = cpu();
+    let per_msg = |secs: f64| secs * 1e6 / total as f64;
+    let redis_cpu_us_per_msg = per_msg(cpu_after.1 - cpu_before.1);
+    let cpu_us_per_msg = per_msg(cpu_after.0 - cpu_before.0) + redis_cpu_us_per_msg;
 
     // Latency: a steady rate, in 10 ms ticks.
     sink.measure.store(true, Ordering::Relaxed);
@@ -169,7 +175,7 @@ async fn measure(
     let mut lat = sink.latencies_us.lock().expect("lock").clone();
     lat.sort_unstable();
     let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0) as f64 / 1000.0;
-    Figures { throughput, cpu_us_per_msg, p50_ms: pct(0.50), p99_ms: pct(0.99), paced_rate }
+    Figures { throughput, cpu_us_per_msg, redis_cpu_us_per_msg, p50_ms: pct(0.50), p99_ms: pct(0.99), paced_rate }
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -188,6 +194,7 @@ fn print(bench: &str, label: &str, f: &Figures, target: f64, memory: &str) {
             "label": label,
             "messages_per_s": f.throughput,
             "cpu_us_per_message": f.cpu_us_per_msg,
+            "redis_cpu_us_per_message": f.redis_cpu_us_per_msg,
             "target_messages_per_s": target,
             "paced_rate": f.paced_rate,
             "p50_ms": f.p50_ms,
@@ -197,7 +204,10 @@ fn print(bench: &str, label: &str, f: &Figures, target: f64, memory: &str) {
     );
     println!("{label}");
     println!("  end-to-end throughput : {:>10.0} msgs/s   (target >= {target:.0})", f.throughput);
-    println!("  CPU per message       : {:>10.2} µs (all processes, all stages)", f.cpu_us_per_msg);
+    println!(
+        "  CPU per message       : {:>10.2} µs (all processes, all stages; redis-server {:.2} µs)",
+        f.cpu_us_per_msg, f.redis_cpu_us_per_msg
+    );
     println!("  latency at {:>6} msgs/s: p50 {:.2} ms, p99 {:.2} ms", f.paced_rate, f.p50_ms, f.p99_ms);
     println!("  peak memory           : {memory}");
 }
@@ -222,7 +232,7 @@ fn main() {
         }
         let runner = Runner::new(backend.clone(), sink.clone(), RunnerOptions::from_settings(&bus, "s4"));
         tasks.push(tokio::spawn(runner.run(shutdown.clone())));
-        let figures = measure(backend, sink, total, paced, || cpu_seconds(std::process::id())).await;
+        let figures = measure(backend, sink, total, paced, || (cpu_seconds(std::process::id()), 0.0)).await;
         shutdown.trigger();
         for t in tasks {
             let _ = t.await;
@@ -270,11 +280,14 @@ fn main() {
         let redis_info = Mutex::new(server.client());
         let cpu = || {
             let redis = redis_info.lock().map(|mut c| hookbus_testkit::bench::redis_cpu_seconds(&mut c).unwrap_or(0.0));
-            pids.iter().map(|&pid| cpu_seconds(pid)).sum::<f64>() + redis.unwrap_or(0.0)
+            (pids.iter().map(|&pid| cpu_seconds(pid)).sum::<f64>(), redis.unwrap_or(0.0))
         };
         let figures = measure(backend, sink, total, paced, cpu).await;
         shutdown.trigger();
         let _ = task.await;
+        if let Ok(mut c) = redis_info.lock() {
+            print_commandstats(&mut c);
+        }
         figures
     });
     let memory: Vec<String> = children
@@ -294,6 +307,25 @@ fn main() {
         32_000.0,
         &memory.join(", "),
     );
+}
+
+/// What redis-server did for the whole run, busiest commands first: calls
+/// and time per call, which says how well the bus batches.
+fn print_commandstats(client: &mut redis::Connection) {
+    let Ok(info) = redis::cmd("INFO").arg("commandstats").query::<String>(client) else { return };
+    let mut rows: Vec<(String, u64, f64)> = info
+        .lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |key: &str| stats.split(',').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='));
+            Some((name.to_string(), field("calls")?.parse().ok()?, field("usec")?.parse().ok()?))
+        })
+        .collect();
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    println!("  redis-server commands (whole run): ");
+    for (name, calls, usec) in rows.iter().take(8) {
+        println!("    {name:<12} {calls:>9} calls {:>9.1} ms {:>8.1} µs/call", usec / 1000.0, usec / *calls as f64);
+    }
 }
 
 fn num_cpus() -> usize {
