@@ -194,6 +194,7 @@ fn main() {
     let shutdown = Shutdown::new();
     let bare = Router::new().route("/webhooks/github", post(|| async { StatusCode::OK }));
     let (base, server) = spawn_server(bare, shutdown.clone());
+    let (client_before, bare_before) = (thread_cpu("load-client"), thread_cpu("bare-server"));
     let bare_figures = client_rt.block_on(drive(
         format!("{base}/webhooks/github"),
         body.clone(),
@@ -201,9 +202,19 @@ fn main() {
         connections,
         duration,
     ));
+    let (bare_client_cpu, bare_server_cpu) =
+        (thread_cpu("load-client") - client_before, thread_cpu("bare-server") - bare_before);
     shutdown.trigger();
     let _ = server.join();
     bare_figures.print("bare axum (200, no work)");
+    // Warm-up included: every answered request, as the counts below.
+    let bare_answered = bare_figures.ok as f64 * (1.0 + 0.5 / seconds as f64);
+    let per_bare = |cpu: Duration| cpu.as_secs_f64() * 1e6 / bare_answered.max(1.0);
+    println!(
+        "cpu per request, bare run: load client {:.1} us, bare server {:.1} us",
+        per_bare(bare_client_cpu),
+        per_bare(bare_server_cpu)
+    );
 
     // The gateway over a local redis-server.
     let redis = RedisServer::start();
@@ -235,10 +246,12 @@ fn main() {
     };
     let mut conn = redis.client();
     let (server_before, redis_before) = (thread_cpu("gateway-server"), redis_cpu(&mut conn));
+    let client_before = thread_cpu("load-client");
     let gateway_figures =
         client_rt.block_on(drive(format!("{base}/webhooks/github"), body, signature, connections, duration));
     let (server_cpu, redis_used) =
         (thread_cpu("gateway-server") - server_before, redis_cpu(&mut conn).saturating_sub(redis_before));
+    let gateway_client_cpu = thread_cpu("load-client") - client_before;
     shutdown.trigger();
     let _ = server.join();
     gateway_figures.print("gateway (signed, to redis)");
@@ -248,9 +261,10 @@ fn main() {
     // Warm-up included on both sides of the division: every stored message.
     let per_request = |cpu: Duration| cpu.as_secs_f64() * 1e6 / stored.max(1) as f64;
     println!(
-        "cpu per accepted webhook: gateway threads {:.1} us, redis-server {:.1} us",
+        "cpu per accepted webhook: gateway threads {:.1} us, redis-server {:.1} us, load client {:.1} us",
         per_request(server_cpu),
-        per_request(redis_used)
+        per_request(redis_used),
+        per_request(gateway_client_cpu)
     );
     println!(
         "gateway / bare: {:.0}% of the bare handler's requests/s (target >= 50%), gateway p99 {:.2} ms (target < 10 ms)",

@@ -76,6 +76,15 @@ pub trait Intake: Send + Sync + 'static {
 /// The dedupe-and-mark script, sent with EVAL inside the batch's transaction.
 const INTAKE_SCRIPT: &str = include_str!("lua/intake.lua");
 
+/// [`INTAKE_SCRIPT`] without its whole-line comments: Redis takes the SHA1
+/// of the text on every EVAL, and the header is two thirds of it.
+fn intake_script() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        INTAKE_SCRIPT.lines().filter(|line| !line.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n")
+    })
+}
+
 /// Requests in one transaction at most. Redis runs a transaction to the end
 /// before serving anyone else, so a batch must stay short.
 const BATCH_REQUESTS: usize = 128;
@@ -221,7 +230,7 @@ impl Writer {
         }
         push.arg(&token);
         let mut decide = redis::cmd("EVAL");
-        decide.arg(INTAKE_SCRIPT).arg(1 + batch.len()).arg(&self.pending);
+        decide.arg(intake_script()).arg(1 + batch.len()).arg(&self.pending);
         for request in &batch {
             decide.arg(&request.mark_key);
         }

@@ -35,6 +35,9 @@
 --            An error when the token is not at the head (the push failed;
 --            nothing was written).
 --
+-- Needs Redis 7.0 or later (SET with both NX and GET). The gateway sends
+-- this text without its whole-line comments (intake.rs).
+--
 -- Requests are decided in order, so two copies of one delivery in the same
 -- batch keep one message, exactly as in two batches. Once the token is
 -- popped, envelope i (of n) sits at index n - i.
@@ -51,7 +54,8 @@ local n = #KEYS - 1
 local answers, taken_back = {}, 0
 for i = 1, n do
   local mark, id, replacing = KEYS[1 + i], ARGV[3 + 2 * (i - 1)], ARGV[4 + 2 * (i - 1)]
-  local holder = redis.call('GET', mark)
+  -- One lookup for the common case: set if absent, else read the holder.
+  local holder = redis.call('SET', mark, id, 'NX', 'GET', 'PX', ttl)
   if holder and holder ~= replacing then
     -- Overwritten by the (short) token, then removed below.
     redis.call('LSET', pending, n - i, token)
@@ -59,7 +63,10 @@ for i = 1, n do
     answers[#answers + 1] = 0
     answers[#answers + 1] = holder
   else
-    redis.call('SET', mark, id, 'PX', ttl)
+    if holder then
+      -- A redelivery of a message that went dead: the mark moves to this one.
+      redis.call('SET', mark, id, 'PX', ttl)
+    end
     answers[#answers + 1] = 1
     answers[#answers + 1] = id
   end
