@@ -207,7 +207,8 @@ fn main() {
     shutdown.trigger();
     let _ = server.join();
     bare_figures.print("bare axum (200, no work)");
-    // Warm-up included: every answered request, as the counts below.
+    // The CPU times include the 0.5 s warm-up, whose requests are not
+    // counted: estimate them at the measured rate.
     let bare_answered = bare_figures.ok as f64 * (1.0 + 0.5 / seconds as f64);
     let per_bare = |cpu: Duration| cpu.as_secs_f64() * 1e6 / bare_answered.max(1.0);
     println!(
