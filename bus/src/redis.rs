@@ -8,7 +8,8 @@
 
 mod connection;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -58,8 +59,17 @@ impl QueueKeys {
     pub fn consumers(&self) -> String {
         format!("{}:consumers", self.base)
     }
-    pub fn in_flight(&self, consumer: &str) -> String {
-        format!("{}:inflight:{consumer}", self.base)
+    /// The consumer's open fetches: a set of fetch numbers.
+    pub fn fetches(&self, consumer: &str) -> String {
+        format!("{}:fetches:{consumer}", self.base)
+    }
+    /// What one fetch leased, in fetch order (lease `n` at index `n - 1`).
+    pub fn in_flight(&self, consumer: &str, fetch: u64) -> String {
+        format!("{}:inflight:{consumer}:{fetch}", self.base)
+    }
+    /// Bitmap of one fetch's settled leases (bit `n - 1` for lease `n`).
+    pub fn settled(&self, consumer: &str, fetch: u64) -> String {
+        format!("{}:settled:{consumer}:{fetch}", self.base)
     }
     /// Ordering key -> id of the message allowed to run.
     pub fn keys(&self) -> String {
@@ -92,7 +102,6 @@ pub const STORE_CALL_TIMEOUT: Duration = CALL_TIMEOUT;
 
 struct Scripts {
     push: Script,
-    fetch: Script,
     admit: Script,
     settle: Script,
     reap: Script,
@@ -100,12 +109,49 @@ struct Scripts {
     report: Script,
 }
 
+/// The two scripts of a fetch's transaction. They go by `EVAL`, not
+/// `EVALSHA`: a `NOSCRIPT` inside `EXEC` would fail that one command and let
+/// the others run. Both are short, so hashing their text costs little.
+fn promote_script() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| lua_text(include_str!("lua/promote.lua")))
+}
+
+fn close_script() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| lua_text(include_str!("lua/close.lua")))
+}
+
+/// A script's text without its whole-line comments, for sending with
+/// `EVAL`: Redis takes the SHA1 of the whole text on every call.
+pub fn lua_text(source: &str) -> String {
+    source.lines().filter(|line| !line.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n")
+}
+
 /// Queues in Redis.
 pub struct RedisBackend {
     pool: RedisPool,
     prefix: String,
     scripts: Scripts,
+    /// Per consumer, what its fetches found.
+    fetched: Mutex<HashMap<String, Fetched>>,
 }
+
+/// What a consumer's fetches found so far.
+#[derive(Default)]
+struct Fetched {
+    /// The highest fetch number asked for: a fetch asked for again (its
+    /// reply was lost) first looks at what it leased.
+    last: u64,
+    /// How many messages the next fetch expects to find: what the last one
+    /// took plus what it left on `pending`. A fetch sends one `LMOVE` per
+    /// message it may take, and most of those would come back empty if it
+    /// always sent as many as it has room for. None before the first.
+    expect: Option<usize>,
+}
+
+/// Messages a fetch tries to take at least, however quiet the queue was.
+const FETCH_FLOOR: usize = 4;
 
 impl RedisBackend {
     /// A pool of `pool_size` connections to `url` (`redis://` or
@@ -126,13 +172,13 @@ impl RedisBackend {
             prefix: prefix.to_string(),
             scripts: Scripts {
                 push: Script::new(include_str!("lua/push.lua")),
-                fetch: Script::new(include_str!("lua/fetch.lua")),
                 admit: Script::new(include_str!("lua/admit.lua")),
                 settle: Script::new(include_str!("lua/settle.lua")),
                 reap: Script::new(include_str!("lua/reap.lua")),
                 depths: Script::new(include_str!("lua/depths.lua")),
                 report: Script::new(include_str!("lua/report.lua")),
             },
+            fetched: Mutex::new(HashMap::new()),
         })
     }
 
@@ -179,20 +225,46 @@ impl RedisBackend {
             return Ok(());
         }
         let keys = self.keys(&consumer.queue);
+        let name = &consumer.name;
+        // The fetches the leases belong to, in order of first mention, with
+        // their plain acks (unkeyed messages) as bare positions; every
+        // other settlement goes in full.
+        let mut fetches: Vec<(u64, Vec<u32>)> = Vec::new();
+        let mut others: Vec<(usize, &SettleItem)> = Vec::new();
+        for item in &items {
+            let fetch = item.token.seq;
+            let j = match fetches.iter().position(|(f, _)| *f == fetch) {
+                Some(j) => j,
+                None => {
+                    fetches.push((fetch, Vec::new()));
+                    fetches.len() - 1
+                }
+            };
+            if item.op == "ack" && item.key.is_none() {
+                fetches[j].1.push(item.token.n);
+            } else {
+                others.push((j + 1, item));
+            }
+        }
         let mut call = self.scripts.settle.prepare_invoke();
-        call.key(keys.in_flight(&consumer.name))
+        call.key(keys.fetches(name))
             .key(keys.pending())
             .key(keys.delayed())
             .key(keys.dead())
             .key(keys.keys())
             .key(keys.throughput(minute_of(now_ms())));
-        call.arg(THROUGHPUT_TTL_MS);
-        for item in &items {
+        call.arg(THROUGHPUT_TTL_MS).arg(fetches.len());
+        for (fetch, acks) in &fetches {
+            call.key(keys.in_flight(name, *fetch)).key(keys.settled(name, *fetch));
+            call.arg(*fetch).arg(acks.len()).arg(acks);
+        }
+        for (j, item) in others {
             call.key(match &item.key {
                 Some(key) => keys.held(key),
                 None => keys.pending(),
             });
-            call.arg(item.token.to_string())
+            call.arg(j)
+                .arg(item.token.n)
                 .arg(item.op)
                 .arg(item.key.as_deref().unwrap_or(""))
                 .arg(item.id.as_deref().unwrap_or(""))
@@ -202,6 +274,104 @@ impl RedisBackend {
         let mut conn = self.conn().await?;
         let _: i64 = timed(call.invoke_async(&mut conn)).await?;
         Ok(())
+    }
+
+    /// Leases up to `max` messages under fetch number `fetch`: one
+    /// transaction (see `promote.lua`), so the messages never pass through
+    /// Lua. Also answers how many messages it left on `pending`.
+    async fn lease(
+        &self,
+        consumer: &ConsumerId,
+        fetch: u64,
+        max: usize,
+    ) -> Result<(Vec<(u32, Vec<u8>)>, usize), BusError> {
+        let keys = self.keys(&consumer.queue);
+        let (pending, list) = (keys.pending(), keys.in_flight(&consumer.name, fetch));
+        let mut tx = redis::pipe();
+        tx.atomic();
+        tx.zadd(keys.consumers(), &consumer.name, now_ms()).ignore();
+        tx.hset_nx(keys.fetches(&consumer.name), fetch, 0).ignore();
+        tx.cmd("EVAL")
+            .arg(promote_script())
+            .arg(2)
+            .arg(&pending)
+            .arg(keys.delayed())
+            .arg(now_ms())
+            .arg(PROMOTE_LIMIT)
+            .ignore();
+        for _ in 0..max {
+            tx.cmd("LMOVE").arg(&pending).arg(&list).arg("RIGHT").arg("RIGHT");
+        }
+        tx.cmd("EVAL")
+            .arg(close_script())
+            .arg(3)
+            .arg(keys.fetches(&consumer.name))
+            .arg(&list)
+            .arg(keys.settled(&consumer.name, fetch))
+            .arg(fetch)
+            .ignore();
+        tx.llen(&pending);
+        let mut conn = self.conn().await?;
+        let mut replies: Vec<redis::Value> = timed(tx.query_async(&mut conn)).await?;
+        let bad = |what: &str| BusError::Protocol(format!("a fetch's transaction answered {what}"));
+        let left: usize = match replies.pop() {
+            Some(value) => redis::from_redis_value(value).map_err(|_| bad("a bad length of pending"))?,
+            None => return Err(bad("nothing")),
+        };
+        let mut leased = Vec::with_capacity(replies.len());
+        for (n, value) in (1..).zip(replies) {
+            match redis::from_redis_value::<Option<Vec<u8>>>(value).map_err(|_| bad("a bad LMOVE reply"))? {
+                Some(raw) => leased.push((n, raw)),
+                None => break,
+            }
+        }
+        Ok((leased, left))
+    }
+
+    /// What fetch number `fetch` leased and is not settled yet: the answer
+    /// to a fetch asked for again.
+    async fn leased(&self, consumer: &ConsumerId, fetch: u64) -> Result<Vec<(u32, Vec<u8>)>, BusError> {
+        let keys = self.keys(&consumer.queue);
+        let mut conn = self.conn().await?;
+        let (raws, settled): (Vec<Vec<u8>>, Option<Vec<u8>>) = timed(
+            redis::pipe()
+                .lrange(keys.in_flight(&consumer.name, fetch), 0, -1)
+                .get(keys.settled(&consumer.name, fetch))
+                .query_async(&mut conn),
+        )
+        .await?;
+        let settled = settled.unwrap_or_default();
+        let is_settled = |n: u32| {
+            let bit = (n - 1) as usize;
+            settled.get(bit / 8).is_some_and(|byte| byte & (0x80 >> (bit % 8)) != 0)
+        };
+        Ok((1..).zip(raws).filter(|(n, _)| !is_settled(*n)).collect())
+    }
+
+    /// Puts back what `name` has in flight and forgets it (see `reap.lua`);
+    /// with `lapsed_before`, only if its heartbeat is older. `None` when the
+    /// consumer is alive.
+    async fn reap(&self, queue: &str, name: &str, lapsed_before: Option<i64>) -> Result<Option<usize>, BusError> {
+        let keys = self.keys(queue);
+        let mut conn = self.conn().await?;
+        for _ in 0..DEPTHS_ATTEMPTS {
+            let fetches: Vec<u64> = timed(conn.hkeys(keys.fetches(name))).await?;
+            let mut call = self.scripts.reap.prepare_invoke();
+            call.key(keys.consumers()).key(keys.pending()).key(keys.fetches(name));
+            call.arg(name).arg(lapsed_before.map(|ms| ms.to_string()).unwrap_or_default());
+            for &fetch in &fetches {
+                call.key(keys.in_flight(name, fetch)).key(keys.settled(name, fetch)).arg(fetch);
+            }
+            let n: i64 = timed(call.invoke_async(&mut conn)).await?;
+            match n {
+                -1 => return Ok(None),
+                -2 => continue,
+                n => return Ok(Some(n.max(0) as usize)),
+            }
+        }
+        Err(BusError::Protocol(format!(
+            "the open fetches of {name} on {queue} changed on each of {DEPTHS_ATTEMPTS} reads; try again"
+        )))
     }
 
     async fn dead_entries(&self, queue: &str) -> Result<Vec<(Vec<u8>, Option<DeadLetter>)>, BusError> {
@@ -247,9 +417,10 @@ struct SettleItem {
     score: i64,
 }
 
-/// Reads of a queue's depths before giving up when its consumers or
-/// ordering keys change between every two calls (each retry declares what
-/// the previous call found, so one quiet moment is enough).
+/// Reads of a queue's depths (or of a consumer's open fetches, to reap
+/// them) before giving up when what the script must be told changes
+/// between every two calls (a depths retry declares what the previous call
+/// found, so one quiet moment is enough).
 const DEPTHS_ATTEMPTS: usize = 20;
 
 /// What `depths.lua` answered.
@@ -317,31 +488,31 @@ impl Backend for RedisBackend {
 
     async fn fetch(&self, consumer: &ConsumerId, seq: u64, max: usize) -> Result<Vec<Delivery>, BusError> {
         let keys = self.keys(&consumer.queue);
-        let mut conn = self.conn().await?;
-        let flat: Vec<Vec<u8>> = timed(
-            self.scripts
-                .fetch
-                .key(keys.pending())
-                .key(keys.delayed())
-                .key(keys.in_flight(&consumer.name))
-                .key(keys.consumers())
-                .arg(&consumer.name)
-                .arg(seq)
-                .arg(max)
-                .arg(now_ms())
-                .arg(PROMOTE_LIMIT)
-                .invoke_async(&mut conn),
-        )
-        .await?;
-        drop(conn);
+        let (asked_before, expect) = {
+            let mut fetched = self.fetched.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let state = fetched.entry(consumer.name.clone()).or_default();
+            let before = seq <= state.last;
+            state.last = state.last.max(seq);
+            (before, state.expect)
+        };
+        // Asked for again: its reply was lost, or it failed before leasing.
+        // Should a lost transaction still run after this, what it leases
+        // stays in this fetch's list, counted as in flight, and goes back
+        // to pending when the consumer stops or its heartbeat lapses.
+        let mut leased = if asked_before { self.leased(consumer, seq).await? } else { Vec::new() };
+        if leased.is_empty() {
+            let take = expect.map_or(max, |expect| max.min(expect.max(FETCH_FLOOR)));
+            let left;
+            (leased, left) = self.lease(consumer, seq, take).await?;
+            let mut fetched = self.fetched.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            fetched.entry(consumer.name.clone()).or_default().expect = Some(leased.len() + left);
+        }
 
-        let mut deliveries = Vec::with_capacity(flat.len() / 2);
+        let mut deliveries = Vec::with_capacity(leased.len());
         let mut garbage = Vec::new();
-        for pair in flat.chunks_exact(2) {
-            let Some(token) = std::str::from_utf8(&pair[0]).ok().and_then(|t| t.parse::<LeaseToken>().ok()) else {
-                return Err(BusError::Protocol(format!("fetch returned a bad lease token {:?}", pair[0])));
-            };
-            match Envelope::decode(&pair[1]) {
+        for (n, raw) in leased {
+            let token = LeaseToken { seq, n };
+            match Envelope::decode(&raw) {
                 Ok(envelope) => deliveries.push(Delivery {
                     lease: Lease {
                         token,
@@ -356,7 +527,7 @@ impl Backend for RedisBackend {
                     key: None,
                     id: None,
                     data: DeadLetter {
-                        content: DeadContent::Raw(Bytes::copy_from_slice(&pair[1])),
+                        content: DeadContent::Raw(Bytes::from(raw)),
                         reason: format!("undecodable message: {err}"),
                         dead_at: now_ms(),
                     }
@@ -375,12 +546,12 @@ impl Backend for RedisBackend {
             return Ok(deliveries);
         }
         let mut call = self.scripts.admit.prepare_invoke();
-        call.key(keys.in_flight(&consumer.name)).key(keys.keys());
+        call.key(keys.fetches(&consumer.name)).key(keys.keys());
         for &i in &keyed {
             let lease = &deliveries[i].lease;
             let key = lease.key.as_deref().unwrap_or("");
-            call.key(keys.held(key));
-            call.arg(lease.token.to_string()).arg(key).arg(lease.id.as_deref().unwrap_or(""));
+            call.key(keys.in_flight(&consumer.name, seq)).key(keys.settled(&consumer.name, seq)).key(keys.held(key));
+            call.arg(seq).arg(lease.token.n).arg(key).arg(lease.id.as_deref().unwrap_or(""));
         }
         let mut conn = self.conn().await?;
         let verdicts: Vec<i64> = timed(call.invoke_async(&mut conn)).await?;
@@ -421,44 +592,21 @@ impl Backend for RedisBackend {
                 .query_async(&mut conn),
         )
         .await?;
+        drop(conn);
         let mut report = HeartbeatReport::default();
         for name in lapsed {
-            let n: i64 = timed(
-                self.scripts
-                    .reap
-                    .key(keys.consumers())
-                    .key(keys.pending())
-                    .key(keys.in_flight(&name))
-                    .arg(&name)
-                    .arg(lapsed_before)
-                    .invoke_async(&mut conn),
-            )
-            .await?;
-            if n >= 0 {
+            if let Some(n) = self.reap(&consumer.queue, &name, Some(lapsed_before)).await? {
                 tracing::warn!(queue = %consumer.queue, consumer = %name, requeued = n,
                     "consumer heartbeat lapsed; its in-flight messages are back on pending");
                 report.reaped_consumers += 1;
-                report.requeued += n as usize;
+                report.requeued += n;
             }
         }
         Ok(report)
     }
 
     async fn deregister(&self, consumer: &ConsumerId) -> Result<usize, BusError> {
-        let keys = self.keys(&consumer.queue);
-        let mut conn = self.conn().await?;
-        let n: i64 = timed(
-            self.scripts
-                .reap
-                .key(keys.consumers())
-                .key(keys.pending())
-                .key(keys.in_flight(&consumer.name))
-                .arg(&consumer.name)
-                .arg("")
-                .invoke_async(&mut conn),
-        )
-        .await?;
-        Ok(n.max(0) as usize)
+        Ok(self.reap(&consumer.queue, &consumer.name, None).await?.unwrap_or(0))
     }
 
     async fn wait_for_work(&self, _queue: &str, max_wait: Duration) {
@@ -470,7 +618,7 @@ impl Backend for RedisBackend {
     async fn depths(&self, queue: &str) -> Result<QueueDepths, BusError> {
         let keys = self.keys(queue);
         let mut conn = self.conn().await?;
-        // The script must be told which in-flight hashes and held lists to
+        // The script must be told which consumers' open fetches and held lists to
         // count (every key a script touches is declared, as Redis Cluster
         // requires); it checks the lists and, when consumers or ordering
         // keys changed since, answers with the current ones to ask again.
@@ -481,7 +629,7 @@ impl Backend for RedisBackend {
             call.key(keys.pending()).key(keys.delayed()).key(keys.dead()).key(keys.consumers()).key(keys.keys());
             call.arg(consumers.len());
             for consumer in &consumers {
-                call.key(keys.in_flight(consumer)).arg(consumer);
+                call.key(keys.fetches(consumer)).arg(consumer);
             }
             for key in &ordering {
                 call.key(keys.held(key)).arg(key);

@@ -56,7 +56,9 @@ async fn pipeline_runs_unchanged_on_a_three_master_cluster() {
     for queue in QUEUES {
         let pending = format!("hookbus:{{{queue}}}:pending");
         let slot = cluster.slot_of(&pending);
-        for other in ["delayed", "dead", "keys", "consumers", "inflight:any", "held:any"] {
+        for other in
+            ["delayed", "dead", "keys", "consumers", "inflight:any:1", "settled:any:1", "fetches:any", "held:any"]
+        {
             assert_eq!(cluster.slot_of(&format!("hookbus:{{{queue}}}:{other}")), slot, "{queue}:{other}");
         }
         masters.insert(cluster.port_of(&pending));

@@ -80,9 +80,7 @@ const INTAKE_SCRIPT: &str = include_str!("lua/intake.lua");
 /// of the text on every EVAL, and the header is two thirds of it.
 fn intake_script() -> &'static str {
     static TEXT: OnceLock<String> = OnceLock::new();
-    TEXT.get_or_init(|| {
-        INTAKE_SCRIPT.lines().filter(|line| !line.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n")
-    })
+    TEXT.get_or_init(|| hookbus_bus::redis::lua_text(INTAKE_SCRIPT))
 }
 
 /// Requests in one transaction at most. Redis runs a transaction to the end

@@ -5,7 +5,8 @@
 -- KEYS[3]  <prefix>:{<q>}:dead
 -- KEYS[4]  <prefix>:{<q>}:consumers
 -- KEYS[5]  <prefix>:{<q>}:keys
--- KEYS[5+i]    <prefix>:{<q>}:inflight:<consumer i>   (i = 1..c)
+-- KEYS[5+i]    <prefix>:{<q>}:fetches:<consumer i>   (i = 1..c): hash, open
+--              fetch -> leases in it not yet settled
 -- KEYS[5+c+j]  <prefix>:{<q>}:held:<ordering key j>
 -- ARGV[1]  c, the number of consumers the caller declared
 -- ARGV[2..1+c]  those consumers; ARGV[2+c..] those ordering keys
@@ -14,9 +15,9 @@
 --          keys are not the current ones; call again declaring these.
 --
 -- Every key read is declared (Redis Cluster routes and checks by KEYS), so
--- the in-flight hashes and held lists to count are named by the caller and
+-- the consumers' fetches and held lists to count are named by the caller and
 -- checked here against `consumers` and `keys`: a message is only ever in
--- the in-flight hash of a listed consumer or the held list of a held key.
+-- an open fetch of a listed consumer or the held list of a held key.
 -- Read-only, so a snapshot never shows a message in two places or none.
 local c = tonumber(ARGV[1])
 local consumers = redis.call('ZRANGE', KEYS[4], 0, -1)
@@ -51,7 +52,9 @@ end
 
 local in_flight = 0
 for i = 1, c do
-  in_flight = in_flight + redis.call('HLEN', KEYS[5 + i])
+  for _, open in ipairs(redis.call('HVALS', KEYS[5 + i])) do
+    in_flight = in_flight + (tonumber(open) or 0)
+  end
 end
 local held = 0
 for j = 1, #ordering do

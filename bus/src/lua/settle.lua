@@ -1,27 +1,39 @@
 -- settle.lua: finish leases: ack, retry later, dead-letter, or put back.
 --
--- KEYS[1]  <prefix>:{<q>}:inflight:<consumer>
+-- KEYS[1]  <prefix>:{<q>}:fetches:<consumer>   hash: open fetch -> leases not yet settled
 -- KEYS[2]  <prefix>:{<q>}:pending
 -- KEYS[3]  <prefix>:{<q>}:delayed
 -- KEYS[4]  <prefix>:{<q>}:dead
 -- KEYS[5]  <prefix>:{<q>}:keys
 -- KEYS[6]  <prefix>:{<q>}:throughput:<minute start ms>  hash: handled, retried, dead
--- KEYS[6+i] <prefix>:{<q>}:held:<key of lease i> (any key of the slot for unkeyed ones)
+-- KEYS[5+2j], KEYS[6+2j]  for fetch j (j = 1..F):
+--          <prefix>:{<q>}:inflight:<consumer>:<fetch j>   its in-flight list
+--          <prefix>:{<q>}:settled:<consumer>:<fetch j>    bitmap of its settled leases
+-- KEYS[6+2F+i]  for other lease i: <prefix>:{<q>}:held:<its key> (any key
+--          of the slot for an unkeyed one)
 -- ARGV[1]  how long the throughput hash lives, ms
--- ARGV     then per lease, 6 values: token, op, key ('' = none), id, data, score
---          op 'ack'     -> forget it
+-- ARGV[2]  F, the number of fetches
+-- ARGV     then per fetch j: its number, a (the number of plain acks: acks
+--          of unkeyed messages), then the a positions acknowledged
+-- ARGV     then per other lease: j (the fetch's index above), n
+--          (position in the fetch, from 1), op, key ('' = none), id, data,
+--          score -- 7 values
+--          op 'ack'     -> forget it (and release its key)
 --          op 'retry'   -> ZADD delayed score data (data = envelope with attempts+1)
 --          op 'dead'    -> LPUSH dead data (data = dead entry)
 --          op 'requeue' -> RPUSH pending (the head) the leased bytes
 -- Returns  the number of leases that were still held.
 --
--- Invariants kept atomically: a lease is acted on only if it is still in the
--- consumer's in-flight hash (a consumer declared dead had its leases put back,
--- and its late settle must neither lose nor duplicate them), and only those
--- are counted in the minute's throughput (ack -> handled, retry -> retried,
--- dead -> dead; requeue is not a settlement). Ack and dead
--- release the key to the next held message, which goes to the tail of
--- pending; retry and requeue keep the key, so later messages of the key wait.
+-- A lease is held while its fetch's in-flight list exists and its bit in
+-- the fetch's settled bitmap is clear; settling sets the bit and lowers the
+-- fetch's count in `fetches`, and the fetch's keys go once every lease in
+-- it is settled. Invariants kept atomically: a lease is acted on only if
+-- still held (a consumer declared dead had its leases put back, and its
+-- late settle must neither lose nor duplicate them), and only those are
+-- counted in the minute's throughput (ack -> handled, retry -> retried,
+-- dead -> dead; requeue is not a settlement). Ack and dead release the key
+-- to the next held message, which goes to the tail of pending; retry and
+-- requeue keep the key, so later messages of the key wait.
 local function release(key, id, held)
   if key == '' or redis.call('HGET', KEYS[5], key) ~= id then
     return
@@ -42,39 +54,77 @@ end
 
 local settled = 0
 local handled, retried, dead = 0, 0, 0
-local plain_acks = {}
-local n = (#ARGV - 1) / 6
-for i = 1, n do
-  local b = 1 + 6 * (i - 1)
-  local token, op, key, id, data, score = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
-  if op == 'ack' and key == '' then
-    plain_acks[#plain_acks + 1] = token
-  else
-    local raw = redis.call('HGET', KEYS[1], token)
-    if raw then
-      redis.call('HDEL', KEYS[1], token)
-      settled = settled + 1
-      if op == 'ack' then
-        handled = handled + 1
-        release(key, id, KEYS[6 + i])
-      elseif op == 'retry' then
-        retried = retried + 1
-        redis.call('ZADD', KEYS[3], tonumber(score), data)
-      elseif op == 'dead' then
-        dead = dead + 1
-        redis.call('LPUSH', KEYS[4], data)
-        release(key, id, KEYS[6 + i])
-      elseif op == 'requeue' then
-        redis.call('RPUSH', KEYS[2], raw)
+
+-- The fetches: { number, list, bitmap, length, leases settled now }.
+local n_fetches = tonumber(ARGV[2])
+local fetches = {}
+local at = 3
+for j = 1, n_fetches do
+  local list = KEYS[5 + 2 * j]
+  local fetch = { ARGV[at], list, KEYS[6 + 2 * j], redis.call('LLEN', list), 0 }
+  fetches[j] = fetch
+  local a = tonumber(ARGV[at + 1])
+  if a > 0 and fetch[4] > 0 then
+    local args = {}
+    for k = at + 2, at + 1 + a do
+      local n = tonumber(ARGV[k])
+      if n and n >= 1 and n <= fetch[4] then
+        args[#args + 1] = 'SET'
+        args[#args + 1] = 'u1'
+        args[#args + 1] = n - 1
+        args[#args + 1] = 1
+      end
+    end
+    if #args > 0 then
+      for _, old in ipairs(redis.call('BITFIELD', fetch[3], unpack(args))) do
+        if old == 0 then
+          fetch[5] = fetch[5] + 1
+        end
       end
     end
   end
+  handled = handled + fetch[5]
+  settled = settled + fetch[5]
+  at = at + 2 + a
 end
-if #plain_acks > 0 then
-  local acked = redis.call('HDEL', KEYS[1], unpack(plain_acks))
-  settled = settled + acked
-  handled = handled + acked
+
+local i = 0
+while at + 6 <= #ARGV do
+  i = i + 1
+  local fetch, n, op = fetches[tonumber(ARGV[at])], tonumber(ARGV[at + 1]), ARGV[at + 2]
+  local key, id, data, score = ARGV[at + 3], ARGV[at + 4], ARGV[at + 5], ARGV[at + 6]
+  local held = KEYS[6 + 2 * n_fetches + i]
+  at = at + 7
+  if fetch and n and n >= 1 and n <= fetch[4] and redis.call('SETBIT', fetch[3], n - 1, 1) == 0 then
+    settled = settled + 1
+    fetch[5] = fetch[5] + 1
+    if op == 'ack' then
+      handled = handled + 1
+      release(key, id, held)
+    elseif op == 'retry' then
+      retried = retried + 1
+      redis.call('ZADD', KEYS[3], tonumber(score), data)
+    elseif op == 'dead' then
+      dead = dead + 1
+      redis.call('LPUSH', KEYS[4], data)
+      release(key, id, held)
+    elseif op == 'requeue' then
+      redis.call('RPUSH', KEYS[2], redis.call('LINDEX', fetch[2], n - 1))
+    end
+  end
 end
+
+for _, fetch in ipairs(fetches) do
+  if fetch[5] > 0 then
+    if redis.call('BITCOUNT', fetch[3]) >= fetch[4] then
+      redis.call('DEL', fetch[2], fetch[3])
+      redis.call('HDEL', KEYS[1], fetch[1])
+    else
+      redis.call('HINCRBY', KEYS[1], fetch[1], -fetch[5])
+    end
+  end
+end
+
 if handled + retried + dead > 0 then
   if handled > 0 then redis.call('HINCRBY', KEYS[6], 'handled', handled) end
   if retried > 0 then redis.call('HINCRBY', KEYS[6], 'retried', retried) end
