@@ -65,6 +65,8 @@ both_backends!(
     depths_stay_readable_while_consumers_and_keys_change,
     ack_removes_the_message_for_good,
     a_repeated_fetch_returns_the_same_leases,
+    a_repeated_fetch_that_leased_nothing_leases_now,
+    a_burst_after_an_idle_spell_is_fetched_in_order,
     same_key_runs_one_at_a_time_in_enqueue_order,
     dead_letter_releases_the_key_to_the_next_message,
     retried_message_holds_back_its_key,
@@ -189,6 +191,44 @@ async fn a_repeated_fetch_returns_the_same_leases(f: Fixture) {
     let again = b.fetch(&c, 7, 2).await.expect("fetch again");
     assert_eq!(first.iter().map(|d| &d.lease).collect::<Vec<_>>(), again.iter().map(|d| &d.lease).collect::<Vec<_>>());
     assert_eq!(fetch_ns(b, &c, 8, 5).await, vec![3]);
+}
+
+async fn a_repeated_fetch_that_leased_nothing_leases_now(f: Fixture) {
+    // A fetch asked for again after it failed before leasing anything (or
+    // found the queue empty) must take what is there now.
+    let b = &*f.backend;
+    let c = consumer("q");
+    assert_eq!(fetch_ns(b, &c, 4, 10).await, Vec::<u32>::new());
+    b.push("q", &[msg(1), msg(2)]).await.expect("push");
+    assert_eq!(fetch_ns(b, &c, 4, 10).await, vec![1, 2]);
+    let depths = b.depths("q").await.expect("depths");
+    assert_eq!((depths.pending, depths.in_flight), (0, 2), "{depths:?}");
+    // And a later fetch does not see them again.
+    assert_eq!(fetch_ns(b, &c, 5, 10).await, Vec::<u32>::new());
+}
+
+async fn a_burst_after_an_idle_spell_is_fetched_in_order(f: Fixture) {
+    // A fetch may take fewer than it has room for (over Redis it sizes
+    // itself by what the last fetch found), never more, and never skips.
+    let b = &*f.backend;
+    let c = consumer("q");
+    assert_eq!(fetch_ns(b, &c, 1, 10).await, Vec::<u32>::new());
+    b.push("q", &(1..=25).map(msg).collect::<Vec<_>>()).await.expect("push");
+    let mut got = Vec::new();
+    for seq in 2..20 {
+        let batch = fetch_ns(b, &c, seq, 10).await;
+        assert!(!batch.is_empty() && batch.len() <= 10, "fetch {seq} took {batch:?}");
+        got.extend(batch);
+        if got.len() >= 25 {
+            break;
+        }
+    }
+    assert_eq!(got, (1..=25).collect::<Vec<_>>());
+    let depths = b.depths("q").await.expect("depths");
+    assert_eq!((depths.pending, depths.in_flight), (0, 25), "{depths:?}");
+    // Put back across several fetches, the oldest at the head.
+    assert_eq!(b.deregister(&c).await.expect("deregister"), 25);
+    assert_eq!(fetch_ns(b, &consumer("q"), 1, 100).await, (1..=25).collect::<Vec<_>>());
 }
 
 async fn same_key_runs_one_at_a_time_in_enqueue_order(f: Fixture) {
