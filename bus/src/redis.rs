@@ -230,7 +230,7 @@ impl RedisBackend {
         // their plain acks (unkeyed messages) as bare positions; every
         // other settlement goes in full.
         let mut fetches: Vec<(u64, Vec<u32>)> = Vec::new();
-        let mut others: Vec<(usize, &SettleItem)> = Vec::new();
+        let mut others: Vec<(usize, u32, &SettleItem)> = Vec::new();
         for item in &items {
             let fetch = item.token.seq;
             let j = match fetches.iter().position(|(f, _)| *f == fetch) {
@@ -240,10 +240,12 @@ impl RedisBackend {
                     fetches.len() - 1
                 }
             };
+            // Leases go by bit offset (position - 1); tokens start at 1.
+            let Some(offset) = item.token.n.checked_sub(1) else { continue };
             if item.op == "ack" && item.key.is_none() {
-                fetches[j].1.push(item.token.n);
+                fetches[j].1.push(offset);
             } else {
-                others.push((j + 1, item));
+                others.push((j + 1, offset, item));
             }
         }
         let mut call = self.scripts.settle.prepare_invoke();
@@ -258,13 +260,13 @@ impl RedisBackend {
             call.key(keys.in_flight(name, *fetch)).key(keys.settled(name, *fetch));
             call.arg(*fetch).arg(acks.len()).arg(acks);
         }
-        for (j, item) in others {
+        for (j, offset, item) in others {
             call.key(match &item.key {
                 Some(key) => keys.held(key),
                 None => keys.pending(),
             });
             call.arg(j)
-                .arg(item.token.n)
+                .arg(offset)
                 .arg(item.op)
                 .arg(item.key.as_deref().unwrap_or(""))
                 .arg(item.id.as_deref().unwrap_or(""))

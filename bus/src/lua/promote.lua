@@ -16,7 +16,7 @@
 -- Invariant: a retry is in `delayed` or in `pending`, never both or
 -- neither. Should this script fail, the transaction's other commands still
 -- run: the fetch takes what is pending, and due retries wait for the next.
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', '0', ARGV[2])
 if #due > 0 then
   redis.call('ZREM', KEYS[2], unpack(due))
   -- Earliest due ends up rightmost: fetched first.

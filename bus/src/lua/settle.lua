@@ -14,10 +14,11 @@
 -- ARGV[1]  how long the throughput hash lives, ms
 -- ARGV[2]  F, the number of fetches
 -- ARGV     then per fetch j: its number, a (the number of plain acks: acks
---          of unkeyed messages), then the a positions acknowledged
--- ARGV     then per other lease: j (the fetch's index above), n
---          (position in the fetch, from 1), op, key ('' = none), id, data,
---          score -- 7 values
+--          of unkeyed messages), then the a leases acknowledged, as bit
+--          offsets (position - 1)
+-- ARGV     then per other lease: j (the fetch's index above), its bit
+--          offset (position - 1), op, key ('' = none), id, data, score --
+--          7 values
 --          op 'ack'     -> forget it (and release its key)
 --          op 'retry'   -> ZADD delayed score data (data = envelope with attempts+1)
 --          op 'dead'    -> LPUSH dead data (data = dead entry)
@@ -67,12 +68,15 @@ for j = 1, n_fetches do
   if a > 0 and fetch[4] > 0 then
     local args = {}
     for k = at + 2, at + 1 + a do
-      local n = tonumber(ARGV[k])
-      if n and n >= 1 and n <= fetch[4] then
+      -- Strings, not numbers: Lua formats every number it hands Redis
+      -- with sprintf, which cost more than the rest of an ack.
+      local offset = ARGV[k]
+      local n = tonumber(offset)
+      if n and n >= 0 and n < fetch[4] then
         args[#args + 1] = 'SET'
         args[#args + 1] = 'u1'
-        args[#args + 1] = n - 1
-        args[#args + 1] = 1
+        args[#args + 1] = offset
+        args[#args + 1] = '1'
       end
     end
     if #args > 0 then
@@ -91,11 +95,12 @@ end
 local i = 0
 while at + 6 <= #ARGV do
   i = i + 1
-  local fetch, n, op = fetches[tonumber(ARGV[at])], tonumber(ARGV[at + 1]), ARGV[at + 2]
+  local fetch, offset, op = fetches[tonumber(ARGV[at])], ARGV[at + 1], ARGV[at + 2]
+  local n = tonumber(offset)
   local key, id, data, score = ARGV[at + 3], ARGV[at + 4], ARGV[at + 5], ARGV[at + 6]
   local held = KEYS[6 + 2 * n_fetches + i]
   at = at + 7
-  if fetch and n and n >= 1 and n <= fetch[4] and redis.call('SETBIT', fetch[3], n - 1, 1) == 0 then
+  if fetch and n and n >= 0 and n < fetch[4] and redis.call('SETBIT', fetch[3], offset, '1') == 0 then
     settled = settled + 1
     fetch[5] = fetch[5] + 1
     if op == 'ack' then
@@ -109,7 +114,7 @@ while at + 6 <= #ARGV do
       redis.call('LPUSH', KEYS[4], data)
       release(key, id, held)
     elseif op == 'requeue' then
-      redis.call('RPUSH', KEYS[2], redis.call('LINDEX', fetch[2], n - 1))
+      redis.call('RPUSH', KEYS[2], redis.call('LINDEX', fetch[2], offset))
     end
   end
 end
