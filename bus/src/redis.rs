@@ -67,6 +67,12 @@ impl QueueKeys {
     pub fn in_flight(&self, consumer: &str, fetch: u64) -> String {
         format!("{}:inflight:{consumer}:{fetch}", self.base)
     }
+    /// What a consumer of a hookbus before per-fetch lists leased (a hash,
+    /// `<seq>:<n>` -> bytes): put back by the reaper, so that a rolling
+    /// upgrade strands nothing an old worker held.
+    pub fn legacy_in_flight(&self, consumer: &str) -> String {
+        format!("{}:inflight:{consumer}", self.base)
+    }
     /// Bitmap of one fetch's settled leases (bit `n - 1` for lease `n`).
     pub fn settled(&self, consumer: &str, fetch: u64) -> String {
         format!("{}:settled:{consumer}:{fetch}", self.base)
@@ -359,7 +365,7 @@ impl RedisBackend {
         for _ in 0..DEPTHS_ATTEMPTS {
             let fetches: Vec<u64> = timed(conn.hkeys(keys.fetches(name))).await?;
             let mut call = self.scripts.reap.prepare_invoke();
-            call.key(keys.consumers()).key(keys.pending()).key(keys.fetches(name));
+            call.key(keys.consumers()).key(keys.pending()).key(keys.fetches(name)).key(keys.legacy_in_flight(name));
             call.arg(name).arg(lapsed_before.map(|ms| ms.to_string()).unwrap_or_default());
             for &fetch in &fetches {
                 call.key(keys.in_flight(name, fetch)).key(keys.settled(name, fetch)).arg(fetch);

@@ -666,3 +666,29 @@ async fn runner_publishes_its_counters_and_says_goodbye(f: Fixture) {
     let minutes = f.backend.throughput("q", 2).await.expect("throughput");
     assert_eq!(minutes.iter().map(|m| (m.handled, m.dead)).fold((0, 0), |a, m| (a.0 + m.0, a.1 + m.1)), (2, 1));
 }
+
+/// A rolling upgrade: a worker of a hookbus before per-fetch lists kept its
+/// leases in one hash per consumer (`inflight:<consumer>`, field
+/// `<seq>:<n>`). If it dies, a new worker's heartbeat must put them back,
+/// in fetch order, as the old reaper did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_of_a_dead_worker_of_the_previous_layout_go_back_in_order() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url(), "hookbus", 2, false).expect("pool");
+    let mut raw = server.client();
+    let old = "old-host:7:0000beef";
+    let _: () = redis::cmd("ZADD").arg("hookbus:{q}:consumers").arg(1).arg(old).query(&mut raw).expect("zadd");
+    let mut hset = redis::cmd("HSET");
+    hset.arg(format!("hookbus:{{q}}:inflight:{old}"));
+    // Out of order on purpose, and seq 10 after seq 9 (not as text).
+    for (token, n) in [("10:1", 3u32), ("9:2", 2), ("9:1", 1), ("10:2", 4)] {
+        hset.arg(token).arg(msg(n).encode());
+    }
+    let _: () = hset.query(&mut raw).expect("hset");
+
+    let report = backend.heartbeat(&consumer("q"), 1_000).await.expect("heartbeat");
+    assert_eq!((report.reaped_consumers, report.requeued), (1, 4));
+    assert_eq!(fetch_ns(&backend, &consumer("q"), 1, 10).await, vec![1, 2, 3, 4]);
+    let left: bool = redis::cmd("EXISTS").arg(format!("hookbus:{{q}}:inflight:{old}")).query(&mut raw).expect("exists");
+    assert!(!left, "the old in-flight hash is gone");
+}

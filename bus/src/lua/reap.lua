@@ -5,7 +5,10 @@
 -- KEYS[1]  <prefix>:{<q>}:consumers   sorted set, consumer -> last heartbeat ms
 -- KEYS[2]  <prefix>:{<q>}:pending
 -- KEYS[3]  <prefix>:{<q>}:fetches:<consumer>   hash: its open fetches -> leases not yet settled
--- KEYS[2+2j..3+2j], for declared fetch j (from 1):
+-- KEYS[4]  <prefix>:{<q>}:inflight:<consumer>  hash: what a consumer of a
+--          hookbus before per-fetch lists leased ("<seq>:<n>" -> bytes), so
+--          that a rolling upgrade strands nothing an old worker held
+-- KEYS[3+2j..4+2j], for declared fetch j (from 1):
 --          <prefix>:{<q>}:inflight:<consumer>:<fetch j>
 --          <prefix>:{<q>}:settled:<consumer>:<fetch j>
 -- ARGV[1]  consumer name
@@ -44,7 +47,7 @@ local put_back = 0
 -- Newest first onto the right end, so the oldest ends up rightmost.
 for k = #fetches, 1, -1 do
   local j = fetches[k][2]
-  local list, settled = KEYS[2 + 2 * j], KEYS[3 + 2 * j]
+  local list, settled = KEYS[3 + 2 * j], KEYS[4 + 2 * j]
   local leased = redis.call('LRANGE', list, 0, -1)
   for n = #leased, 1, -1 do
     if redis.call('GETBIT', settled, n - 1) == 0 then
@@ -54,6 +57,22 @@ for k = #fetches, 1, -1 do
   end
   redis.call('DEL', list, settled)
 end
-redis.call('DEL', KEYS[3])
+
+local legacy = redis.call('HGETALL', KEYS[4])
+local entries = {}
+for i = 1, #legacy, 2 do
+  local seq, n = string.match(legacy[i], '^(%d+):(%d+)$')
+  entries[#entries + 1] = { tonumber(seq) or 0, tonumber(n) or 0, legacy[i + 1] }
+end
+table.sort(entries, function(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return a[2] < b[2]
+end)
+for i = #entries, 1, -1 do
+  redis.call('RPUSH', KEYS[2], entries[i][3])
+  put_back = put_back + 1
+end
+
+redis.call('DEL', KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[1], ARGV[1])
 return put_back
