@@ -40,26 +40,12 @@ pub struct Lease {
 }
 
 /// Which fetch (the consumer's sequence number) and which message in it
-/// (from 1). Its text form `<seq>:<n>` names the in-flight entry in Redis;
+/// (from 1): over Redis, the fetch's in-flight list and the position in it;
 /// sorting by it gives fetch order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LeaseToken {
     pub seq: u64,
     pub n: u32,
-}
-
-impl std::fmt::Display for LeaseToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.seq, self.n)
-    }
-}
-
-impl std::str::FromStr for LeaseToken {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        let (seq, n) = s.split_once(':').ok_or(())?;
-        Ok(LeaseToken { seq: seq.parse().map_err(|_| ())?, n: n.parse().map_err(|_| ())? })
-    }
 }
 
 /// A fetched message. The envelope is shared: the in-memory backend keeps

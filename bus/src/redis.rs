@@ -59,7 +59,8 @@ impl QueueKeys {
     pub fn consumers(&self) -> String {
         format!("{}:consumers", self.base)
     }
-    /// The consumer's open fetches: a set of fetch numbers.
+    /// The consumer's open fetches: a hash, fetch number -> leases in it
+    /// not settled yet.
     pub fn fetches(&self, consumer: &str) -> String {
         format!("{}:fetches:{consumer}", self.base)
     }
@@ -614,6 +615,7 @@ impl Backend for RedisBackend {
     }
 
     async fn deregister(&self, consumer: &ConsumerId) -> Result<usize, BusError> {
+        self.fetched.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&consumer.name);
         Ok(self.reap(&consumer.queue, &consumer.name, None).await?.unwrap_or(0))
     }
 
