@@ -72,6 +72,10 @@ impl Plugin for Forward {
 #[derive(Default)]
 struct Sink {
     done: AtomicU64,
+    /// When `done` reached this count, the throughput run's end is taken:
+    /// exact, where the waiting loop would add up to one poll interval.
+    target: AtomicU64,
+    finished: Mutex<Option<Instant>>,
     latencies_us: Mutex<Vec<u64>>,
     measure: std::sync::atomic::AtomicBool,
 }
@@ -90,7 +94,9 @@ impl Plugin for Sink {
             let latency = now_us().saturating_sub(body.t0_us);
             self.latencies_us.lock().expect("lock").push(latency);
         }
-        self.done.fetch_add(1, Ordering::Relaxed);
+        if self.done.fetch_add(1, Ordering::Relaxed) + 1 == self.target.load(Ordering::Relaxed) {
+            *self.finished.lock().expect("lock") = Some(Instant::now());
+        }
         Ok(())
     }
 }
@@ -146,13 +152,15 @@ async fn measure(
         .chunks(1_000)
         .map(|chunk| chunk.iter().map(|_| Envelope::new("bench.noop", Bytes::copy_from_slice(&payload))).collect())
         .collect();
+    sink.target.store(sink.done.load(Ordering::Relaxed) + total, Ordering::Relaxed);
     let cpu_before = cpu();
     let start = Instant::now();
     for batch in &mut batches {
         backend.push_vec("s1", batch).await.expect("push");
     }
     assert!(wait_done(&sink, total, Duration::from_secs(600)).await, "pipeline did not drain");
-    let throughput = total as f64 / start.elapsed().as_secs_f64();
+    let end = sink.finished.lock().expect("lock").unwrap_or_else(Instant::now);
+    let throughput = total as f64 / end.duration_since(start).as_secs_f64();
     let cpu_after = cpu();
     let per_msg = |secs: f64| secs * 1e6 / total as f64;
     let redis_cpu_us_per_msg = per_msg(cpu_after.1 - cpu_before.1);

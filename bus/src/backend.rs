@@ -63,9 +63,11 @@ pub enum Settlement {
     /// Done: forget it and release its key.
     Ack,
     /// Try again at `due_ms` with this (updated) envelope; the key stays held.
-    Retry { envelope: Envelope, due_ms: i64 },
+    /// Boxed, as is a dead letter: settlements are moved around in batches
+    /// for every message, and nearly all are a bare `Ack`.
+    Retry { envelope: Box<Envelope>, due_ms: i64 },
     /// Give up: store the dead letter and release the key.
-    Dead(DeadLetter),
+    Dead(Box<DeadLetter>),
     /// Put it back at the head of `pending`, unchanged (shutdown).
     Requeue,
 }

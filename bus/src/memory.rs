@@ -308,11 +308,11 @@ impl Backend for MemoryBackend {
                     retried += 1;
                     let n = state.delayed_seq;
                     state.delayed_seq += 1;
-                    state.delayed.insert((*due_ms, n), envelope.clone());
+                    state.delayed.insert((*due_ms, n), Envelope::clone(envelope));
                 }
                 Settlement::Dead(letter) => {
                     dead += 1;
-                    state.dead.push_front(letter.clone());
+                    state.dead.push_front(DeadLetter::clone(letter));
                     release(&mut state);
                 }
                 Settlement::Requeue => state.pending.push_front(held),

@@ -55,6 +55,10 @@ pub struct Outbox {
 /// Messages grouped by the queue they go to.
 pub(crate) type ByQueue = Vec<(String, Vec<Envelope>)>;
 
+/// Room for this many messages per queue when [`Outbox::drain_into`] starts
+/// a queue's list (a runner's chunk).
+const DRAIN_CAPACITY: usize = 64;
+
 impl Outbox {
     pub fn new(trace_id: &str) -> Self {
         Outbox { trace_id: Some(trace_id.to_string()), ..Outbox::default() }
@@ -131,7 +135,14 @@ impl Outbox {
             }
             match out.iter_mut().find(|(q, _)| q == queue) {
                 Some((_, all)) => all.append(list),
-                None => out.push((queue.clone(), std::mem::take(list))),
+                None => {
+                    // Sized for a runner's chunk of messages, so it is not
+                    // regrown (and its envelopes copied) as the chunk fills;
+                    // the outbox keeps its own buffer for the next message.
+                    let mut all = Vec::with_capacity(list.len().max(DRAIN_CAPACITY));
+                    all.append(list);
+                    out.push((queue.clone(), all));
+                }
             }
         }
         self.len = 0;

@@ -592,7 +592,7 @@ fn failure(queue: &QueueSettings, mut envelope: Envelope, err: HandlerError) -> 
         }
         HandlerError::Defer(delay, reason) => {
             tracing::info!(delay_ms = delay.as_millis() as u64, reason = %reason, "deferred");
-            Settlement::Retry { due_ms: now_ms() + delay.as_millis() as i64, envelope }
+            Settlement::Retry { due_ms: now_ms() + delay.as_millis() as i64, envelope: Box::new(envelope) }
         }
         HandlerError::Transient(reason) => {
             envelope.attempts += 1;
@@ -603,13 +603,13 @@ fn failure(queue: &QueueSettings, mut envelope: Envelope, err: HandlerError) -> 
             }
             let delay = retry_delay(queue, envelope.attempts);
             tracing::warn!(reason = %reason, retry_in_ms = delay.as_millis() as u64, "failed; will retry");
-            Settlement::Retry { due_ms: now_ms() + delay.as_millis() as i64, envelope }
+            Settlement::Retry { due_ms: now_ms() + delay.as_millis() as i64, envelope: Box::new(envelope) }
         }
     }
 }
 
 fn dead(envelope: Envelope, reason: String) -> Settlement {
-    Settlement::Dead(DeadLetter { content: DeadContent::Envelope(envelope), reason, dead_at: now_ms() })
+    Settlement::Dead(Box::new(DeadLetter { content: DeadContent::Envelope(envelope), reason, dead_at: now_ms() }))
 }
 
 /// Kind of the notice sent to the alert queue about a dead message.
@@ -683,14 +683,29 @@ async fn settler(
     let mut chunks = Vec::new();
     while done.recv_many(&mut chunks, 64).await > 0 {
         let n: usize = chunks.iter().map(|c| c.settled.len()).sum();
-        let mut outputs: ByQueue = Vec::new();
+        // Each queue's outputs in one vector, sized up front: envelopes are
+        // big enough that growing it as we go would copy them twice more.
+        let mut sizes: Vec<(&str, usize)> = Vec::new();
+        for (queue, list) in chunks.iter().flat_map(|c| &c.outputs) {
+            match sizes.iter_mut().find(|(q, _)| q == queue) {
+                Some((_, size)) => *size += list.len(),
+                None => sizes.push((queue, list.len())),
+            }
+        }
+        let sizes: Vec<usize> = sizes.into_iter().map(|(_, size)| size).collect();
+        let mut outputs: ByQueue = Vec::with_capacity(sizes.len());
         let mut settlements = Vec::with_capacity(n);
         for chunk in chunks.drain(..) {
             settlements.extend(chunk.settled);
             for (queue, mut list) in chunk.outputs {
                 match outputs.iter_mut().find(|(q, _)| *q == queue) {
                     Some((_, all)) => all.append(&mut list),
-                    None => outputs.push((queue, list)),
+                    None => {
+                        // Queues come first-seen in the same order as sized.
+                        let size = sizes.get(outputs.len()).copied().unwrap_or(0);
+                        list.reserve_exact(size.saturating_sub(list.len()));
+                        outputs.push((queue, list));
+                    }
                 }
             }
         }

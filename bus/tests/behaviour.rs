@@ -260,7 +260,7 @@ async fn dead_letter_releases_the_key_to_the_next_message(f: Fixture) {
         reason: "broken".into(),
         dead_at: 1,
     };
-    b.settle(&c, &[(got[0].lease.clone(), Settlement::Dead(letter))]).await.expect("dead");
+    b.settle(&c, &[(got[0].lease.clone(), Settlement::Dead(Box::new(letter)))]).await.expect("dead");
     assert_eq!(fetch_ns(b, &c, 2, 10).await, vec![2]);
     assert_eq!(b.depths("q").await.expect("depths").dead, 1);
 }
@@ -274,7 +274,9 @@ async fn retried_message_holds_back_its_key(f: Fixture) {
     let mut retry = Envelope::clone(&one.envelope);
     retry.attempts += 1;
     let due = hookbus_bus::envelope::now_ms() + 150;
-    b.settle(&c, &[(one.lease.clone(), Settlement::Retry { envelope: retry, due_ms: due })]).await.expect("retry");
+    b.settle(&c, &[(one.lease.clone(), Settlement::Retry { envelope: Box::new(retry), due_ms: due })])
+        .await
+        .expect("retry");
     // While 1 waits for its retry, 2 must not run.
     assert_eq!(fetch_ns(b, &c, 2, 10).await, Vec::<u32>::new());
     assert_eq!(b.depths("q").await.expect("depths").delayed, 1);
@@ -519,7 +521,7 @@ async fn kill_all(b: &dyn Backend, ns: &[u32]) {
                 reason: format!("n={}", n_of(&d.envelope)),
                 dead_at: 1,
             };
-            (d.lease.clone(), Settlement::Dead(letter))
+            (d.lease.clone(), Settlement::Dead(Box::new(letter)))
         })
         .collect();
     b.settle(&c, &settle).await.expect("settle");
@@ -586,12 +588,12 @@ async fn settled_messages_are_counted_in_the_current_minute(f: Fixture) {
         .map(|d| {
             let settlement = match n_of(&d.envelope) {
                 1 | 2 => Settlement::Ack,
-                3 => Settlement::Retry { envelope: Envelope::clone(&d.envelope), due_ms: i64::MAX / 2 },
-                _ => Settlement::Dead(DeadLetter {
+                3 => Settlement::Retry { envelope: Box::new(Envelope::clone(&d.envelope)), due_ms: i64::MAX / 2 },
+                _ => Settlement::Dead(Box::new(DeadLetter {
                     content: DeadContent::Envelope(Envelope::clone(&d.envelope)),
                     reason: "no".into(),
                     dead_at: 1,
-                }),
+                })),
             };
             (d.lease.clone(), settlement)
         })

@@ -119,7 +119,7 @@ async fn dead_letter(backend: &dyn Backend, queue: &str, reason: &str) -> String
                 reason: reason.to_string(),
                 dead_at: now_ms(),
             };
-            (d.lease, Settlement::Dead(letter))
+            (d.lease, Settlement::Dead(Box::new(letter)))
         })
         .collect();
     backend.settle(&consumer, &settle).await.expect("settle");

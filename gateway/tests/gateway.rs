@@ -134,7 +134,7 @@ async fn a_delivery_whose_message_ended_dead_is_accepted_again() {
         reason: "test: malformed".into(),
         dead_at: 1,
     };
-    backend.settle(&consumer, &[(taken.lease, Settlement::Dead(dead))]).await.expect("settle");
+    backend.settle(&consumer, &[(taken.lease, Settlement::Dead(Box::new(dead)))]).await.expect("settle");
     assert_eq!(gw.pending_len(), 0);
 
     let again = gw.webhook("issues", &id, body.clone()).send().await.expect("redelivery");
