@@ -204,16 +204,25 @@ impl RedisBackend {
     }
 
     /// Pushes with optional "only if this dead entry could be removed".
-    async fn push_entries(&self, queue: &str, entries: &[(Envelope, Option<Vec<u8>>)]) -> Result<usize, BusError> {
+    async fn push_entries(&self, queue: &str, entries: &[(&Envelope, Option<Vec<u8>>)]) -> Result<usize, BusError> {
         if entries.is_empty() {
             return Ok(0);
         }
         let keys = self.keys(queue);
         let mut conn = self.conn().await?;
         if entries.iter().all(|(e, dead)| e.key.is_none() && dead.is_none()) {
-            // Fast path: one LPUSH keeps the order of the arguments.
-            let raws: Vec<Vec<u8>> = entries.iter().map(|(e, _)| e.encode()).collect();
-            let _: () = timed(conn.lpush(keys.pending(), raws)).await?;
+            // Fast path: one LPUSH keeps the order of the arguments. Each
+            // envelope is encoded straight into the command, sized up front:
+            // a buffer per envelope, copied into a command grown as it went,
+            // was a tenth of a stage's time.
+            let pending = keys.pending();
+            let sizes = entries.iter().map(|(e, _)| e.encoded_len());
+            let mut cmd = redis::Cmd::with_capacity(entries.len() + 2, pending.len() + 5 + sizes.sum::<usize>());
+            cmd.arg("LPUSH").arg(&pending);
+            for (envelope, _) in entries {
+                envelope.encode_to(&mut redis::RedisWrite::writer_for_next_arg(&mut cmd));
+            }
+            let _: () = timed(cmd.query_async(&mut conn)).await?;
             return Ok(entries.len());
         }
         let mut call = self.scripts.push.prepare_invoke();
@@ -413,6 +422,7 @@ impl RedisBackend {
         }
         // Oldest first (the list is newest first), so order among them is kept.
         entries.reverse();
+        let entries: Vec<(&Envelope, Option<Vec<u8>>)> = entries.iter_mut().map(|(e, raw)| (&*e, raw.take())).collect();
         self.push_entries(queue, &entries).await
     }
 }
@@ -480,7 +490,7 @@ async fn timed<T>(fut: impl std::future::Future<Output = redis::RedisResult<T>>)
 #[async_trait]
 impl Backend for RedisBackend {
     async fn push(&self, queue: &str, messages: &[Envelope]) -> Result<(), BusError> {
-        let entries: Vec<(Envelope, Option<Vec<u8>>)> = messages.iter().map(|e| (e.clone(), None)).collect();
+        let entries: Vec<(&Envelope, Option<Vec<u8>>)> = messages.iter().map(|e| (e, None)).collect();
         self.push_entries(queue, &entries).await.map(drop)
     }
 
