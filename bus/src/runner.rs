@@ -653,7 +653,7 @@ pub fn dead_notice(queue: &str, letter: &DeadLetter, given_up: bool) -> Option<E
     let notice = DeadNotice {
         queue: queue.to_string(),
         id: envelope.id.clone(),
-        kind: envelope.kind.clone(),
+        kind: envelope.kind.to_string(),
         trace_id: envelope.trace_id.clone(),
         reason: letter.reason.clone(),
         attempts: envelope.attempts,
