@@ -258,7 +258,15 @@ impl DeadLetter {
 
 /// Encodes a payload value with named fields; it must be a map.
 pub fn encode_payload<T: Serialize>(value: &T) -> Result<Bytes, PayloadError> {
-    let bytes = rmp_serde::to_vec_named(value)?;
+    encode_payload_sized(value, 0)
+}
+
+/// As [`encode_payload`], into a buffer of `capacity` bytes to start with: a
+/// payload carrying a large body (a webhook's) is then written once instead
+/// of being copied again each time the buffer grows.
+pub fn encode_payload_sized<T: Serialize>(value: &T, capacity: usize) -> Result<Bytes, PayloadError> {
+    let mut bytes = Vec::with_capacity(capacity);
+    rmp_serde::encode::write_named(&mut bytes, value)?;
     if !is_map_marker(bytes.first().copied()) {
         return Err(PayloadError::NotAMap);
     }
@@ -613,5 +621,15 @@ mod tests {
         }
         let payload = encode_payload(&P { body: b"{\"x\":1}" }).expect("payload");
         assert_eq!(payload_to_json(&payload), serde_json::json!({"body": "{\"x\":1}"}));
+    }
+
+    #[test]
+    fn a_sized_payload_encodes_alike_whatever_the_capacity() {
+        let value = serde_json::json!({"event": "issues", "body": "x".repeat(5000)});
+        let plain = encode_payload(&value).expect("payload");
+        for capacity in [0, 16, 5000, 5100, 1 << 16] {
+            assert_eq!(encode_payload_sized(&value, capacity).expect("payload"), plain, "capacity {capacity}");
+        }
+        assert!(matches!(encode_payload_sized(&[1, 2], 64), Err(PayloadError::NotAMap)));
     }
 }

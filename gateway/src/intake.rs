@@ -111,8 +111,11 @@ pub struct RedisIntake {
 /// One `admit` waiting for its transaction.
 struct Request {
     mark_key: String,
-    envelope: Vec<u8>,
-    message_id: String,
+    /// Encoded by the writer straight into the transaction's LPUSH (its
+    /// payload is shared, not copied, until then).
+    envelope: Envelope,
+    /// An upper bound of the envelope's wire form, for cutting batches.
+    size: usize,
     /// `''` or the message id the mark must still name.
     replacing: String,
     answer: oneshot::Sender<Result<Admission, IntakeError>>,
@@ -190,15 +193,15 @@ impl Writer {
                     None => return,
                 },
             };
-            let mut bytes = first.envelope.len();
+            let mut bytes = first.size;
             let mut batch = vec![first];
             while batch.len() < BATCH_REQUESTS {
                 let Ok(request) = queue.try_recv() else { break };
-                if bytes + request.envelope.len() > BATCH_BYTES {
+                if bytes + request.size > BATCH_BYTES {
                     carried = Some(request);
                     break;
                 }
-                bytes += request.envelope.len();
+                bytes += request.size;
                 batch.push(request);
             }
             // A request whose caller gave up (timed out, answered 503) is not
@@ -220,11 +223,13 @@ impl Writer {
     /// (`lua/intake.lua` says why the envelopes stay out of Lua).
     async fn commit(&self, batch: Vec<Request>) {
         let token = format!("hookbus-intake-batch:{}", hookbus_bus::envelope::new_id());
-        let bytes: usize = batch.iter().map(|request| request.envelope.len() + 16).sum();
+        let bytes: usize = batch.iter().map(|request| request.size + 16).sum();
         let mut push = redis::Cmd::with_capacity(batch.len() + 3, bytes + self.pending.len() + token.len() + 64);
         push.arg("LPUSH").arg(&self.pending);
+        // Each envelope is encoded into the command itself, sized up front:
+        // no buffer of its own to copy from.
         for request in &batch {
-            push.arg(&request.envelope);
+            request.envelope.encode_to(&mut redis::RedisWrite::writer_for_next_arg(&mut push));
         }
         push.arg(&token);
         let mut decide = redis::cmd("EVAL");
@@ -234,7 +239,7 @@ impl Writer {
         }
         decide.arg(self.retention_ms).arg(&token);
         for request in &batch {
-            decide.arg(&request.message_id).arg(&request.replacing);
+            decide.arg(&request.envelope.id).arg(&request.replacing);
         }
         let mut transaction = redis::pipe();
         transaction.atomic().add_command(push).ignore().add_command(decide);
@@ -280,8 +285,8 @@ impl Intake for RedisIntake {
         let (answer, admission) = oneshot::channel();
         let request = Request {
             mark_key: self.mark_key(mark),
-            envelope: envelope.encode(),
-            message_id: envelope.id.clone(),
+            envelope: envelope.clone(),
+            size: envelope.encoded_len(),
             replacing: replacing.unwrap_or("").to_string(),
             answer,
         };

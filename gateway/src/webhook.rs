@@ -16,7 +16,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use hookbus_bus::envelope::now_ms;
+use hookbus_bus::envelope::{encode_payload_sized, now_ms};
 use hookbus_bus::{DeadContent, Envelope, QUEUES};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
@@ -91,8 +91,10 @@ async fn accept(
 
     let payload = WebhookPayload { event: &delivery.event, delivery: &delivery.id, received_at: now_ms(), body: &json };
     // A fresh envelope's trace id is its own id: the webhook starts the trace.
-    let envelope = Envelope::with_payload(KIND, &payload)
+    // Sized for the body plus the other fields, so the body is copied once.
+    let encoded = encode_payload_sized(&payload, json.len() + delivery.event.len() + delivery.id.len() + 64)
         .map_err(|err| Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode message: {err}")))?;
+    let envelope = Envelope::new(KIND, encoded);
     let mark = Mark::Delivery(delivery.id.clone());
 
     let admission = gateway
@@ -102,11 +104,7 @@ async fn accept(
     let (status, body, result) = match admission {
         Admission::Queued => (accepted_status(&delivery), accepted_body(&envelope, &delivery), "accepted"),
         Admission::Seen { message_id } => match ended_dead(gateway, &message_id).await? {
-            false => (
-                accepted_status(&delivery),
-                serde_json::json!({ "duplicate": true, "id": message_id, "delivery": delivery.id }),
-                "duplicate",
-            ),
+            false => (accepted_status(&delivery), Answer::duplicate(message_id, &delivery), "duplicate"),
             true => {
                 let again = gateway
                     .bounded(gateway.intake.admit(&mark, &envelope, Some(&message_id)))
@@ -117,11 +115,9 @@ async fn accept(
                         (accepted_status(&delivery), accepted_body(&envelope, &delivery), "redelivered")
                     }
                     // Another copy of this redelivery won the race.
-                    Admission::Seen { message_id } => (
-                        accepted_status(&delivery),
-                        serde_json::json!({ "duplicate": true, "id": message_id, "delivery": delivery.id }),
-                        "duplicate",
-                    ),
+                    Admission::Seen { message_id } => {
+                        (accepted_status(&delivery), Answer::duplicate(message_id, &delivery), "duplicate")
+                    }
                 }
             }
         },
@@ -146,8 +142,24 @@ fn accepted_status(delivery: &Delivery) -> StatusCode {
     }
 }
 
-fn accepted_body(envelope: &Envelope, delivery: &Delivery) -> serde_json::Value {
-    serde_json::json!({ "id": envelope.id, "delivery": delivery.id })
+/// The body of a 2xx answer: `{"id", "delivery"}`, plus `"duplicate": true`
+/// when the delivery was already accepted as message `id`.
+#[derive(Debug, Serialize)]
+struct Answer {
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
+    id: String,
+    delivery: String,
+}
+
+impl Answer {
+    fn duplicate(message_id: String, delivery: &Delivery) -> Self {
+        Answer { duplicate: true, id: message_id, delivery: delivery.id.clone() }
+    }
+}
+
+fn accepted_body(envelope: &Envelope, delivery: &Delivery) -> Answer {
+    Answer { duplicate: false, id: envelope.id.clone(), delivery: delivery.id.clone() }
 }
 
 /// Whether the message a delivery became (or any message it caused: they
