@@ -4,8 +4,22 @@
 //! that answers 200 doing nothing, as the ceiling of this machine.
 //!
 //! `cargo bench -p hookbus-gateway --bench ingest`
-//! Tunables: `INGEST_SECS` (default 10 per target), `INGEST_CONNECTIONS`
-//! (default 64). All traffic stays on 127.0.0.1.
+//! Tunables: `INGEST_SECS` (default 10 per target), `INGEST_ROUNDS`
+//! (default 5), `INGEST_CONNECTIONS` (default 64), `INGEST_DRAIN` (default
+//! 1). All traffic stays on 127.0.0.1.
+//!
+//! The two targets take turns, `INGEST_ROUNDS` times each, so that a change
+//! in what else the machine is doing lands on both alike (this machine's
+//! speed drifts by tens of percent within a minute).
+//!
+//! Sustained means drained: in a deployment normalise takes messages off
+//! `pending` as they come, and Redis reuses their memory. A run that only
+//! fills `pending` (1.5 GB in 10 s) measures Redis growing its memory
+//! instead — page faults were a fifth of redis-server's time. So a drain
+//! thread counts and deletes what is on `pending` every 100 ms (one
+//! `MULTI LLEN DEL EXEC`: nothing is deleted uncounted), standing in for
+//! the normalise dyno, which runs elsewhere; its Redis work is in
+//! redis-server's figure. `INGEST_DRAIN=0` keeps everything instead.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -151,12 +165,13 @@ async fn drive(url: String, body: Arc<Vec<u8>>, signature: String, connections: 
 /// Serves `router` on a loopback port from its own runtime (the server's
 /// two workers compete with the client's for the machine, as in production
 /// they would compete with nothing: the ratio is what matters).
-fn spawn_server(router: Router, shutdown: Shutdown) -> (String, std::thread::JoinHandle<()>) {
+fn spawn_server(router: Router, name: &str, shutdown: Shutdown) -> (String, std::thread::JoinHandle<()>) {
+    let name = name.to_string();
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
-            .thread_name("bare-server")
+            .thread_name(name)
             .enable_all()
             .build()
             .expect("rt");
@@ -170,10 +185,76 @@ fn spawn_server(router: Router, shutdown: Shutdown) -> (String, std::thread::Joi
     (format!("http://{address}"), thread)
 }
 
+/// Counts and deletes what is on `pending` every 100 ms until `stop`: the
+/// normalise dyno of a deployment, as far as Redis's memory is concerned.
+/// Returns how many messages it took off.
+fn drain(url: String, stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let client = redis::Client::open(url).expect("redis url");
+        let mut conn = client.get_connection().expect("drain connection");
+        let mut drained = 0u64;
+        loop {
+            let stopping = stop.load(std::sync::atomic::Ordering::Relaxed);
+            let (count,): (u64,) = redis::pipe()
+                .atomic()
+                .cmd("LLEN")
+                .arg(PENDING)
+                .cmd("DEL")
+                .arg(PENDING)
+                .ignore()
+                .query(&mut conn)
+                .expect("drain");
+            drained += count;
+            if stopping {
+                return drained;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+const PENDING: &str = "hookbus:{normalise}:pending";
+
+/// One target's totals over its rounds.
+#[derive(Default)]
+struct Totals {
+    figures: Option<Figures>,
+    client_cpu: Duration,
+    server_cpu: Duration,
+    redis_cpu: Duration,
+}
+
+impl Totals {
+    fn add(&mut self, figures: Figures) {
+        match &mut self.figures {
+            None => self.figures = Some(figures),
+            Some(all) => {
+                all.ok += figures.ok;
+                all.failed += figures.failed;
+                all.elapsed += figures.elapsed;
+                all.latencies_us.extend(figures.latencies_us);
+            }
+        }
+    }
+
+    fn figures(mut self) -> (Figures, Duration, Duration, Duration) {
+        let mut figures = self.figures.take().unwrap_or(Figures {
+            ok: 0,
+            failed: 0,
+            elapsed: Duration::ZERO,
+            latencies_us: Vec::new(),
+        });
+        figures.latencies_us.sort_unstable();
+        (figures, self.client_cpu, self.server_cpu, self.redis_cpu)
+    }
+}
+
 fn main() {
     let seconds = env_number("INGEST_SECS", 10);
+    let rounds = env_number("INGEST_ROUNDS", 5).max(1);
     let connections = env_number("INGEST_CONNECTIONS", 64) as usize;
-    let duration = Duration::from_secs(seconds);
+    let draining = env_number("INGEST_DRAIN", 1) != 0;
+    let round = Duration::from_secs_f64(seconds as f64 / rounds as f64);
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/github/installation/suspend.json");
     let body = Arc::new(std::fs::read(&fixture).expect("fixture"));
     let signature = sign(SECRET.as_bytes(), &body);
@@ -186,36 +267,16 @@ fn main() {
         .expect("rt");
 
     println!(
-        "gateway ingest benchmark: {} byte payload (installation/suspend), {connections} connections, {seconds} s per target",
-        body.len()
+        "gateway ingest benchmark: {} byte payload (installation/suspend), {connections} connections, {seconds} s per \
+         target in {rounds} alternating rounds, pending {}",
+        body.len(),
+        if draining { "drained every 100 ms" } else { "kept" }
     );
 
     // Bare axum: the ceiling.
-    let shutdown = Shutdown::new();
+    let bare_shutdown = Shutdown::new();
     let bare = Router::new().route("/webhooks/github", post(|| async { StatusCode::OK }));
-    let (base, server) = spawn_server(bare, shutdown.clone());
-    let (client_before, bare_before) = (thread_cpu("load-client"), thread_cpu("bare-server"));
-    let bare_figures = client_rt.block_on(drive(
-        format!("{base}/webhooks/github"),
-        body.clone(),
-        signature.clone(),
-        connections,
-        duration,
-    ));
-    let (bare_client_cpu, bare_server_cpu) =
-        (thread_cpu("load-client") - client_before, thread_cpu("bare-server") - bare_before);
-    shutdown.trigger();
-    let _ = server.join();
-    bare_figures.print("bare axum (200, no work)");
-    // The CPU times include the 0.5 s warm-up, whose requests are not
-    // counted: estimate them at the measured rate.
-    let bare_answered = bare_figures.ok as f64 * (1.0 + 0.5 / seconds as f64);
-    let per_bare = |cpu: Duration| cpu.as_secs_f64() * 1e6 / bare_answered.max(1.0);
-    println!(
-        "cpu per request, bare run: load client {:.1} us, bare server {:.1} us",
-        per_bare(bare_client_cpu),
-        per_bare(bare_server_cpu)
-    );
+    let (bare_base, bare_server) = spawn_server(bare, "bare-server", bare_shutdown.clone());
 
     // The gateway over a local redis-server.
     let redis = RedisServer::start();
@@ -246,19 +307,54 @@ fn main() {
         (format!("http://{}", rx.recv().expect("address")), thread)
     };
     let mut conn = redis.client();
-    let (server_before, redis_before) = (thread_cpu("gateway-server"), redis_cpu(&mut conn));
-    let client_before = thread_cpu("load-client");
-    let gateway_figures =
-        client_rt.block_on(drive(format!("{base}/webhooks/github"), body, signature, connections, duration));
-    let (server_cpu, redis_used) =
-        (thread_cpu("gateway-server") - server_before, redis_cpu(&mut conn).saturating_sub(redis_before));
-    let gateway_client_cpu = thread_cpu("load-client") - client_before;
+    let stop_drain = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drainer = draining.then(|| drain(redis.url(), stop_drain.clone()));
+
+    let (mut bare_totals, mut gateway_totals) = (Totals::default(), Totals::default());
+    for _ in 0..rounds {
+        for (target, url, totals) in
+            [("bare-server", &bare_base, &mut bare_totals), ("gateway-server", &base, &mut gateway_totals)]
+        {
+            let (client_before, server_before, redis_before) =
+                (thread_cpu("load-client"), thread_cpu(target), redis_cpu(&mut conn));
+            let figures = client_rt.block_on(drive(
+                format!("{url}/webhooks/github"),
+                body.clone(),
+                signature.clone(),
+                connections,
+                round,
+            ));
+            totals.client_cpu += thread_cpu("load-client") - client_before;
+            totals.server_cpu += thread_cpu(target) - server_before;
+            totals.redis_cpu += redis_cpu(&mut conn).saturating_sub(redis_before);
+            totals.add(figures);
+        }
+    }
+    bare_shutdown.trigger();
     shutdown.trigger();
+    let _ = bare_server.join();
     let _ = server.join();
+    stop_drain.store(true, std::sync::atomic::Ordering::Relaxed);
+    let drained = drainer.map(|thread| thread.join().expect("drain thread")).unwrap_or(0);
+
+    let (bare_figures, bare_client_cpu, bare_server_cpu, _) = bare_totals.figures();
+    let (gateway_figures, gateway_client_cpu, server_cpu, redis_used) = gateway_totals.figures();
+    bare_figures.print("bare axum (200, no work)");
+    // The CPU times include each round's 0.5 s warm-up, whose requests are
+    // not counted: estimate them at the measured rate.
+    let warmup_share = 1.0 + 0.5 / round.as_secs_f64();
+    let bare_answered = bare_figures.ok as f64 * warmup_share;
+    let per_bare = |cpu: Duration| cpu.as_secs_f64() * 1e6 / bare_answered.max(1.0);
+    println!(
+        "cpu per request, bare run: load client {:.1} us, bare server {:.1} us",
+        per_bare(bare_client_cpu),
+        per_bare(bare_server_cpu)
+    );
     gateway_figures.print("gateway (signed, to redis)");
 
-    let stored: u64 = redis::cmd("LLEN").arg("hookbus:{normalise}:pending").query(&mut conn).expect("LLEN");
-    println!("messages on hookbus:{{normalise}}:pending: {stored}");
+    let left: u64 = redis::cmd("LLEN").arg(PENDING).query(&mut conn).expect("LLEN");
+    let stored = drained + left;
+    println!("messages that reached {PENDING}: {stored} ({drained} drained, {left} left)");
     // Warm-up included on both sides of the division: every stored message.
     let per_request = |cpu: Duration| cpu.as_secs_f64() * 1e6 / stored.max(1) as f64;
     println!(
@@ -278,6 +374,8 @@ fn main() {
             "payload_bytes": body_len,
             "connections": connections,
             "seconds": seconds,
+            "rounds": rounds,
+            "pending_drained": draining,
             "bare_requests_per_s": bare_figures.rate(),
             "gateway_requests_per_s": gateway_figures.rate(),
             "ratio": gateway_figures.rate() / bare_figures.rate(),
