@@ -64,6 +64,31 @@ fn watch(remote: PathBuf, stop: Arc<AtomicBool>) -> HashMap<String, Instant> {
     pushed
 }
 
+/// Every queue's depths and its first dead letters' reasons: what an
+/// operator would look at when webhooks did not arrive.
+async fn where_messages_are(url: &str) -> String {
+    let mut settings = hookbus_config::Settings::default();
+    settings.redis.url = hookbus_config::Secret::new(url);
+    let backend = match hookbus_bus::connect(&settings) {
+        Ok(backend) => backend,
+        Err(err) => return format!("cannot read the queues: {err}"),
+    };
+    let mut out = String::from("queues when the wait ended:\n");
+    for queue in hookbus_bus::QUEUES {
+        match backend.depths(queue).await {
+            Ok(d) => out.push_str(&format!(
+                "  {queue:<10} pending {} in flight {} delayed {} held {} dead {} consumers {}\n",
+                d.pending, d.in_flight, d.delayed, d.held, d.dead, d.consumers
+            )),
+            Err(err) => out.push_str(&format!("  {queue:<10} unreadable: {err}\n")),
+        }
+        for letter in backend.dead_list(queue, 3).await.unwrap_or_default() {
+            out.push_str(&format!("    dead: {}\n", letter.reason));
+        }
+    }
+    out
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN)
 }
@@ -151,6 +176,18 @@ async fn main() {
     };
     stop.store(true, Ordering::SeqCst);
     let pushed = watcher.join().expect("watcher");
+    if pushed.len() < total as usize {
+        // Where the missing ones are, while the processes still run, and
+        // what the processes said about it (warnings and errors only).
+        eprintln!("{}", where_messages_are(&redis.url()).await);
+        for section in deployment.logs().split("\n== ") {
+            let lines: Vec<&str> = section.lines().collect();
+            eprintln!("{}", lines.first().copied().unwrap_or(""));
+            for line in &lines[lines.len().saturating_sub(30).max(1)..] {
+                eprintln!("  {line}");
+            }
+        }
+    }
     for mut proc in procs {
         proc.signal("TERM");
         let _ = proc.wait_exit(Duration::from_secs(10));
