@@ -200,6 +200,20 @@ async fn main() {
         .collect();
     latencies.sort_by(f64::total_cmp);
     let missing = expected - latencies.len();
+    // A webhook without a commit is either superseded, as the spec wants
+    // (reconcile cancels a queued operation when a newer one of its issue
+    // arrives, and drops one older than what is applied: that happens once
+    // the pipeline falls more than one update interval behind), or lost.
+    let fates = {
+        let mut conn = redis.client();
+        let mut fates: std::collections::BTreeMap<String, usize> = Default::default();
+        for delivery in sent_at.keys().filter(|delivery| !pushed.contains_key(*delivery)) {
+            *fates.entry(fate(&mut conn, delivery)).or_default() += 1;
+        }
+        fates
+    };
+    let superseded = fates.get("canceled").copied().unwrap_or(0) + fates.get("dropped").copied().unwrap_or(0);
+    let lost = missing - superseded;
     let (p50, p90, p99, max) = (
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.90),
@@ -217,6 +231,14 @@ async fn main() {
         latencies.len(),
         drained.as_secs_f64()
     );
+    if missing > 0 {
+        let list: Vec<String> = fates.iter().map(|(state, n)| format!("{n} {state}")).collect();
+        println!(
+            "  not committed {missing}: {} ({superseded} superseded by a newer update of their issue: the pipeline \
+             fell behind)",
+            list.join(", ")
+        );
+    }
     println!("  latency       p50 {p50:.0} ms, p90 {p90:.0} ms, p99 {p99:.0} ms, max {max:.0} ms");
     for (name, kib) in &memory {
         println!("  peak memory   {name:<18} {:>6.1} MiB", *kib as f64 / 1024.0);
@@ -233,6 +255,8 @@ async fn main() {
             "sent": total,
             "committed": latencies.len(),
             "missing": missing,
+            "superseded": superseded,
+            "lost": lost,
             "p50_ms": p50,
             "p90_ms": p90,
             "p99_ms": p99,
@@ -241,5 +265,23 @@ async fn main() {
             "redis_peak_memory_kib": redis_peak,
         }),
     );
-    assert_eq!(missing, 0, "{missing} webhooks never became a commit on the remote");
+    assert_eq!(lost, 0, "{lost} webhooks neither became a commit on the remote nor were superseded: {fates:?}");
+}
+
+/// What became of a delivery that has no commit on the remote: the state of
+/// the operation it caused in reconcile's records (`canceled`, `dropped`,
+/// `completed`, ...), or `no operation record` when it never reached
+/// reconcile.
+fn fate(conn: &mut redis::Connection, delivery: &str) -> String {
+    let ids: Vec<String> =
+        redis::cmd("SMEMBERS").arg(format!("hookbus:ops-of-delivery:{delivery}")).query(conn).unwrap_or_default();
+    let Some(id) = ids.first() else { return "no operation record".into() };
+    let resource: Option<String> = redis::cmd("GET").arg(format!("hookbus:op:{id}")).query(conn).unwrap_or(None);
+    let Some(resource) = resource else { return "no operation index".into() };
+    let record: Option<String> =
+        redis::cmd("GET").arg(format!("hookbus:{{res:{resource}}}:op:{id}")).query(conn).unwrap_or(None);
+    record
+        .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
+        .and_then(|record| record.get("state").and_then(|state| state.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "no operation record".into())
 }

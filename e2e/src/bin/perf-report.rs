@@ -327,9 +327,21 @@ fn render(runs: &[(&Bench, String)], figures: &BTreeMap<String, Value>, calibrat
     if let Some(f) = figures.get("webhook-to-commit") {
         let p99 = num(f, "p99_ms").unwrap_or(f64::NAN);
         let missing = num(f, "missing").unwrap_or(1.0);
+        // Superseded: canceled or dropped by reconcile because a newer update
+        // of the same issue came while they waited (the pipeline fell behind).
+        let superseded = num(f, "superseded").unwrap_or(0.0);
+        let fates = if missing > 0.0 {
+            format!(
+                " ({} superseded by newer updates, {} lost)",
+                thousands(superseded),
+                thousands(num(f, "lost").unwrap_or(missing - superseded))
+            )
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             doc,
-            "| webhook → pushed commit at a steady {} webhooks/s | p50 {:.0} ms, p90 {:.0} ms, p99 {p99:.0} ms; {} of {} committed | keeps up, every webhook committed; p99 < 1 s (our own target) | {} |",
+            "| webhook → pushed commit at a steady {} webhooks/s | p50 {:.0} ms, p90 {:.0} ms, p99 {p99:.0} ms; {} of {} committed{fates} | keeps up, every webhook committed; p99 < 1 s (our own target) | {} |",
             num(f, "rate").unwrap_or(0.0),
             num(f, "p50_ms").unwrap_or(f64::NAN),
             num(f, "p90_ms").unwrap_or(f64::NAN),
