@@ -6,7 +6,8 @@
 //!   the label set.
 //! - `hookbus_queue_depth{queue, state}`: read from the bus at each scrape.
 //! - `hookbus_http_request_duration_seconds{method, route, status}`: a
-//!   histogram of every request's latency.
+//!   histogram of every request's latency (a method outside the standard
+//!   ones is `other`).
 //! - `hookbus_worker_*{dyno, queue}`: every worker process's counters as it
 //!   last reported them into Redis (handled, retried, dead-lettered, a
 //!   handler-latency histogram, last seen, up), read at each scrape
@@ -17,6 +18,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -121,8 +123,26 @@ fn label_value(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// The `method` label: the standard methods by name, anything else (HTTP
+/// lets a client send any token as a method) as `other`, so that strangers
+/// cannot grow the label set. Static, so no allocation per request either.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
 /// Middleware: times every request under its route pattern (never the raw
-/// path, whose ids would grow the label set).
+/// path, whose ids would grow the label set) and a bounded method label.
 pub async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
@@ -130,7 +150,7 @@ pub async fn track(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let response = next.run(request).await;
     metrics::histogram!(
         REQUEST_DURATION,

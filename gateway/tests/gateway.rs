@@ -579,6 +579,10 @@ async fn metrics_count_webhooks_and_show_queue_depths_and_latency() {
     let gw = TestGateway::start().await;
     gw.webhook("issues", &delivery(), fixture("issues", "opened.json")).send().await.expect("request");
     gw.webhook("issues", &delivery(), "not json").send().await.expect("request");
+    // A made-up method is answered (405) and counted, under `other`.
+    let odd = reqwest::Method::from_bytes(b"SPRINKLE").expect("method token");
+    let refused = gw.http.request(odd, gw.url("/webhooks/github")).send().await.expect("request");
+    assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
     let response = gw.http.get(gw.url("/metrics")).send().await.expect("metrics");
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers()["content-type"].to_str().is_ok_and(|t| t.starts_with("text/plain")));
@@ -592,6 +596,8 @@ async fn metrics_count_webhooks_and_show_queue_depths_and_latency() {
     ] {
         assert!(text.contains(expected), "missing {expected} in\n{text}");
     }
+    assert!(!text.contains("SPRINKLE"), "a client's made-up method became a label:\n{text}");
+    assert!(text.contains(r#"method="other",route="/webhooks/github",status="405""#), "405 not counted:\n{text}");
 }
 
 async fn futures_join_all<F: std::future::Future + Send + 'static>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
