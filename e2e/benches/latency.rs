@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use hookbus_e2e::{
     bare_remote, build_bench_binaries, git, issue_template, rfc3339, send, Deployment, Webhook, WORKERS,
 };
+use hookbus_reconcile::store::{OperationStore, RedisStore};
 use hookbus_testkit::{free_port, RedisServer};
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -193,7 +194,8 @@ async fn main() {
         let _ = proc.wait_exit(Duration::from_secs(10));
     }
 
-    let sent_at = sent_at.lock().expect("lock");
+    // Every post has ended: the map is ours alone from here.
+    let sent_at = std::mem::take(&mut *sent_at.lock().expect("lock"));
     let mut latencies: Vec<f64> = sent_at
         .iter()
         .filter_map(|(delivery, sent)| pushed.get(delivery).map(|at| at.duration_since(*sent).as_secs_f64() * 1000.0))
@@ -205,10 +207,12 @@ async fn main() {
     // arrives, and drops one older than what is applied: that happens once
     // the pipeline falls more than one update interval behind), or lost.
     let fates = {
-        let mut conn = redis.client();
+        let mut settings = hookbus_config::Settings::default();
+        settings.redis.url = hookbus_config::Secret::new(redis.url());
+        let store = RedisStore::from_settings(&settings).expect("reconcile's store");
         let mut fates: std::collections::BTreeMap<String, usize> = Default::default();
         for delivery in sent_at.keys().filter(|delivery| !pushed.contains_key(*delivery)) {
-            *fates.entry(fate(&mut conn, delivery)).or_default() += 1;
+            *fates.entry(fate(&store, delivery).await).or_default() += 1;
         }
         fates
     };
@@ -272,16 +276,9 @@ async fn main() {
 /// the operation it caused in reconcile's records (`canceled`, `dropped`,
 /// `completed`, ...), or `no operation record` when it never reached
 /// reconcile.
-fn fate(conn: &mut redis::Connection, delivery: &str) -> String {
-    let ids: Vec<String> =
-        redis::cmd("SMEMBERS").arg(format!("hookbus:ops-of-delivery:{delivery}")).query(conn).unwrap_or_default();
-    let Some(id) = ids.first() else { return "no operation record".into() };
-    let resource: Option<String> = redis::cmd("GET").arg(format!("hookbus:op:{id}")).query(conn).unwrap_or(None);
-    let Some(resource) = resource else { return "no operation index".into() };
-    let record: Option<String> =
-        redis::cmd("GET").arg(format!("hookbus:{{res:{resource}}}:op:{id}")).query(conn).unwrap_or(None);
-    record
-        .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
-        .and_then(|record| record.get("state").and_then(|state| state.as_str()).map(str::to_string))
-        .unwrap_or_else(|| "no operation record".into())
+async fn fate(store: &RedisStore, delivery: &str) -> String {
+    match store.operations_of_delivery(delivery).await {
+        Ok(records) => records.first().map_or("no operation record", |record| record.state.as_str()).to_string(),
+        Err(err) => format!("unreadable: {err}"),
+    }
 }

@@ -165,13 +165,12 @@ async fn drive(url: String, body: Arc<Vec<u8>>, signature: String, connections: 
 /// Serves `router` on a loopback port from its own runtime (the server's
 /// two workers compete with the client's for the machine, as in production
 /// they would compete with nothing: the ratio is what matters).
-fn spawn_server(router: Router, name: &str, shutdown: Shutdown) -> (String, std::thread::JoinHandle<()>) {
-    let name = name.to_string();
+fn spawn_server(router: Router, shutdown: Shutdown) -> (String, std::thread::JoinHandle<()>) {
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
-            .thread_name(name)
+            .thread_name("bare-server")
             .enable_all()
             .build()
             .expect("rt");
@@ -276,7 +275,7 @@ fn main() {
     // Bare axum: the ceiling.
     let bare_shutdown = Shutdown::new();
     let bare = Router::new().route("/webhooks/github", post(|| async { StatusCode::OK }));
-    let (bare_base, bare_server) = spawn_server(bare, "bare-server", bare_shutdown.clone());
+    let (bare_base, bare_server) = spawn_server(bare, bare_shutdown.clone());
 
     // The gateway over a local redis-server.
     let redis = RedisServer::start();
