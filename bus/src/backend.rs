@@ -290,9 +290,12 @@ pub trait Backend: Send + Sync + 'static {
     /// was declared dead and the message put back) does nothing.
     async fn settle(&self, consumer: &ConsumerId, settlements: &[(Lease, Settlement)]) -> Result<(), BusError>;
 
-    /// Refreshes this consumer's heartbeat and puts back the in-flight
-    /// messages of consumers whose heartbeat is older than `timeout_ms`.
-    async fn heartbeat(&self, consumer: &ConsumerId, timeout_ms: u64) -> Result<HeartbeatReport, BusError>;
+    /// Refreshes this consumer's heartbeat and, with `reap_after_ms`, puts
+    /// back the in-flight messages of consumers whose heartbeat is older
+    /// than that. `None` only beats: the runner passes it until its own
+    /// heartbeats have gone through for a whole timeout, so that after an
+    /// outage nobody is judged dead before they could beat again.
+    async fn heartbeat(&self, consumer: &ConsumerId, reap_after_ms: Option<u64>) -> Result<HeartbeatReport, BusError>;
 
     /// Removes the consumer, putting whatever it still holds back at the head
     /// of `pending` in fetch order, attempts unchanged. Returns how many.

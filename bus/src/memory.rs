@@ -329,11 +329,12 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    async fn heartbeat(&self, consumer: &ConsumerId, timeout_ms: u64) -> Result<HeartbeatReport, BusError> {
+    async fn heartbeat(&self, consumer: &ConsumerId, reap_after_ms: Option<u64>) -> Result<HeartbeatReport, BusError> {
         let q = self.queue(&consumer.queue);
         let mut state = lock(&q.state);
         let now = now_ms();
         state.consumers.entry(consumer.name.clone()).or_default().last_seen_ms = now;
+        let Some(timeout_ms) = reap_after_ms else { return Ok(HeartbeatReport::default()) };
         let lapsed: Vec<String> = state
             .consumers
             .iter()

@@ -599,11 +599,17 @@ impl Backend for RedisBackend {
         self.settle_raw(consumer, items).await
     }
 
-    async fn heartbeat(&self, consumer: &ConsumerId, timeout_ms: u64) -> Result<HeartbeatReport, BusError> {
+    async fn heartbeat(&self, consumer: &ConsumerId, reap_after_ms: Option<u64>) -> Result<HeartbeatReport, BusError> {
         let keys = self.keys(&consumer.queue);
-        let now = now_ms();
-        let lapsed_before = now - timeout_ms as i64;
         let mut conn = self.conn().await?;
+        // The time is read once a connection is at hand: waiting for one
+        // must not make the beat look older than it is.
+        let now = now_ms();
+        let Some(timeout_ms) = reap_after_ms else {
+            let _: () = timed(conn.zadd(keys.consumers(), &consumer.name, now)).await?;
+            return Ok(HeartbeatReport::default());
+        };
+        let lapsed_before = now - timeout_ms as i64;
         let (_, lapsed): ((), Vec<String>) = timed(
             redis::pipe()
                 .zadd(keys.consumers(), &consumer.name, now)

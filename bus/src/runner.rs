@@ -763,6 +763,14 @@ async fn heartbeat(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reports = tokio::time::interval(reporter.interval);
     reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Since when this consumer's heartbeats have gone through without a
+    // failure. Others are judged only once that is a whole timeout: after a
+    // Redis restart or outage every consumer's last beat is old, and the
+    // first one back must not declare the others dead (and hand their
+    // in-flight messages out a second time) before they could beat again.
+    // A new process waits one timeout too: it cannot tell whether Redis
+    // just came back.
+    let mut beating_since: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -776,10 +784,14 @@ async fn heartbeat(
                 continue;
             }
         }
-        if let Err(err) = backend.heartbeat(&consumer, timeout_ms).await {
+        let judge = beating_since.is_some_and(|since| since.elapsed() >= options.heartbeat_timeout);
+        let beat_at = Instant::now();
+        if let Err(err) = backend.heartbeat(&consumer, judge.then_some(timeout_ms)).await {
             tracing::warn!(queue = %consumer.queue, error = %err, "heartbeat failed");
+            beating_since = None;
             continue;
         }
+        beating_since.get_or_insert(beat_at);
         if last_sweep.is_none_or(|at| at.elapsed() >= sweep_every) {
             last_sweep = Some(Instant::now());
             let interval = options.dead_sweep_interval.as_millis() as u64;

@@ -296,7 +296,7 @@ async fn lapsed_consumer_messages_return_to_the_head_in_order(f: Fixture) {
     assert_eq!(fetch_ns(b, &dying, 2, 1).await, vec![3]);
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let live = consumer("q");
-    let report = b.heartbeat(&live, 1_000).await.expect("heartbeat");
+    let report = b.heartbeat(&live, Some(1_000)).await.expect("heartbeat");
     assert_eq!((report.reaped_consumers, report.requeued), (1, 3));
     assert_eq!(fetch_ns(b, &live, 1, 10).await, vec![1, 2, 3, 4]);
 }
@@ -308,7 +308,7 @@ async fn late_settle_of_a_reaped_lease_does_nothing(f: Fixture) {
     let got = b.fetch(&slow, 1, 10).await.expect("fetch");
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let live = consumer("q");
-    b.heartbeat(&live, 1_000).await.expect("reap");
+    b.heartbeat(&live, Some(1_000)).await.expect("reap");
     // The slow consumer wakes up and acks: the message was already put back,
     // so this must neither drop it nor release its key.
     b.settle(&slow, &[(got[0].lease.clone(), Settlement::Ack)]).await.expect("late ack");
@@ -688,7 +688,7 @@ async fn leases_of_a_dead_worker_of_the_previous_layout_go_back_in_order() {
     }
     let _: () = hset.query(&mut raw).expect("hset");
 
-    let report = backend.heartbeat(&consumer("q"), 1_000).await.expect("heartbeat");
+    let report = backend.heartbeat(&consumer("q"), Some(1_000)).await.expect("heartbeat");
     assert_eq!((report.reaped_consumers, report.requeued), (1, 4));
     assert_eq!(fetch_ns(&backend, &consumer("q"), 1, 10).await, vec![1, 2, 3, 4]);
     let left: bool = redis::cmd("EXISTS").arg(format!("hookbus:{{q}}:inflight:{old}")).query(&mut raw).expect("exists");

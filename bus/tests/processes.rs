@@ -165,6 +165,55 @@ fn sigkill_midmessage_is_recovered_by_another_process_after_the_heartbeat_lapses
 }
 
 #[test]
+fn a_redis_outage_longer_than_the_heartbeat_timeout_reaps_nobody_alive() {
+    // Two busy consumers each hold two long messages (one running, one
+    // leased behind it: concurrency + batch), a third is idle. Redis
+    // is down for 2.5 heartbeat timeouts, so after it is back every
+    // consumer's last beat is old. Whoever beats first must not declare the
+    // others dead: their messages would be handed out a second time while
+    // they are still being handled.
+    let mut server = RedisServer::start_durable();
+    let b = backend(&server);
+    let one_at_a_time = [
+        ("HOOKBUS_BUS__HEARTBEAT_TIMEOUT_MS", "1000"),
+        ("HOOKBUS_BUS__CONCURRENCY", "1"),
+        ("HOOKBUS_BUS__BATCH_SIZE", "1"),
+    ];
+    // Started a third of a heartbeat interval apart, so that they beat at
+    // different moments: whoever beats first after the outage finds the
+    // other two lapsed, and at least one of them busy.
+    let staggered = |args: &[&str]| {
+        let worker = stage(&server, args, &one_at_a_time);
+        std::thread::sleep(Duration::from_millis(110));
+        worker
+    };
+    let busy: Vec<Worker> = (0..2).map(|_| staggered(&["--input", "work", "--record", "done"])).collect();
+    assert!(eventually(Duration::from_secs(10), || block_on(b.depths("work")).is_ok_and(|d| d.consumers == 2)));
+    block_on(b.push("work", &(1..=4).map(|n| work(n, 4_000)).collect::<Vec<_>>())).expect("push");
+    assert!(
+        eventually(Duration::from_secs(10), || in_flight(&server, "work") == 4),
+        "the busy consumers took two each"
+    );
+    let idle = staggered(&["--input", "work", "--record", "done", "--max-sleep-ms", "0"]);
+    assert!(eventually(Duration::from_secs(10), || block_on(b.depths("work")).is_ok_and(|d| d.consumers == 3)));
+
+    server.restart_after(Duration::from_millis(2_500));
+    assert!(
+        eventually(Duration::from_secs(30), || recorded(&server, "done").len() >= 4),
+        "the busy consumers never finished"
+    );
+    for mut worker in busy.into_iter().chain([idle]) {
+        signal(&worker, "TERM");
+        assert_eq!(wait_exit(&mut worker, Duration::from_secs(10)).code(), Some(0));
+    }
+    let mut done = recorded(&server, "done");
+    done.sort_unstable();
+    assert_eq!(done, vec![1, 2, 3, 4], "each handled once: nobody alive was reaped");
+    let depths = block_on(b.depths("work")).expect("depths");
+    assert_eq!((depths.pending, depths.in_flight, depths.consumers), (0, 0, 0));
+}
+
+#[test]
 fn ordering_by_key_holds_across_two_processes_with_four_handlers_each() {
     let server = RedisServer::start();
     let b = backend(&server);

@@ -112,7 +112,14 @@ impl RedisServer {
     /// Starts it again on the same port and directory (with AOF, the data
     /// comes back).
     pub fn restart(&mut self) {
+        self.restart_after(Duration::ZERO);
+    }
+
+    /// Kills it, keeps it down for `down`, and starts it again: an outage
+    /// longer than a heartbeat timeout.
+    pub fn restart_after(&mut self, down: Duration) {
         self.kill();
+        std::thread::sleep(down);
         self.spawn();
     }
 }
