@@ -12,6 +12,10 @@
 //!   one resource's events in order.
 //! - `notify.delivery`: one signed POST ([`subscriber`]).
 //! - `github.writeback`: one change applied to GitHub ([`writeback`]).
+//!
+//!   Both look their effect up in the [`effects`] log first and record it
+//!   once it happened, so a message that comes twice (at-least-once
+//!   delivery) POSTs or writes once.
 //! - `bus.dead` (from the runner of any queue): an alert to the alert
 //!   webhook, at most one per queue per window ([`alert`]); notices inside
 //!   a window are counted and reported by the next alert, or by a
@@ -21,6 +25,7 @@
 //! Wire types are in [`wire`]; the event schema is `docs/events.md`.
 
 pub mod alert;
+pub mod effects;
 pub mod error;
 pub mod events;
 pub mod subscriber;
@@ -37,6 +42,7 @@ use hookbus_bus::{Envelope, HandlerError, Outbox, Plugin};
 use hookbus_config::{Secret, Settings, Subscribers};
 
 use crate::alert::{AlertWindow, MemoryAlertWindow, RedisAlertWindow, Window};
+use crate::effects::{EffectLog, MemoryEffectLog, RedisEffectLog};
 pub use crate::error::NotifyError;
 use crate::events::{BroadcastEvents, EventPublisher, RedisEvents};
 use crate::wire::{
@@ -57,6 +63,7 @@ pub struct Notify {
     http: reqwest::Client,
     events: Arc<dyn EventPublisher>,
     alerts: Arc<dyn AlertWindow>,
+    effects: Arc<dyn EffectLog>,
     alert_webhook: Option<Secret>,
     alert_window: Duration,
     /// None without `github.token`: write-backs go dead saying so.
@@ -64,22 +71,29 @@ pub struct Notify {
 }
 
 impl Notify {
-    /// Over Redis: events on `<prefix>:events`, alert windows in Redis
-    /// shared by every notify process. Connects lazily.
+    /// Over Redis: events on `<prefix>:events`, alert windows and the
+    /// effects log in Redis, shared by every notify process. Connects lazily.
     pub fn from_settings(settings: &Settings) -> Result<Self, NotifyError> {
         let conn = redis_connection(settings)?;
+        let prefix = &settings.bus.prefix;
         Self::new(
             settings,
-            Arc::new(RedisEvents::new(conn.clone(), &settings.bus.prefix)),
-            Arc::new(RedisAlertWindow::new(conn, &settings.bus.prefix)),
+            Arc::new(RedisEvents::new(conn.clone(), prefix)),
+            Arc::new(RedisAlertWindow::new(conn.clone(), prefix)),
+            Arc::new(RedisEffectLog::new(conn, prefix)),
         )
     }
 
     /// In one process (`hookbus dev` over the memory bus): events go to the
-    /// returned broadcast, alert windows live in memory.
+    /// returned broadcast, alert windows and the effects log live in memory.
     pub fn in_memory(settings: &Settings) -> Result<(Self, Arc<BroadcastEvents>), NotifyError> {
         let events = Arc::new(BroadcastEvents::new(1024));
-        let notify = Self::new(settings, events.clone(), Arc::new(MemoryAlertWindow::default()))?;
+        let notify = Self::new(
+            settings,
+            events.clone(),
+            Arc::new(MemoryAlertWindow::default()),
+            Arc::new(MemoryEffectLog::default()),
+        )?;
         Ok((notify, events))
     }
 
@@ -88,6 +102,7 @@ impl Notify {
         settings: &Settings,
         events: Arc<dyn EventPublisher>,
         alerts: Arc<dyn AlertWindow>,
+        effects: Arc<dyn EffectLog>,
     ) -> Result<Self, NotifyError> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("hookbus-notify/", env!("CARGO_PKG_VERSION")))
@@ -103,6 +118,7 @@ impl Notify {
             http,
             events,
             alerts,
+            effects,
             alert_webhook: settings.notify.alert_webhook().cloned(),
             alert_window: settings.notify.alert_window(),
             github,
@@ -142,8 +158,42 @@ impl Notify {
         Ok(())
     }
 
+    async fn deliver(&self, message: &Envelope) -> Result<(), HandlerError> {
+        let delivery: DeliveryPayload = message.payload_as()?;
+        let effect = effects::delivery(&delivery.delivery);
+        if self.effects.done(&effect).await? {
+            tracing::info!(subscriber = %delivery.subscriber, delivery = %delivery.delivery,
+                operation = %delivery.operation, "already delivered; not sent again");
+            return Ok(());
+        }
+        let subscriber = self.subscribers.get(&delivery.subscriber).ok_or_else(|| {
+            HandlerError::Permanent(format!(
+                "subscriber {} is no longer configured (notify.subscribers)",
+                delivery.subscriber
+            ))
+        })?;
+        subscriber::deliver(&self.http, subscriber, &delivery).await?;
+        self.remember(&effect).await;
+        Ok(())
+    }
+
+    /// Records an effect that happened. A failure to record is logged, not
+    /// returned: retrying the message would repeat the effect for certain,
+    /// while a missing record repeats it only if the message comes again.
+    async fn remember(&self, effect: &str) {
+        if let Err(err) = self.effects.record(effect).await {
+            tracing::warn!(effect, error = %err, "cannot record the effect; a redelivery would repeat it");
+        }
+    }
+
     async fn write_back(&self, message: &Envelope) -> Result<(), HandlerError> {
         let change: WritebackPayload = message.payload_as()?;
+        let effect = effects::writeback(&change.operation);
+        if self.effects.done(&effect).await? {
+            tracing::info!(operation = %change.operation, resource = %change.resource,
+                "already written back to GitHub; not written again");
+            return Ok(());
+        }
         let Some(github) = &self.github else {
             return Err(HandlerError::Permanent(format!(
                 "cannot write back operation {}: no GitHub token, set HOOKBUS_GITHUB__TOKEN",
@@ -152,6 +202,7 @@ impl Notify {
         };
         github.apply(&change).await?;
         tracing::info!(operation = %change.operation, resource = %change.resource, "written back to GitHub");
+        self.remember(&effect).await;
         Ok(())
     }
 
@@ -272,16 +323,7 @@ impl Plugin for Notify {
     async fn handle(&self, message: &Envelope, out: &mut Outbox) -> Result<(), HandlerError> {
         match message.kind.as_str() {
             SYNCED_KIND => self.fan_out(message, out).await,
-            DELIVERY_KIND => {
-                let delivery: DeliveryPayload = message.payload_as()?;
-                let subscriber = self.subscribers.get(&delivery.subscriber).ok_or_else(|| {
-                    HandlerError::Permanent(format!(
-                        "subscriber {} is no longer configured (notify.subscribers)",
-                        delivery.subscriber
-                    ))
-                })?;
-                subscriber::deliver(&self.http, subscriber, &delivery).await
-            }
+            DELIVERY_KIND => self.deliver(message).await,
             WRITEBACK_KIND => self.write_back(message).await,
             DEAD_NOTICE_KIND => self.dead_notice(message, out).await,
             ALERT_FLUSH_KIND => self.flush_alerts(message).await,

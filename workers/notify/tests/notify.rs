@@ -302,6 +302,49 @@ async fn each_subscriber_gets_a_signed_event_in_isolation_and_a_failing_one_ends
     shutdown.trigger();
 }
 
+/// Waits until nothing is pending, in flight or delayed on `notify`.
+async fn drained(backend: &Arc<dyn Backend>) -> bool {
+    until(Duration::from_secs(10), || async {
+        backend.depths("notify").await.is_ok_and(|d| d.pending + d.in_flight + d.delayed + d.held == 0)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_that_comes_twice_is_posted_once_by_whichever_notify_process_gets_it() {
+    // Upstream emitted the same `record.synced` twice (outputs go out before
+    // the acknowledgement), and two notify processes share the queue.
+    let redis = RedisServer::start();
+    let mut subscriber_server = FakeServer::start(FakeServer::answering(200)).await;
+    let mut s = settings(3, vec![subscriber("once", &subscriber_server.url, "once-secret", 2_000)]);
+    s.redis.url = Secret::new(redis.url());
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    pubsub.subscribe("hookbus:events").await.expect("subscribe");
+    let backend: Arc<dyn Backend> = Arc::new(RedisBackend::connect(&redis.url(), "hookbus", 4, false).expect("pool"));
+    let first = run(backend.clone(), Notify::from_settings(&s).expect("notify"), &s);
+    let second = run(backend.clone(), Notify::from_settings(&s).expect("notify"), &s);
+
+    backend.push("notify", &[synced("inbound", "gh-op-twice")]).await.expect("push");
+    let posted = subscriber_server.next(Duration::from_secs(5)).await.expect("delivered");
+    backend.push("notify", &[synced("inbound", "gh-op-twice")]).await.expect("push the duplicate");
+    let mut events = pubsub.on_message();
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(5), events.next()).await.expect("both fanned out").expect("event");
+    }
+    assert!(drained(&backend).await, "notify never drained");
+    assert!(subscriber_server.next(Duration::from_millis(200)).await.is_none(), "posted a second time");
+    assert_eq!(subscriber_server.count(), 1);
+
+    // The record an operator can look at: the delivery id, kept a day.
+    let mut conn = redis.client();
+    let key = format!("hookbus:notify:done:delivery:{}", posted.header("x-hookbus-delivery"));
+    let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).expect("pttl");
+    assert!(ttl > 23 * 3_600_000 && ttl <= 24 * 3_600_000, "{key} expires in {ttl} ms");
+    first.trigger();
+    second.trigger();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_fold_notices_per_queue_window_and_the_next_alert_reports_the_count() {
     let redis = RedisServer::start();
@@ -400,6 +443,28 @@ async fn an_outbound_change_is_written_back_and_a_rate_limit_defers_it_without_s
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(dead_reasons(&backend).await.is_empty(), "{:?}", dead_reasons(&backend).await);
     assert_eq!(github.count(), 2);
+    shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_comes_twice_is_written_back_once() {
+    let github = FakeServer::start(FakeServer::answering(200)).await;
+    let mut s = settings(3, vec![]);
+    s.github.api_url = github.url.clone();
+    s.github.token = Secret::new("ghp_test_token");
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let (notify, events) = Notify::in_memory(&s).expect("notify");
+    let mut events = events.subscribe();
+    let shutdown = run(backend.clone(), notify, &s);
+    for _ in 0..2 {
+        backend.push("notify", &[synced("outbound", "op-client-twice")]).await.expect("push");
+    }
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("fanned out").expect("event");
+    }
+    assert!(drained(&backend).await, "notify never drained");
+    assert_eq!(github.count(), 1, "one write for one change");
+    assert!(dead_reasons(&backend).await.is_empty());
     shutdown.trigger();
 }
 

@@ -1,0 +1,154 @@
+//! The effects notify already had: a subscriber delivery its subscriber
+//! answered 2xx to, a change written back to GitHub.
+//!
+//! The bus delivers at least once (SPEC §4): a message comes again when its
+//! acknowledgement was cut off, and upstream stages may emit the same
+//! `record.synced` twice (outputs are enqueued before the acknowledgement).
+//! Before POSTing or writing back, notify looks its effect up here and skips
+//! what was done, so a subscriber gets one POST per change and GitHub one
+//! write, whichever path the duplicate took. The only window left is a crash
+//! between the effect and its record, where the subscriber still has the
+//! stable `X-Hookbus-Delivery` to deduplicate on.
+//!
+//! Effects are remembered for [`REMEMBER_FOR`]: redeliveries come within
+//! seconds to minutes; an operator retrying an old dead letter of an earlier
+//! stage a day later sends its effects again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use hookbus_bus::redis::RedisConnection;
+
+use crate::error::NotifyError;
+
+/// How long an effect is remembered.
+pub const REMEMBER_FOR: Duration = Duration::from_secs(24 * 3_600);
+
+/// The effect of a delivery to a subscriber.
+pub fn delivery(delivery_id: &str) -> String {
+    format!("delivery:{delivery_id}")
+}
+
+/// The effect of an operation's write-back to GitHub.
+pub fn writeback(operation: &str) -> String {
+    format!("writeback:{operation}")
+}
+
+#[async_trait]
+pub trait EffectLog: Send + Sync + 'static {
+    /// Whether `effect` was recorded (within [`REMEMBER_FOR`]).
+    async fn done(&self, effect: &str) -> Result<bool, NotifyError>;
+    /// Records that `effect` happened.
+    async fn record(&self, effect: &str) -> Result<(), NotifyError>;
+}
+
+/// In Redis: `<prefix>:notify:done:<effect>`, one key per effect with an
+/// expiry (docs/redis-layout.md, "Notify keys"). No hash tag: on a cluster
+/// the keys spread over every slot.
+pub struct RedisEffectLog {
+    conn: RedisConnection,
+    prefix: String,
+}
+
+impl RedisEffectLog {
+    pub fn new(conn: RedisConnection, prefix: &str) -> Self {
+        RedisEffectLog { conn, prefix: prefix.to_string() }
+    }
+
+    fn key(&self, effect: &str) -> String {
+        format!("{}:notify:done:{effect}", self.prefix)
+    }
+}
+
+#[async_trait]
+impl EffectLog for RedisEffectLog {
+    async fn done(&self, effect: &str) -> Result<bool, NotifyError> {
+        let mut conn = self.conn.clone();
+        let n: i64 = redis::cmd("EXISTS").arg(self.key(effect)).query_async(&mut conn).await?;
+        Ok(n > 0)
+    }
+
+    async fn record(&self, effect: &str) -> Result<(), NotifyError> {
+        let mut conn = self.conn.clone();
+        let ttl = u64::try_from(REMEMBER_FOR.as_millis()).unwrap_or(u64::MAX);
+        let () = redis::cmd("SET").arg(self.key(effect)).arg(1).arg("PX").arg(ttl).query_async(&mut conn).await?;
+        Ok(())
+    }
+}
+
+/// One process's effects (`hookbus dev`, tests): forgotten after
+/// [`REMEMBER_FOR`], pruned as the map grows.
+pub struct MemoryEffectLog {
+    remember_for: Duration,
+    seen: Mutex<Seen>,
+}
+
+struct Seen {
+    at: HashMap<String, Instant>,
+    prune_at: usize,
+}
+
+const FIRST_PRUNE: usize = 1_024;
+
+impl Default for MemoryEffectLog {
+    fn default() -> Self {
+        Self::remembering_for(REMEMBER_FOR)
+    }
+}
+
+impl MemoryEffectLog {
+    pub fn remembering_for(remember_for: Duration) -> Self {
+        MemoryEffectLog { remember_for, seen: Mutex::new(Seen { at: HashMap::new(), prune_at: FIRST_PRUNE }) }
+    }
+
+    /// How many effects are held (expired ones until the next prune).
+    pub fn len(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).at.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait]
+impl EffectLog for MemoryEffectLog {
+    async fn done(&self, effect: &str) -> Result<bool, NotifyError> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(seen.at.get(effect).is_some_and(|at| at.elapsed() < self.remember_for))
+    }
+
+    async fn record(&self, effect: &str) -> Result<(), NotifyError> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.at.insert(effect.to_string(), Instant::now());
+        if seen.at.len() >= seen.prune_at {
+            let remember_for = self.remember_for;
+            seen.at.retain(|_, at| at.elapsed() < remember_for);
+            // Pruning again only once the live set doubled keeps it
+            // amortised constant per record.
+            seen.prune_at = (seen.at.len() * 2).max(FIRST_PRUNE);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_memory_log_forgets_expired_effects_when_it_grows() {
+        let log = MemoryEffectLog::remembering_for(Duration::from_millis(20));
+        log.record(&delivery("d-1")).await.expect("record");
+        assert!(log.done(&delivery("d-1")).await.expect("done"));
+        assert!(!log.done(&writeback("d-1")).await.expect("done"), "kinds of effect are apart");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!log.done(&delivery("d-1")).await.expect("done"), "expired");
+        for n in 0..FIRST_PRUNE {
+            log.record(&delivery(&n.to_string())).await.expect("record");
+        }
+        assert_eq!(log.len(), FIRST_PRUNE, "d-1 was pruned when the map reached the threshold");
+    }
+}
