@@ -71,6 +71,7 @@ both_backends!(
     dead_letter_releases_the_key_to_the_next_message,
     retried_message_holds_back_its_key,
     lapsed_consumer_messages_return_to_the_head_in_order,
+    a_beat_that_does_not_judge_reaps_nobody,
     late_settle_of_a_reaped_lease_does_nothing,
     deregister_puts_unfinished_back_at_the_head_unchanged,
     garbage_is_dead_lettered_and_the_rest_flows,
@@ -299,6 +300,24 @@ async fn lapsed_consumer_messages_return_to_the_head_in_order(f: Fixture) {
     let report = b.heartbeat(&live, Some(1_000)).await.expect("heartbeat");
     assert_eq!((report.reaped_consumers, report.requeued), (1, 3));
     assert_eq!(fetch_ns(b, &live, 1, 10).await, vec![1, 2, 3, 4]);
+}
+
+async fn a_beat_that_does_not_judge_reaps_nobody(f: Fixture) {
+    // What a consumer sends until its own beats have gone through for a
+    // whole timeout (after it starts, or after Redis was away).
+    let b = &*f.backend;
+    b.push("q", &[msg(1)]).await.expect("push");
+    let quiet = consumer("q");
+    b.register(&quiet).await.expect("register");
+    assert_eq!(fetch_ns(b, &quiet, 1, 10).await, vec![1]);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let back = consumer("q");
+    let report = b.heartbeat(&back, None).await.expect("beat");
+    assert_eq!((report.reaped_consumers, report.requeued), (0, 0));
+    let depths = b.depths("q").await.expect("depths");
+    assert_eq!((depths.in_flight, depths.consumers), (1, 2), "still the quiet consumer's, and both listed");
+    let report = b.heartbeat(&back, Some(1_000)).await.expect("judge");
+    assert_eq!((report.reaped_consumers, report.requeued), (1, 1));
 }
 
 async fn late_settle_of_a_reaped_lease_does_nothing(f: Fixture) {
