@@ -156,7 +156,7 @@ async fn measure(
     let cpu_before = cpu();
     let start = Instant::now();
     for batch in &mut batches {
-        backend.push_vec("s1", batch).await.expect("push");
+        backend.push_vec("s1", batch, None).await.expect("push");
     }
     assert!(wait_done(&sink, total, Duration::from_secs(600)).await, "pipeline did not drain");
     let end = sink.finished.lock().expect("lock").unwrap_or_else(Instant::now);

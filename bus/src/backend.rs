@@ -255,6 +255,22 @@ pub fn process_name() -> String {
     }
 }
 
+/// Names one push of one producer, so that the push can be repeated safely:
+/// of two pushes to one queue under the same receipt, the second enqueues
+/// nothing. `producer` is unique to one producer (the runner uses its
+/// consumer's name); `seq` grows with each of its pushes, and a push whose
+/// `seq` is not above the last one recorded for (queue, producer) counts as
+/// done. Records live a day after a producer's last push
+/// ([`RECEIPTS_KEEP_MS`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Receipt<'a> {
+    pub producer: &'a str,
+    pub seq: u64,
+}
+
+/// How long a queue's receipts are kept after the last push that wrote one.
+pub const RECEIPTS_KEEP_MS: u64 = 24 * 3_600_000;
+
 /// A queue store. The Redis backend is durable and shared by processes; the
 /// in-memory one lives in one process. Both keep the same semantics, and one
 /// behaviour suite (`tests/behaviour.rs`) runs against both.
@@ -264,14 +280,17 @@ pub trait Backend: Send + Sync + 'static {
     /// take their key's lock or wait behind its holder.
     async fn push(&self, queue: &str, messages: &[Envelope]) -> Result<(), BusError>;
 
-    /// Like [`Backend::push`], but may take the messages out of `messages`
+    /// Like [`Backend::push`], but takes the messages out of `messages`
     /// (the in-memory backend stores them without copying). On error the
-    /// vector is left as it was, so the caller can retry.
-    async fn push_vec(&self, queue: &str, messages: &mut Vec<Envelope>) -> Result<(), BusError> {
-        self.push(queue, messages).await?;
-        messages.clear();
-        Ok(())
-    }
+    /// vector is left as it was, so the caller can retry. With a
+    /// [`Receipt`], repeating the push (after an error whose push may have
+    /// been applied, its reply lost) enqueues nothing a second time.
+    async fn push_vec(
+        &self,
+        queue: &str,
+        messages: &mut Vec<Envelope>,
+        receipt: Option<Receipt<'_>>,
+    ) -> Result<(), BusError>;
 
     /// Puts bytes on `pending` as a foreign producer's `LPUSH` would; used to
     /// prove the bus copes with anything found there.

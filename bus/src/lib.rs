@@ -28,7 +28,8 @@ pub mod worker;
 use std::sync::Arc;
 
 pub use backend::{
-    Backend, ConsumerId, DeadSelector, Delivery, Journal, Lease, MinuteCounts, ProcessReport, QueueDepths, Settlement,
+    Backend, ConsumerId, DeadSelector, Delivery, Journal, Lease, MinuteCounts, ProcessReport, QueueDepths, Receipt,
+    Settlement,
 };
 pub use envelope::{DeadContent, DeadLetter, Envelope};
 pub use error::{BusError, HandlerError};

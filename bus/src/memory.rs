@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use crate::backend::{
     minute_of, Backend, ConsumerId, DeadSelector, Delivery, HeartbeatReport, Lease, LeaseToken, MinuteCounts,
-    ProcessReport, QueueDepths, Settlement, SweepReport, PROCESS_KEEP_MS, THROUGHPUT_MINUTES,
+    ProcessReport, QueueDepths, Receipt, Settlement, SweepReport, PROCESS_KEEP_MS, THROUGHPUT_MINUTES,
 };
 use crate::envelope::{now_ms, DeadContent, DeadLetter, Envelope};
 use crate::error::BusError;
@@ -56,6 +56,8 @@ struct QueueState {
     throughput: BTreeMap<i64, MinuteCounts>,
     /// Worker processes' reports by process name.
     processes: HashMap<String, ProcessReport>,
+    /// Producer -> seq of its last receipted push (see [`Receipt`]).
+    receipts: HashMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -204,10 +206,23 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    async fn push_vec(&self, queue: &str, messages: &mut Vec<Envelope>) -> Result<(), BusError> {
+    async fn push_vec(
+        &self,
+        queue: &str,
+        messages: &mut Vec<Envelope>,
+        receipt: Option<Receipt<'_>>,
+    ) -> Result<(), BusError> {
         let q = self.queue(queue);
         {
             let mut state = lock(&q.state);
+            if let Some(receipt) = receipt {
+                let last = state.receipts.entry(receipt.producer.to_string()).or_default();
+                if *last >= receipt.seq {
+                    messages.clear();
+                    return Ok(());
+                }
+                *last = receipt.seq;
+            }
             for envelope in messages.drain(..) {
                 state.admit(Arc::new(envelope));
             }

@@ -20,7 +20,8 @@ pub use connection::{dial_url, pool, PooledConnection, RedisConnection, RedisPoo
 
 use crate::backend::{
     minute_of, Backend, ConsumerId, DeadSelector, Delivery, HeartbeatReport, Lease, LeaseToken, MinuteCounts,
-    ProcessReport, QueueDepths, Settlement, SweepReport, PROCESS_KEEP_MS, THROUGHPUT_MINUTES,
+    ProcessReport, QueueDepths, Receipt, Settlement, SweepReport, PROCESS_KEEP_MS, RECEIPTS_KEEP_MS,
+    THROUGHPUT_MINUTES,
 };
 use crate::envelope::{now_ms, DeadContent, DeadLetter, Envelope};
 use crate::error::BusError;
@@ -86,6 +87,10 @@ impl QueueKeys {
     pub fn held(&self, key: &str) -> String {
         format!("{}:held:{key}", self.base)
     }
+    /// Producer -> seq of its last receipted push (`receipt.lua`).
+    pub fn receipts(&self) -> String {
+        format!("{}:receipts", self.base)
+    }
     pub fn sweep_lock(&self) -> String {
         format!("{}:sweep", self.base)
     }
@@ -127,6 +132,13 @@ fn promote_script() -> &'static str {
 fn close_script() -> &'static str {
     static TEXT: OnceLock<String> = OnceLock::new();
     TEXT.get_or_init(|| lua_text(include_str!("lua/close.lua")))
+}
+
+/// The receipt check of a plain push's transaction; `EVAL` for the same
+/// reason as above.
+fn receipt_script() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| lua_text(include_str!("lua/receipt.lua")))
 }
 
 /// A script's text without its whole-line comments, for sending with
@@ -203,8 +215,14 @@ impl RedisBackend {
         self.pool.get().await
     }
 
-    /// Pushes with optional "only if this dead entry could be removed".
-    async fn push_entries(&self, queue: &str, entries: &[(&Envelope, Option<Vec<u8>>)]) -> Result<usize, BusError> {
+    /// Pushes with optional "only if this dead entry could be removed", and
+    /// an optional receipt (see [`Receipt`]).
+    async fn push_entries(
+        &self,
+        queue: &str,
+        entries: &[(&Envelope, Option<Vec<u8>>)],
+        receipt: Option<Receipt<'_>>,
+    ) -> Result<usize, BusError> {
         if entries.is_empty() {
             return Ok(0);
         }
@@ -222,8 +240,25 @@ impl RedisBackend {
             for (envelope, _) in entries {
                 envelope.encode_to(&mut redis::RedisWrite::writer_for_next_arg(&mut cmd));
             }
-            let _: () = timed(cmd.query_async(&mut conn)).await?;
-            return Ok(entries.len());
+            let Some(receipt) = receipt else {
+                let _: () = timed(cmd.query_async(&mut conn)).await?;
+                return Ok(entries.len());
+            };
+            // With a receipt: the push and its receipt in one transaction,
+            // the envelopes outside Lua (receipt.lua).
+            let mut tx = redis::pipe();
+            tx.atomic().add_command(cmd).ignore();
+            tx.cmd("EVAL")
+                .arg(receipt_script())
+                .arg(2)
+                .arg(&pending)
+                .arg(keys.receipts())
+                .arg(receipt.producer)
+                .arg(receipt.seq)
+                .arg(entries.len())
+                .arg(RECEIPTS_KEEP_MS);
+            let (new,): (i64,) = timed(tx.query_async(&mut conn)).await?;
+            return Ok(if new == 1 { entries.len() } else { 0 });
         }
         let mut call = self.scripts.push.prepare_invoke();
         call.key(keys.pending()).key(keys.keys()).key(keys.dead());
@@ -232,6 +267,9 @@ impl RedisBackend {
             let key = envelope.key.as_deref().unwrap_or("");
             call.key(if key.is_empty() { keys.pending() } else { keys.held(key) });
             call.arg(key).arg(&envelope.id).arg(envelope.encode()).arg(dead.as_deref().unwrap_or(b""));
+        }
+        if let Some(receipt) = receipt {
+            call.key(keys.receipts()).arg(receipt.producer).arg(receipt.seq).arg(RECEIPTS_KEEP_MS);
         }
         timed(call.invoke_async(&mut conn)).await
     }
@@ -423,7 +461,7 @@ impl RedisBackend {
         // Oldest first (the list is newest first), so order among them is kept.
         entries.reverse();
         let entries: Vec<(&Envelope, Option<Vec<u8>>)> = entries.iter_mut().map(|(e, raw)| (&*e, raw.take())).collect();
-        self.push_entries(queue, &entries).await
+        self.push_entries(queue, &entries, None).await
     }
 }
 
@@ -491,7 +529,19 @@ async fn timed<T>(fut: impl std::future::Future<Output = redis::RedisResult<T>>)
 impl Backend for RedisBackend {
     async fn push(&self, queue: &str, messages: &[Envelope]) -> Result<(), BusError> {
         let entries: Vec<(&Envelope, Option<Vec<u8>>)> = messages.iter().map(|e| (e, None)).collect();
-        self.push_entries(queue, &entries).await.map(drop)
+        self.push_entries(queue, &entries, None).await.map(drop)
+    }
+
+    async fn push_vec(
+        &self,
+        queue: &str,
+        messages: &mut Vec<Envelope>,
+        receipt: Option<Receipt<'_>>,
+    ) -> Result<(), BusError> {
+        let entries: Vec<(&Envelope, Option<Vec<u8>>)> = messages.iter().map(|e| (e, None)).collect();
+        self.push_entries(queue, &entries, receipt).await?;
+        messages.clear();
+        Ok(())
     }
 
     async fn push_raw(&self, queue: &str, raw: Bytes) -> Result<(), BusError> {

@@ -34,7 +34,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::backend::{
-    process_name, Backend, ConsumerId, Delivery, Lease, ProcessReport, Settlement, LATENCY_BOUNDS_MICROS,
+    process_name, Backend, ConsumerId, Delivery, Lease, ProcessReport, Receipt, Settlement, LATENCY_BOUNDS_MICROS,
 };
 use crate::envelope::{now_ms, DeadContent, DeadLetter, Envelope};
 use crate::error::{BusError, HandlerError};
@@ -681,6 +681,10 @@ async fn settler(
     hard_stop: Shutdown,
 ) {
     let mut chunks = Vec::new();
+    // Each push of outputs goes under a receipt of its own, and a retry
+    // under the same one: a push applied whose reply was lost (a dropped
+    // connection, a Redis restart) is not applied twice.
+    let mut pushes: u64 = 0;
     while done.recv_many(&mut chunks, 64).await > 0 {
         let n: usize = chunks.iter().map(|c| c.settled.len()).sum();
         // Each queue's outputs in one vector, sized up front: envelopes are
@@ -712,7 +716,9 @@ async fn settler(
         for (queue, envelopes) in &mut outputs {
             // A failed push leaves the vector whole for the next try.
             let mut backoff = Backoff::new();
-            while let Err(err) = backend.push_vec(queue, envelopes).await {
+            pushes += 1;
+            let receipt = Receipt { producer: &consumer.name, seq: pushes };
+            while let Err(err) = backend.push_vec(queue, envelopes, Some(receipt)).await {
                 tracing::warn!(error = %err, %queue, "enqueue outputs failed; retrying");
                 tokio::select! {
                     _ = hard_stop.cancelled() => return, // left leased: redelivered after restart

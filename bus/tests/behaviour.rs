@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use hookbus_bus::backend::{DeadSelector, Settlement};
+use hookbus_bus::backend::{DeadSelector, Receipt, Settlement};
 use hookbus_bus::redis::{RedisBackend, RedisTarget};
 use hookbus_bus::{
     Backend, ConsumerId, DeadContent, DeadLetter, Envelope, HandlerError, MemoryBackend, Outbox, Plugin, ProcessReport,
@@ -61,6 +61,7 @@ macro_rules! both_backends {
 
 both_backends!(
     fetch_is_fifo_in_batches,
+    a_push_repeated_under_its_receipt_enqueues_once,
     depths_count_every_consumer_and_every_held_key,
     depths_stay_readable_while_consumers_and_keys_change,
     ack_removes_the_message_for_good,
@@ -286,6 +287,35 @@ async fn retried_message_holds_back_its_key(f: Fixture) {
     assert_eq!(again.iter().map(|d| (n_of(&d.envelope), d.envelope.attempts)).collect::<Vec<_>>(), vec![(1, 1)]);
     b.settle(&c, &[(again[0].lease.clone(), Settlement::Ack)]).await.expect("ack");
     assert_eq!(fetch_ns(b, &c, 4, 10).await, vec![2]);
+}
+
+async fn a_push_repeated_under_its_receipt_enqueues_once(f: Fixture) {
+    // A producer that retries a push whose reply it never got repeats it
+    // under the same receipt; the repeat must not enqueue again, plain or
+    // keyed (the keyed path would even let two copies hold one key).
+    let b = &*f.backend;
+    let receipt = |producer, seq| Some(Receipt { producer, seq });
+    for _ in 0..2 {
+        let mut batch = vec![msg(1), msg(2)];
+        b.push_vec("q", &mut batch, receipt("p", 1)).await.expect("push");
+        assert!(batch.is_empty(), "taken, whether pushed or found pushed");
+    }
+    for _ in 0..2 {
+        b.push_vec("q", &mut vec![keyed(3, "k"), msg(4)], receipt("p", 2)).await.expect("keyed push");
+    }
+    // An older receipt counts as done; another producer's seq 1 is its own.
+    b.push_vec("q", &mut vec![msg(9)], receipt("p", 1)).await.expect("stale push");
+    b.push_vec("q", &mut vec![msg(5)], receipt("other", 1)).await.expect("other producer");
+    b.push_vec("q", &mut vec![msg(6)], None).await.expect("no receipt");
+    b.push_vec("q", &mut vec![msg(6)], None).await.expect("no receipt, again");
+    let c = consumer("q");
+    let got = b.fetch(&c, 1, 20).await.expect("fetch");
+    let ns: Vec<u32> = got.iter().map(|d| n_of(&d.envelope)).collect();
+    assert_eq!(ns, vec![1, 2, 3, 4, 5, 6, 6]);
+    let acks: Vec<_> = got.iter().map(|d| (d.lease.clone(), Settlement::Ack)).collect();
+    b.settle(&c, &acks).await.expect("ack");
+    let depths = b.depths("q").await.expect("depths");
+    assert_eq!((depths.pending, depths.in_flight, depths.held), (0, 0, 0), "no second copy behind key k");
 }
 
 async fn lapsed_consumer_messages_return_to_the_head_in_order(f: Fixture) {

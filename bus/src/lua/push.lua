@@ -8,13 +8,25 @@
 -- ARGV[2+4(i-1) ..] per message: key ('' = none), id, envelope bytes,
 --          dead entry bytes ('' = none; otherwise the message is only pushed
 --          if that exact entry could be removed from `dead` -- a re-drive)
--- Returns  the number of messages pushed.
+-- With a receipt (see receipt.lua), after the messages' keys and values:
+-- KEYS[4+n] <prefix>:{<q>}:receipts   hash, producer -> seq of its last push
+-- ARGV[2+4n], ARGV[3+4n], ARGV[4+4n]  producer, seq, how long the hash lives (ms)
+-- Returns  the number of messages pushed (0 for a repeated receipt).
 --
 -- Invariant kept atomically: at most one message per key is outside
 -- `held` (in pending, in-flight or delayed), and it is the one named in
 -- `keys`; the others wait in `held:<key>` in enqueue order.
 local n = tonumber(ARGV[1])
 local pushed = 0
+if #KEYS == 4 + n then
+  local receipts, producer, seq = KEYS[4 + n], ARGV[2 + 4 * n], tonumber(ARGV[3 + 4 * n])
+  local last = tonumber(redis.call('HGET', receipts, producer) or '0') or 0
+  if last >= seq then
+    return 0
+  end
+  redis.call('HSET', receipts, producer, seq)
+  redis.call('PEXPIRE', receipts, ARGV[4 + 4 * n])
+end
 for i = 1, n do
   local base = 2 + 4 * (i - 1)
   local key, id, raw, dead = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
