@@ -125,6 +125,13 @@ fn settings(attempts: u32, subscribers: Vec<SubscriberSettings>) -> Settings {
     s
 }
 
+/// `s` writing back to `github` with `token`.
+fn with_github(mut s: Settings, github: &FakeServer, token: &str) -> Settings {
+    s.github.api_url = github.url.clone();
+    s.github.token = Secret::new(token);
+    s
+}
+
 fn synced(direction: &str, operation: &str) -> Envelope {
     let payload = json!({
         "operation": operation,
@@ -420,9 +427,7 @@ async fn an_outbound_change_is_written_back_and_a_rate_limit_defers_it_without_s
     }))
     .await;
     // One attempt only: a deferral that counted one would end dead.
-    let mut s = settings(1, vec![]);
-    s.github.api_url = github.url.clone();
-    s.github.token = Secret::new("ghp_test_token");
+    let s = with_github(settings(1, vec![]), &github, "ghp_test_token");
     let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
     let (notify, events) = Notify::in_memory(&s).expect("notify");
     let mut events = events.subscribe();
@@ -449,9 +454,7 @@ async fn an_outbound_change_is_written_back_and_a_rate_limit_defers_it_without_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_that_comes_twice_is_written_back_once() {
     let github = FakeServer::start(FakeServer::answering(200)).await;
-    let mut s = settings(3, vec![]);
-    s.github.api_url = github.url.clone();
-    s.github.token = Secret::new("ghp_test_token");
+    let s = with_github(settings(3, vec![]), &github, "ghp_test_token");
     let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
     let (notify, events) = Notify::in_memory(&s).expect("notify");
     let mut events = events.subscribe();
@@ -471,9 +474,7 @@ async fn a_change_that_comes_twice_is_written_back_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_ends_the_write_back_dead_naming_the_setting() {
     let github = FakeServer::start(FakeServer::answering(401)).await;
-    let mut s = settings(5, vec![]);
-    s.github.api_url = github.url.clone();
-    s.github.token = Secret::new("ghp_bad");
+    let s = with_github(settings(5, vec![]), &github, "ghp_bad");
     let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
     let shutdown = run(backend.clone(), Notify::in_memory(&s).expect("notify").0, &s);
     backend.push("notify", &[synced("outbound", "op-client-2")]).await.expect("push");
