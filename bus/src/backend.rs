@@ -260,7 +260,7 @@ pub fn process_name() -> String {
 /// nothing. `producer` is unique to one producer (the runner uses its
 /// consumer's name); `seq` grows with each of its pushes, and a push whose
 /// `seq` is not above the last one recorded for (queue, producer) counts as
-/// done. Records live a day after a producer's last push
+/// done. A producer's record lives a day after its last push
 /// ([`RECEIPTS_KEEP_MS`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Receipt<'a> {
@@ -268,7 +268,7 @@ pub struct Receipt<'a> {
     pub seq: u64,
 }
 
-/// How long a queue's receipts are kept after the last push that wrote one.
+/// How long a producer's receipt is kept after its last push.
 pub const RECEIPTS_KEEP_MS: u64 = 24 * 3_600_000;
 
 /// A queue store. The Redis backend is durable and shared by processes; the

@@ -87,9 +87,9 @@ impl QueueKeys {
     pub fn held(&self, key: &str) -> String {
         format!("{}:held:{key}", self.base)
     }
-    /// Producer -> seq of its last receipted push (`receipt.lua`).
-    pub fn receipts(&self) -> String {
-        format!("{}:receipts", self.base)
+    /// The seq of `producer`'s last receipted push (`receipt.lua`).
+    pub fn receipt(&self, producer: &str) -> String {
+        format!("{}:receipt:{producer}", self.base)
     }
     pub fn sweep_lock(&self) -> String {
         format!("{}:sweep", self.base)
@@ -252,8 +252,7 @@ impl RedisBackend {
                 .arg(receipt_script())
                 .arg(2)
                 .arg(&pending)
-                .arg(keys.receipts())
-                .arg(receipt.producer)
+                .arg(keys.receipt(receipt.producer))
                 .arg(receipt.seq)
                 .arg(entries.len())
                 .arg(RECEIPTS_KEEP_MS);
@@ -269,7 +268,7 @@ impl RedisBackend {
             call.arg(key).arg(&envelope.id).arg(envelope.encode()).arg(dead.as_deref().unwrap_or(b""));
         }
         if let Some(receipt) = receipt {
-            call.key(keys.receipts()).arg(receipt.producer).arg(receipt.seq).arg(RECEIPTS_KEEP_MS);
+            call.key(keys.receipt(receipt.producer)).arg(receipt.seq).arg(RECEIPTS_KEEP_MS);
         }
         timed(call.invoke_async(&mut conn)).await
     }

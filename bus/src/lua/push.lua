@@ -9,8 +9,8 @@
 --          dead entry bytes ('' = none; otherwise the message is only pushed
 --          if that exact entry could be removed from `dead` -- a re-drive)
 -- With a receipt (see receipt.lua), after the messages' keys and values:
--- KEYS[4+n] <prefix>:{<q>}:receipts   hash, producer -> seq of its last push
--- ARGV[2+4n], ARGV[3+4n], ARGV[4+4n]  producer, seq, how long the hash lives (ms)
+-- KEYS[4+n] <prefix>:{<q>}:receipt:<producer>   string: seq of its last push
+-- ARGV[2+4n], ARGV[3+4n]  seq, how long the receipt lives (ms)
 -- Returns  the number of messages pushed (0 for a repeated receipt).
 --
 -- Invariant kept atomically: at most one message per key is outside
@@ -19,13 +19,12 @@
 local n = tonumber(ARGV[1])
 local pushed = 0
 if #KEYS == 4 + n then
-  local receipts, producer, seq = KEYS[4 + n], ARGV[2 + 4 * n], tonumber(ARGV[3 + 4 * n])
-  local last = tonumber(redis.call('HGET', receipts, producer) or '0') or 0
+  local receipt, seq = KEYS[4 + n], tonumber(ARGV[2 + 4 * n])
+  local last = tonumber(redis.call('GET', receipt) or '0') or 0
   if last >= seq then
     return 0
   end
-  redis.call('HSET', receipts, producer, seq)
-  redis.call('PEXPIRE', receipts, ARGV[4 + 4 * n])
+  redis.call('SET', receipt, seq, 'PX', ARGV[3 + 4 * n])
 end
 for i = 1, n do
   local base = 2 + 4 * (i - 1)
