@@ -216,12 +216,18 @@ impl Backend for MemoryBackend {
         {
             let mut state = lock(&q.state);
             if let Some(receipt) = receipt {
-                let last = state.receipts.entry(receipt.producer.to_string()).or_default();
-                if *last >= receipt.seq {
-                    messages.clear();
-                    return Ok(());
+                // Looked up by `&str`: the producer's name is copied once, on
+                // its first push, not on every push.
+                match state.receipts.get_mut(receipt.producer) {
+                    Some(last) if *last >= receipt.seq => {
+                        messages.clear();
+                        return Ok(());
+                    }
+                    Some(last) => *last = receipt.seq,
+                    None => {
+                        state.receipts.insert(receipt.producer.to_string(), receipt.seq);
+                    }
                 }
-                *last = receipt.seq;
             }
             for envelope in messages.drain(..) {
                 state.admit(Arc::new(envelope));
