@@ -160,49 +160,51 @@ impl Notify {
 
     async fn deliver(&self, message: &Envelope) -> Result<(), HandlerError> {
         let delivery: DeliveryPayload = message.payload_as()?;
-        let effect = effects::delivery(&delivery.delivery);
-        if self.effects.done(&effect).await? {
-            tracing::info!(subscriber = %delivery.subscriber, delivery = %delivery.delivery,
-                operation = %delivery.operation, "already delivered; not sent again");
-            return Ok(());
-        }
-        let subscriber = self.subscribers.get(&delivery.subscriber).ok_or_else(|| {
-            HandlerError::Permanent(format!(
-                "subscriber {} is no longer configured (notify.subscribers)",
-                delivery.subscriber
-            ))
-        })?;
-        subscriber::deliver(&self.http, subscriber, &delivery).await?;
-        self.remember(&effect).await;
-        Ok(())
-    }
-
-    /// Records an effect that happened. A failure to record is logged, not
-    /// returned: retrying the message would repeat the effect for certain,
-    /// while a missing record repeats it only if the message comes again.
-    async fn remember(&self, effect: &str) {
-        if let Err(err) = self.effects.record(effect).await {
-            tracing::warn!(effect, error = %err, "cannot record the effect; a redelivery would repeat it");
-        }
+        self.once(&effects::delivery(&delivery.delivery), async {
+            let subscriber = self.subscribers.get(&delivery.subscriber).ok_or_else(|| {
+                HandlerError::Permanent(format!(
+                    "subscriber {} is no longer configured (notify.subscribers)",
+                    delivery.subscriber
+                ))
+            })?;
+            subscriber::deliver(&self.http, subscriber, &delivery).await
+        })
+        .await
     }
 
     async fn write_back(&self, message: &Envelope) -> Result<(), HandlerError> {
         let change: WritebackPayload = message.payload_as()?;
-        let effect = effects::writeback(&change.operation);
-        if self.effects.done(&effect).await? {
-            tracing::info!(operation = %change.operation, resource = %change.resource,
-                "already written back to GitHub; not written again");
+        self.once(&effects::writeback(&change.operation), async {
+            let Some(github) = &self.github else {
+                return Err(HandlerError::Permanent(format!(
+                    "cannot write back operation {}: no GitHub token, set HOOKBUS_GITHUB__TOKEN",
+                    change.operation
+                )));
+            };
+            github.apply(&change).await?;
+            tracing::info!(operation = %change.operation, resource = %change.resource, "written back to GitHub");
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs `act` unless `effect` is in the effects log, and records it once
+    /// `act` succeeded. A failure to record is logged, not returned: retrying
+    /// the message would repeat the effect for certain, while a missing
+    /// record repeats it only if the message comes again.
+    async fn once(
+        &self,
+        effect: &str,
+        act: impl std::future::Future<Output = Result<(), HandlerError>>,
+    ) -> Result<(), HandlerError> {
+        if self.effects.done(effect).await? {
+            tracing::info!(effect, "already done (the message came again); not done twice");
             return Ok(());
         }
-        let Some(github) = &self.github else {
-            return Err(HandlerError::Permanent(format!(
-                "cannot write back operation {}: no GitHub token, set HOOKBUS_GITHUB__TOKEN",
-                change.operation
-            )));
-        };
-        github.apply(&change).await?;
-        tracing::info!(operation = %change.operation, resource = %change.resource, "written back to GitHub");
-        self.remember(&effect).await;
+        act.await?;
+        if let Err(err) = self.effects.record(effect).await {
+            tracing::warn!(effect, error = %err, "cannot record the effect; a redelivery would repeat it");
+        }
         Ok(())
     }
 
