@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use hookbus_e2e::{
     bare_remote, build_bench_binaries, git, issue_template, rfc3339, send, Deployment, Webhook, WORKERS,
 };
@@ -65,12 +66,18 @@ fn watch(remote: PathBuf, stop: Arc<AtomicBool>) -> HashMap<String, Instant> {
     pushed
 }
 
+/// Settings that reach the benchmark's redis-server, for reading what the
+/// processes left there.
+fn settings_for(url: &str) -> hookbus_config::Settings {
+    let mut settings = hookbus_config::Settings::default();
+    settings.redis.url = hookbus_config::Secret::new(url);
+    settings
+}
+
 /// Every queue's depths and its first dead letters' reasons: what an
 /// operator would look at when webhooks did not arrive.
 async fn where_messages_are(url: &str) -> String {
-    let mut settings = hookbus_config::Settings::default();
-    settings.redis.url = hookbus_config::Secret::new(url);
-    let backend = match hookbus_bus::connect(&settings) {
+    let backend = match hookbus_bus::connect(&settings_for(url)) {
         Ok(backend) => backend,
         Err(err) => return format!("cannot read the queues: {err}"),
     };
@@ -207,12 +214,18 @@ async fn main() {
     // arrives, and drops one older than what is applied: that happens once
     // the pipeline falls more than one update interval behind), or lost.
     let fates = {
-        let mut settings = hookbus_config::Settings::default();
-        settings.redis.url = hookbus_config::Secret::new(redis.url());
-        let store = RedisStore::from_settings(&settings).expect("reconcile's store");
+        let store = RedisStore::from_settings(&settings_for(&redis.url())).expect("reconcile's store");
+        // Many lookups at once over the store's one multiplexed connection,
+        // not one round trip after another.
+        let found: Vec<String> =
+            futures::stream::iter(sent_at.keys().filter(|delivery| !pushed.contains_key(*delivery)))
+                .map(|delivery| fate(&store, delivery))
+                .buffer_unordered(64)
+                .collect()
+                .await;
         let mut fates: std::collections::BTreeMap<String, usize> = Default::default();
-        for delivery in sent_at.keys().filter(|delivery| !pushed.contains_key(*delivery)) {
-            *fates.entry(fate(&store, delivery).await).or_default() += 1;
+        for state in found {
+            *fates.entry(state).or_default() += 1;
         }
         fates
     };
