@@ -147,10 +147,12 @@ async fn measure(
     // shared by every message would have all cores fight over its reference
     // count, which no real load does.
     let payload = message(0).payload;
-    let mut batches: Vec<Vec<Envelope>> = (0..total)
+    let mut batches: Vec<Vec<Arc<Envelope>>> = (0..total)
         .collect::<Vec<_>>()
         .chunks(1_000)
-        .map(|chunk| chunk.iter().map(|_| Envelope::new("bench.noop", Bytes::copy_from_slice(&payload))).collect())
+        .map(|chunk| {
+            chunk.iter().map(|_| Arc::new(Envelope::new("bench.noop", Bytes::copy_from_slice(&payload)))).collect()
+        })
         .collect();
     sink.target.store(sink.done.load(Ordering::Relaxed) + total, Ordering::Relaxed);
     let cpu_before = cpu();

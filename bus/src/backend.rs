@@ -5,6 +5,8 @@
 //! locks, delays, dead letters, consumer liveness); the runner owns the
 //! policy (how many attempts, which backoff, what goes dead).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -54,7 +56,7 @@ pub struct LeaseToken {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub lease: Lease,
-    pub envelope: std::sync::Arc<Envelope>,
+    pub envelope: Arc<Envelope>,
 }
 
 /// What to do with a leased message.
@@ -281,14 +283,14 @@ pub trait Backend: Send + Sync + 'static {
     async fn push(&self, queue: &str, messages: &[Envelope]) -> Result<(), BusError>;
 
     /// Like [`Backend::push`], but takes the messages out of `messages`
-    /// (the in-memory backend stores them without copying). On error the
+    /// (the in-memory backend stores these very `Arc`s). On error the
     /// vector is left as it was, so the caller can retry. With a
     /// [`Receipt`], repeating the push (after an error whose push may have
     /// been applied, its reply lost) enqueues nothing a second time.
     async fn push_vec(
         &self,
         queue: &str,
-        messages: &mut Vec<Envelope>,
+        messages: &mut Vec<Arc<Envelope>>,
         receipt: Option<Receipt<'_>>,
     ) -> Result<(), BusError>;
 

@@ -209,7 +209,7 @@ impl Backend for MemoryBackend {
     async fn push_vec(
         &self,
         queue: &str,
-        messages: &mut Vec<Envelope>,
+        messages: &mut Vec<Arc<Envelope>>,
         receipt: Option<Receipt<'_>>,
     ) -> Result<(), BusError> {
         let q = self.queue(queue);
@@ -230,7 +230,7 @@ impl Backend for MemoryBackend {
                 }
             }
             for envelope in messages.drain(..) {
-                state.admit(Arc::new(envelope));
+                state.admit(envelope);
             }
         }
         q.work.notify_waiters();

@@ -1,6 +1,8 @@
 //! What a worker is: a [`Plugin`] with one input queue, a handler, and the
 //! messages it emits through its [`Outbox`].
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::Serialize;
 
@@ -43,8 +45,8 @@ pub trait Plugin: Send + Sync + 'static {
 /// allocation beyond the envelope's own.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    /// None: the runner stamps the trace when it takes the messages
-    /// ([`Outbox::drain_into`]).
+    /// Stamped on every emitted message (None only before a runner's
+    /// worker first [retraces](Outbox::retrace) it).
     trace_id: Option<String>,
     /// Emitted messages by queue, queues in the order first emitted to; a
     /// queue stays listed (with its buffer) after its messages are taken.
@@ -52,8 +54,11 @@ pub struct Outbox {
     len: usize,
 }
 
-/// Messages grouped by the queue they go to.
-pub(crate) type ByQueue = Vec<(String, Vec<Envelope>)>;
+/// Messages grouped by the queue they go to. Each envelope is put in its
+/// `Arc` once, when emitted: from there to the queue (and, in memory, on
+/// to the next stage's handler) it moves as a pointer, where a whole
+/// envelope would be copied at every hand-over.
+pub(crate) type ByQueue = Vec<(String, Vec<Arc<Envelope>>)>;
 
 /// Room for this many messages per queue when [`Outbox::drain_into`] starts
 /// a queue's list (a runner's chunk).
@@ -64,9 +69,17 @@ impl Outbox {
         Outbox { trace_id: Some(trace_id.to_string()), ..Outbox::default() }
     }
 
-    /// An outbox whose messages are stamped by [`Outbox::drain_into`].
-    pub(crate) fn untraced() -> Self {
-        Outbox::default()
+    /// Makes this outbox stamp `trace_id` on what is emitted from now on,
+    /// in the trace buffer it already has: a runner's worker reuses one
+    /// outbox for every message it handles.
+    pub(crate) fn retrace(&mut self, trace_id: &str) {
+        match &mut self.trace_id {
+            Some(current) => {
+                current.clear();
+                current.push_str(trace_id);
+            }
+            None => self.trace_id = Some(trace_id.to_string()),
+        }
     }
 
     /// Emits `envelope` to `queue`, stamped with the input's trace.
@@ -74,6 +87,7 @@ impl Outbox {
         if let Some(trace_id) = &self.trace_id {
             envelope.trace_id.clone_from(trace_id);
         }
+        let envelope = Arc::new(envelope);
         match self.queues.iter_mut().find(|(q, _)| q == queue) {
             Some((_, list)) => list.push(envelope),
             None => self.queues.push((queue.to_string(), vec![envelope])),
@@ -107,7 +121,7 @@ impl Outbox {
     pub fn into_messages(self) -> Vec<(String, Envelope)> {
         let mut out = Vec::with_capacity(self.len);
         for (queue, list) in self.queues {
-            out.extend(list.into_iter().map(|envelope| (queue.clone(), envelope)));
+            out.extend(list.into_iter().map(|envelope| (queue.clone(), Arc::unwrap_or_clone(envelope))));
         }
         out
     }
@@ -120,25 +134,18 @@ impl Outbox {
         self.len = 0;
     }
 
-    /// Moves the messages into `out`, each stamped with `trace_id` when
-    /// given (reusing the buffer the envelope's own trace id already has).
-    pub(crate) fn drain_into(&mut self, trace_id: Option<&str>, out: &mut ByQueue) {
+    /// Moves the messages into `out`, queue by queue.
+    pub(crate) fn drain_into(&mut self, out: &mut ByQueue) {
         for (queue, list) in &mut self.queues {
             if list.is_empty() {
                 continue;
-            }
-            if let Some(trace_id) = trace_id {
-                for envelope in list.iter_mut() {
-                    envelope.trace_id.clear();
-                    envelope.trace_id.push_str(trace_id);
-                }
             }
             match out.iter_mut().find(|(q, _)| q == queue) {
                 Some((_, all)) => all.append(list),
                 None => {
                     // Sized for a runner's chunk of messages, so it is not
-                    // regrown (and its envelopes copied) as the chunk fills;
-                    // the outbox keeps its own buffer for the next message.
+                    // regrown as the chunk fills; the outbox keeps its own
+                    // buffer for the next message.
                     let mut all = Vec::with_capacity(list.len().max(DRAIN_CAPACITY));
                     all.append(list);
                     out.push((queue.clone(), all));

@@ -534,10 +534,10 @@ impl Backend for RedisBackend {
     async fn push_vec(
         &self,
         queue: &str,
-        messages: &mut Vec<Envelope>,
+        messages: &mut Vec<Arc<Envelope>>,
         receipt: Option<Receipt<'_>>,
     ) -> Result<(), BusError> {
-        let entries: Vec<(&Envelope, Option<Vec<u8>>)> = messages.iter().map(|e| (e, None)).collect();
+        let entries: Vec<(&Envelope, Option<Vec<u8>>)> = messages.iter().map(|e| (&**e, None)).collect();
         self.push_entries(queue, &entries, receipt).await?;
         messages.clear();
         Ok(())

@@ -461,7 +461,7 @@ async fn worker(
     stats: Arc<RunnerStats>,
 ) {
     let mut chunk = Chunk::new();
-    let mut outbox = Outbox::untraced();
+    let mut outbox = Outbox::default();
     let mut tally = Tally::default();
     let mut since = Instant::now();
     let mut clock = Instant::now();
@@ -528,6 +528,7 @@ async fn handle(
         trace_id = %envelope.trace_id,
         attempt = envelope.attempts + 1,
     );
+    outbox.retrace(&envelope.trace_id);
     let result = AssertUnwindSafe(plugin.handle(&envelope, outbox))
         .catch_unwind()
         .instrument(span.clone())
@@ -547,7 +548,7 @@ async fn handle(
         Ok(()) => {
             tally.handled += 1;
             let emitted = outbox.len();
-            outbox.drain_into(Some(&envelope.trace_id), &mut chunk.outputs);
+            outbox.drain_into(&mut chunk.outputs);
             // One line per message per stage, inside the span (trace_id):
             // what lets one webhook be followed across dynos.
             tracing::info!(elapsed_ms = ended.duration_since(started).as_millis() as u64, outputs = emitted, "handled");
@@ -569,7 +570,7 @@ async fn handle(
                                 last_words.emit(alerts, notice);
                             }
                         }
-                        last_words.drain_into(None, &mut chunk.outputs);
+                        last_words.drain_into(&mut chunk.outputs);
                     }
                 }
                 _ => {

@@ -295,19 +295,20 @@ async fn a_push_repeated_under_its_receipt_enqueues_once(f: Fixture) {
     // keyed (the keyed path would even let two copies hold one key).
     let b = &*f.backend;
     let receipt = |producer, seq| Some(Receipt { producer, seq });
+    let shared = |messages: Vec<Envelope>| messages.into_iter().map(Arc::new).collect::<Vec<_>>();
     for _ in 0..2 {
-        let mut batch = vec![msg(1), msg(2)];
+        let mut batch = shared(vec![msg(1), msg(2)]);
         b.push_vec("q", &mut batch, receipt("p", 1)).await.expect("push");
         assert!(batch.is_empty(), "taken, whether pushed or found pushed");
     }
     for _ in 0..2 {
-        b.push_vec("q", &mut vec![keyed(3, "k"), msg(4)], receipt("p", 2)).await.expect("keyed push");
+        b.push_vec("q", &mut shared(vec![keyed(3, "k"), msg(4)]), receipt("p", 2)).await.expect("keyed push");
     }
     // An older receipt counts as done; another producer's seq 1 is its own.
-    b.push_vec("q", &mut vec![msg(9)], receipt("p", 1)).await.expect("stale push");
-    b.push_vec("q", &mut vec![msg(5)], receipt("other", 1)).await.expect("other producer");
-    b.push_vec("q", &mut vec![msg(6)], None).await.expect("no receipt");
-    b.push_vec("q", &mut vec![msg(6)], None).await.expect("no receipt, again");
+    b.push_vec("q", &mut shared(vec![msg(9)]), receipt("p", 1)).await.expect("stale push");
+    b.push_vec("q", &mut shared(vec![msg(5)]), receipt("other", 1)).await.expect("other producer");
+    b.push_vec("q", &mut shared(vec![msg(6)]), None).await.expect("no receipt");
+    b.push_vec("q", &mut shared(vec![msg(6)]), None).await.expect("no receipt, again");
     let c = consumer("q");
     let got = b.fetch(&c, 1, 20).await.expect("fetch");
     let ns: Vec<u32> = got.iter().map(|d| n_of(&d.envelope)).collect();

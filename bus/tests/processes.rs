@@ -297,7 +297,7 @@ fn redis_restart_midflow_loses_nothing_through_two_stages() {
         let producer = b.clone();
         let feed = tokio::spawn(async move {
             for (seq, chunk) in (0..total).collect::<Vec<_>>().chunks(100).enumerate() {
-                let mut batch: Vec<Envelope> = chunk.iter().map(|&n| work(n, 0)).collect();
+                let mut batch: Vec<Arc<Envelope>> = chunk.iter().map(|&n| Arc::new(work(n, 0))).collect();
                 // Pushes retry through the outage like any producer should,
                 // under a receipt: a push applied whose reply the restart
                 // cut off is not applied again.
