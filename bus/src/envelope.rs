@@ -67,7 +67,7 @@ pub enum PayloadError {
 impl Envelope {
     /// A fresh message (attempt 0, enqueued now) with its own trace.
     pub fn new(kind: impl Into<CompactString>, payload: Bytes) -> Self {
-        let now = now_ms();
+        let now = coarse_now_ms();
         let id = id_at(now);
         Envelope {
             trace_id: id.clone(),
@@ -356,6 +356,16 @@ fn id_at(now_ms: i64) -> String {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Milliseconds since the Unix epoch from the kernel's coarse clock: the
+/// time of its last tick (1 to 4 ms apart), so never later than
+/// [`now_ms`]. What new messages are stamped with (`enqueued_at`, and the
+/// id's time): reading it costs a fifth of a precise read, and the precise
+/// one was a tenth of the in-memory pipeline's time.
+pub fn coarse_now_ms() -> i64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    now.tv_sec * 1_000 + now.tv_nsec / 1_000_000
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     // Seconds and milliseconds apart: `as_millis` divides a u128, which
@@ -515,6 +525,16 @@ mod tests {
             key: Some("k".into()),
             redrives: 0,
             payload: encode_payload(&serde_json::json!({"a": 1, "b": "x"})).expect("map payload"),
+        }
+    }
+
+    #[test]
+    fn the_coarse_clock_is_never_ahead_and_a_tick_behind_at_most() {
+        for _ in 0..1_000 {
+            let coarse = coarse_now_ms();
+            let precise = now_ms();
+            assert!(coarse <= precise, "coarse {coarse} ahead of {precise}");
+            assert!(precise - coarse <= 20, "coarse {coarse} far behind {precise}");
         }
     }
 
