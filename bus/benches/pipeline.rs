@@ -4,6 +4,7 @@
 //! cargo bench -p hookbus-bus --bench pipeline            # 100,000 messages
 //! BENCH_MESSAGES=20000 cargo bench -p hookbus-bus --bench pipeline
 //! BENCH_ONLY=memory cargo bench -p hookbus-bus --bench pipeline   # skip Redis
+//! BENCH_WARMUP=0 cargo bench -p hookbus-bus --bench pipeline      # from cold
 //! ```
 //!
 //! Over Redis, stages 1-3 are `hookbus-test-stage` processes and stage 4 runs
@@ -12,7 +13,8 @@
 //! run in this process. For each it prints:
 //!
 //! - end-to-end throughput: every message pushed at once, time until the
-//!   last one leaves stage 4;
+//!   last one leaves stage 4; after an untimed warm-up of a fifth as many,
+//!   five rounds (`BENCH_ROUNDS`), the median round's figure;
 //! - latency p50/p99 from first enqueue to leaving stage 4, at a paced rate;
 //! - peak resident memory of each process.
 
@@ -120,7 +122,11 @@ async fn wait_done(sink: &Sink, target: u64, limit: Duration) -> bool {
 }
 
 struct Figures {
+    /// Of the median round, and the slowest and fastest.
     throughput: f64,
+    throughput_min: f64,
+    throughput_max: f64,
+    rounds: usize,
     /// CPU time of every process involved (stages, producer, redis-server)
     /// per message, during the throughput run: what the figure costs, which
     /// other load on the machine barely changes.
@@ -141,32 +147,68 @@ async fn measure(
     paced_rate: u64,
     cpu: impl Fn() -> (f64, f64),
 ) -> Figures {
-    // Throughput: everything at once. The messages exist before the clock
-    // starts (making them is the producer's work, not the bus's), each with
-    // its own copy of the payload as distinct messages have: one buffer
-    // shared by every message would have all cores fight over its reference
-    // count, which no real load does.
+    // Warm-up, untimed: a fifth of the load goes through first, so the
+    // figure is the pipeline's steady state rather than the first moments
+    // of a fresh process (allocator arenas and queue buffers growing, page
+    // faults on memory touched for the first time), which a 0.1 s run would
+    // otherwise be much of. BENCH_WARMUP=0 measures from cold.
+    let warmup: u64 = std::env::var("BENCH_WARMUP").ok().and_then(|v| v.parse().ok()).unwrap_or(total / 5);
     let payload = message(0).payload;
-    let mut batches: Vec<Vec<Arc<Envelope>>> = (0..total)
-        .collect::<Vec<_>>()
-        .chunks(1_000)
-        .map(|chunk| {
-            chunk.iter().map(|_| Arc::new(Envelope::new("bench.noop", Bytes::copy_from_slice(&payload)))).collect()
-        })
-        .collect();
-    sink.target.store(sink.done.load(Ordering::Relaxed) + total, Ordering::Relaxed);
-    let cpu_before = cpu();
-    let start = Instant::now();
-    for batch in &mut batches {
-        backend.push_vec("s1", batch, None).await.expect("push");
+    let batches_of = |n: u64| -> Vec<Vec<Arc<Envelope>>> {
+        (0..n)
+            .collect::<Vec<_>>()
+            .chunks(1_000)
+            .map(|chunk| {
+                chunk.iter().map(|_| Arc::new(Envelope::new("bench.noop", Bytes::copy_from_slice(&payload)))).collect()
+            })
+            .collect()
+    };
+    if warmup > 0 {
+        let before = sink.done.load(Ordering::Relaxed);
+        for batch in &mut batches_of(warmup) {
+            backend.push_vec("s1", batch, None).await.expect("push");
+        }
+        assert!(wait_done(&sink, before + warmup, Duration::from_secs(600)).await, "warm-up did not drain");
     }
-    assert!(wait_done(&sink, total, Duration::from_secs(600)).await, "pipeline did not drain");
-    let end = sink.finished.lock().expect("lock").unwrap_or_else(Instant::now);
-    let throughput = total as f64 / end.duration_since(start).as_secs_f64();
-    let cpu_after = cpu();
-    let per_msg = |secs: f64| secs * 1e6 / total as f64;
-    let redis_cpu_us_per_msg = per_msg(cpu_after.1 - cpu_before.1);
-    let cpu_us_per_msg = per_msg(cpu_after.0 - cpu_before.0) + redis_cpu_us_per_msg;
+
+    // Throughput: everything at once, in rounds of `total` messages; the
+    // figures are the median round's (throughput and CPU per message each
+    // their own median), the range printed beside them. One round in
+    // memory lasts about 0.1 s, and on a shared 2-core host a single
+    // round's figure swings by a quarter from one run to the next.
+    // The messages exist before the clock starts (making them is the
+    // producer's work, not the bus's), each with its own copy of the
+    // payload as distinct messages have: one buffer shared by every message
+    // would have all cores fight over its reference count, which no real
+    // load does.
+    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5).max(1);
+    let mut runs: Vec<(f64, f64, f64)> = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let mut batches = batches_of(total);
+        *sink.finished.lock().expect("lock") = None;
+        let before = sink.done.load(Ordering::Relaxed);
+        sink.target.store(before + total, Ordering::Relaxed);
+        let cpu_before = cpu();
+        let start = Instant::now();
+        for batch in &mut batches {
+            backend.push_vec("s1", batch, None).await.expect("push");
+        }
+        assert!(wait_done(&sink, before + total, Duration::from_secs(600)).await, "pipeline did not drain");
+        let end = sink.finished.lock().expect("lock").unwrap_or_else(Instant::now);
+        let throughput = total as f64 / end.duration_since(start).as_secs_f64();
+        let cpu_after = cpu();
+        let per_msg = |secs: f64| secs * 1e6 / total as f64;
+        let redis = per_msg(cpu_after.1 - cpu_before.1);
+        runs.push((throughput, per_msg(cpu_after.0 - cpu_before.0) + redis, redis));
+    }
+    let median = |pick: fn(&(f64, f64, f64)) -> f64| {
+        let mut values: Vec<f64> = runs.iter().map(pick).collect();
+        values.sort_by(f64::total_cmp);
+        (values[values.len() / 2], values[0], values[values.len() - 1])
+    };
+    let (throughput, throughput_min, throughput_max) = median(|r| r.0);
+    let (cpu_us_per_msg, _, _) = median(|r| r.1);
+    let (redis_cpu_us_per_msg, _, _) = median(|r| r.2);
 
     // Latency: a steady rate, in 10 ms ticks.
     sink.measure.store(true, Ordering::Relaxed);
@@ -185,7 +227,17 @@ async fn measure(
     let mut lat = sink.latencies_us.lock().expect("lock").clone();
     lat.sort_unstable();
     let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0) as f64 / 1000.0;
-    Figures { throughput, cpu_us_per_msg, redis_cpu_us_per_msg, p50_ms: pct(0.50), p99_ms: pct(0.99), paced_rate }
+    Figures {
+        throughput,
+        throughput_min,
+        throughput_max,
+        rounds,
+        cpu_us_per_msg,
+        redis_cpu_us_per_msg,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        paced_rate,
+    }
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -203,6 +255,9 @@ fn print(bench: &str, label: &str, f: &Figures, target: f64, memory: &str) {
         serde_json::json!({
             "label": label,
             "messages_per_s": f.throughput,
+            "messages_per_s_min": f.throughput_min,
+            "messages_per_s_max": f.throughput_max,
+            "rounds": f.rounds,
             "cpu_us_per_message": f.cpu_us_per_msg,
             "redis_cpu_us_per_message": f.redis_cpu_us_per_msg,
             "target_messages_per_s": target,
@@ -213,7 +268,10 @@ fn print(bench: &str, label: &str, f: &Figures, target: f64, memory: &str) {
         }),
     );
     println!("{label}");
-    println!("  end-to-end throughput : {:>10.0} msgs/s   (target >= {target:.0})", f.throughput);
+    println!(
+        "  end-to-end throughput : {:>10.0} msgs/s   (target >= {target:.0}; median of {} rounds, {:.0} to {:.0})",
+        f.throughput, f.rounds, f.throughput_min, f.throughput_max
+    );
     println!(
         "  CPU per message       : {:>10.2} µs (all processes, all stages; redis-server {:.2} µs)",
         f.cpu_us_per_msg, f.redis_cpu_us_per_msg
