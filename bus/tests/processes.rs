@@ -130,9 +130,14 @@ fn sigterm_lets_a_short_handler_finish_within_the_grace_period() {
     let server = RedisServer::start();
     let b = backend(&server);
     block_on(b.push("work", &[work(1, 700)])).expect("push");
-    let mut child =
-        stage(&server, &["--input", "work", "--record", "done"], &[("HOOKBUS_BUS__GRACE_PERIOD_MS", "10000")]);
-    assert!(eventually(Duration::from_secs(10), || in_flight(&server, "work") == 1));
+    let mut child = stage(
+        &server,
+        &["--input", "work", "--record", "done", "--started", "started"],
+        &[("HOOKBUS_BUS__GRACE_PERIOD_MS", "10000")],
+    );
+    // Running, not only leased: a message leased but not yet started when
+    // the signal comes is rightly put back instead of run.
+    assert!(eventually(Duration::from_secs(10), || recorded(&server, "started") == vec![1]), "never started");
     signal(&child, "TERM");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(10)).code(), Some(0));
     assert_eq!(recorded(&server, "done"), vec![1]);
@@ -146,8 +151,9 @@ fn sigkill_midmessage_is_recovered_by_another_process_after_the_heartbeat_lapses
     let b = backend(&server);
     block_on(b.push("work", &[work(1, 60_000)])).expect("push");
     let timeout = [("HOOKBUS_BUS__HEARTBEAT_TIMEOUT_MS", "1000")];
-    let mut victim = stage(&server, &["--input", "work", "--record", "done"], &timeout);
-    assert!(eventually(Duration::from_secs(10), || in_flight(&server, "work") == 1));
+    let mut victim = stage(&server, &["--input", "work", "--record", "done", "--started", "started"], &timeout);
+    assert!(eventually(Duration::from_secs(10), || recorded(&server, "started") == vec![1]), "never started");
+    assert_eq!(in_flight(&server, "work"), 1);
     victim.kill().expect("SIGKILL");
     let _ = victim.wait();
     assert!(recorded(&server, "done").is_empty());

@@ -2,14 +2,16 @@
 //! tests and benchmark — not something to deploy.
 //!
 //! ```text
-//! hookbus-test-stage --input Q [--output Q2] [--record LIST] [--order-check]
-//!                    [--max-sleep-ms N]
+//! hookbus-test-stage --input Q [--output Q2] [--record LIST] [--started LIST]
+//!                    [--order-check] [--max-sleep-ms N]
 //! ```
 //!
 //! Each message's payload may carry `n` (a number), `sleep_ms` (how long the
 //! handler takes, capped by `--max-sleep-ms`) and, for `--order-check`, `seq`.
 //! `--record LIST` RPUSHes `n` onto a Redis list once the handler's work is
-//! done — the stage's observable effect, which tests count. `--order-check`
+//! done — the stage's observable effect, which tests count. `--started LIST`
+//! RPUSHes `n` as the handler begins, so a test can signal a process while
+//! a handler is surely running (leased is not yet started). `--order-check`
 //! records violations of per-key ordering on `<LIST>:violations`.
 //! Configuration comes from the environment like every hookbus binary.
 
@@ -34,6 +36,7 @@ struct Stage {
     input: String,
     output: Option<String>,
     record: Option<String>,
+    started: Option<String>,
     order_check: bool,
     max_sleep: Duration,
     redis: Option<hookbus_bus::redis::RedisConnection>,
@@ -53,6 +56,9 @@ impl Plugin for Stage {
         let work: Work = message.payload_as()?;
         let key = message.key.clone().unwrap_or_default();
         let mut conn = self.redis.clone();
+        if let (Some(conn), Some(list)) = (conn.as_mut(), &self.started) {
+            let _: () = conn.rpush(list, work.n).await.map_err(HandlerError::transient)?;
+        }
         if let (true, Some(conn), Some(list)) = (self.order_check, conn.as_mut(), &self.record) {
             let running: i64 = conn.incr(format!("{list}:running:{key}"), 1).await.map_err(HandlerError::transient)?;
             let last: Option<u64> = conn
@@ -107,8 +113,9 @@ async fn main() -> std::process::ExitCode {
             .map(|v| v.parse::<u64>().map_err(|e| ConfigError::invalid("--max-sleep-ms", e.to_string())))
             .transpose()?;
         let record = arg_value(&args, "--record");
-        let redis = match &record {
-            Some(_) => {
+        let started = arg_value(&args, "--started");
+        let redis = match record.is_some() || started.is_some() {
+            true => {
                 // Connects lazily: the effect list survives a Redis restart.
                 let target = hookbus_bus::redis::RedisTarget::from_settings(&settings.redis);
                 Some(
@@ -116,13 +123,14 @@ async fn main() -> std::process::ExitCode {
                         .map_err(|e| ConfigError::invalid("redis.url (REDIS_URL)", e.to_string()))?,
                 )
             }
-            None => None,
+            false => None,
         };
         Ok(Stage {
             output: arg_value(&args, "--output"),
             order_check: args.iter().any(|a| a == "--order-check"),
             max_sleep: Duration::from_millis(max_sleep_ms.unwrap_or(u64::MAX)),
             record,
+            started,
             redis,
             input,
         })
