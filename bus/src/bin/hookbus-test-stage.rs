@@ -114,16 +114,15 @@ async fn main() -> std::process::ExitCode {
             .transpose()?;
         let record = arg_value(&args, "--record");
         let started = arg_value(&args, "--started");
-        let redis = match record.is_some() || started.is_some() {
-            true => {
-                // Connects lazily: the effect list survives a Redis restart.
-                let target = hookbus_bus::redis::RedisTarget::from_settings(&settings.redis);
-                Some(
-                    hookbus_bus::redis::RedisConnection::open(&target, Duration::from_secs(10))
-                        .map_err(|e| ConfigError::invalid("redis.url (REDIS_URL)", e.to_string()))?,
-                )
-            }
-            false => None,
+        let redis = if record.is_some() || started.is_some() {
+            // Connects lazily: the effect list survives a Redis restart.
+            let target = hookbus_bus::redis::RedisTarget::from_settings(&settings.redis);
+            Some(
+                hookbus_bus::redis::RedisConnection::open(&target, Duration::from_secs(10))
+                    .map_err(|e| ConfigError::invalid("redis.url (REDIS_URL)", e.to_string()))?,
+            )
+        } else {
+            None
         };
         Ok(Stage {
             output: arg_value(&args, "--output"),
