@@ -9,6 +9,8 @@
 //!   pure functions.
 //! - [`workdir`]: the worker's clone: commit, push, re-apply on a moved
 //!   remote, find an operation again by its `Hookbus-Operation` trailer.
+//! - [`objects`]: new git objects in memory until the push, then one pack
+//!   per push, and few packs in all.
 //! - [`push`]: batches the pushes of concurrent handlers.
 //! - [`error`]: what failed, and whether a retry can help.
 //!
@@ -24,6 +26,7 @@
 
 pub mod contents;
 pub mod error;
+pub mod objects;
 pub mod push;
 pub mod record_file;
 pub mod wire;

@@ -3,11 +3,14 @@
 //! top of a remote that moved.
 //!
 //! Files are never written to a working tree: each commit's tree is built in
-//! memory from its parent's and the branch ref is moved once the commit
-//! object exists. A SIGKILL at any point therefore leaves either the old
-//! branch or the new commit, never a half-written state. A commit that was
-//! made but not pushed is found again by its `Hookbus-Operation` trailer
-//! when the message is redelivered, and pushed then.
+//! memory from its parent's. New objects stay in memory, and the local
+//! branch with them, until the next push writes them as one pack and then
+//! moves the branch ref (see [`crate::objects`]). A SIGKILL at any point
+//! therefore leaves the branch on disk at a commit whose objects are all
+//! there; what was only in memory was never pushed, so its messages were
+//! not acknowledged and come again. A commit that is on disk but was not
+//! pushed is found again by its `Hookbus-Operation` trailer when the
+//! message is redelivered, and pushed then.
 //!
 //! Not `Sync` (git2's `Repository` is not): the plugin keeps it behind one
 //! mutex and uses it from blocking threads.
@@ -20,6 +23,7 @@ use git2::build::TreeUpdateBuilder;
 use git2::{Cred, CredentialType, FetchOptions, FileMode, Oid, PushOptions, RemoteCallbacks, Repository};
 
 use crate::error::CommitError;
+use crate::objects;
 use crate::record_file::{self, Desired};
 use crate::wire::ApplyPayload;
 
@@ -81,6 +85,13 @@ pub struct Workdir {
     target: GitTarget,
     branch_ref: String,
     tracking_ref: String,
+    /// The local branch's tip. Ahead of `branch_ref` on disk until the
+    /// next push writes the new objects out ([`Workdir::persist`]).
+    tip: Option<Oid>,
+    /// The tip `branch_ref` names on disk.
+    on_disk: Option<Oid>,
+    /// A merge of packs running beside the workdir, if any.
+    merging: Option<std::thread::JoinHandle<Result<Option<objects::Merged>, git2::Error>>>,
     /// Operation -> commit, for the recent history of the local branch.
     committed: HashMap<String, Oid>,
     /// Commits this process made that the remote does not have yet, with
@@ -114,6 +125,7 @@ impl Workdir {
             }
             Err(err) => return Err(workdir_error(err.message().to_string())),
         };
+        objects::keep_new_objects_in_memory(&repo).map_err(|e| workdir_error(e.message().to_string()))?;
         match repo.find_remote(REMOTE) {
             Ok(remote) if remote.url() == Some(target.remote.as_str()) => {}
             Ok(_) => repo.remote_set_url(REMOTE, &target.remote).map_err(CommitError::git("set remote url"))?,
@@ -123,11 +135,15 @@ impl Workdir {
         }
         let branch_ref = format!("refs/heads/{}", target.branch);
         let tracking_ref = format!("refs/remotes/{REMOTE}/{}", target.branch);
+        let tip = repo.refname_to_id(&branch_ref).ok();
         let mut workdir = Workdir {
             repo,
             target,
             branch_ref,
             tracking_ref,
+            tip,
+            on_disk: tip,
+            merging: None,
             committed: HashMap::new(),
             pending: HashMap::new(),
             synced: false,
@@ -174,7 +190,7 @@ impl Workdir {
                     }
                 }
                 Write::Committed(oid) => {
-                    self.set_branch(oid, "hookbus: commit")?;
+                    self.set_branch(oid);
                     self.committed.insert(op.operation.clone(), oid);
                     self.pending.insert(oid, op.clone());
                     return Ok(Applied::Committed { path });
@@ -207,6 +223,7 @@ impl Workdir {
             if self.tracking_tip() == Some(local) {
                 return Ok(());
             }
+            self.persist()?;
             if self.push_once()? {
                 self.repo
                     .reference(&self.tracking_ref, local, true, "hookbus: pushed")
@@ -222,15 +239,69 @@ impl Workdir {
     }
 
     fn local_tip(&self) -> Option<Oid> {
-        self.repo.refname_to_id(&self.branch_ref).ok()
+        self.tip
     }
 
     fn tracking_tip(&self) -> Option<Oid> {
         self.repo.refname_to_id(&self.tracking_ref).ok()
     }
 
-    fn set_branch(&self, oid: Oid, why: &str) -> Result<(), CommitError> {
-        self.repo.reference(&self.branch_ref, oid, true, why).map(|_| ()).map_err(CommitError::git("update branch"))
+    /// Moves the local branch (in memory; on disk at the next push).
+    fn set_branch(&mut self, oid: Oid) {
+        self.tip = Some(oid);
+    }
+
+    /// Writes what the branch gained since it was last on disk as one pack,
+    /// then moves the branch ref on disk, then starts over with an empty
+    /// memory (by reopening the repository). Keeps the packs few.
+    fn persist(&mut self) -> Result<(), CommitError> {
+        let Some(tip) = self.tip else { return Ok(()) };
+        if self.on_disk == Some(tip) {
+            return Ok(());
+        }
+        let known: Vec<Oid> = self.on_disk.into_iter().chain(self.tracking_tip()).collect();
+        if !known.contains(&tip) {
+            objects::write_pack(&self.repo, tip, &known).map_err(CommitError::git("write pack"))?;
+        }
+        self.repo
+            .reference(&self.branch_ref, tip, true, "hookbus: commit")
+            .map_err(CommitError::git("update branch"))?;
+        self.on_disk = Some(tip);
+        // Nothing reads through the old handle from here to the reopening:
+        // the packs a finished merge replaced can go.
+        self.finish_merge();
+        let reopen = |e: git2::Error| CommitError::Workdir {
+            path: self.target.workdir.display().to_string(),
+            reason: format!("reopening: {}", e.message()),
+        };
+        let repo = Repository::open_bare(&self.target.workdir).map_err(reopen)?;
+        objects::keep_new_objects_in_memory(&repo).map_err(reopen)?;
+        self.repo = repo;
+        if self.merging.is_none() && objects::too_many_packs(&self.target.workdir) {
+            let path = self.target.workdir.clone();
+            self.merging = Some(std::thread::spawn(move || objects::merge_packs(&path)));
+        }
+        Ok(())
+    }
+
+    /// Removes the packs a finished background merge replaced.
+    fn finish_merge(&mut self) {
+        if !self.merging.as_ref().is_some_and(|merge| merge.is_finished()) {
+            return;
+        }
+        let Some(merge) = self.merging.take() else { return };
+        match merge.join() {
+            Ok(Ok(Some(merged))) => {
+                let count = merged.count();
+                match merged.remove() {
+                    Ok(()) => tracing::debug!(packs = count, "merged packs of the workdir"),
+                    Err(err) => tracing::warn!(error = %err, "could not remove packs after merging them"),
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "merging the workdir's packs failed; will try again"),
+            Err(_) => tracing::warn!("merging the workdir's packs panicked; will try again"),
+        }
     }
 
     /// Writes `op`'s file on top of `parent` (a new commit, not yet on any branch).
@@ -338,7 +409,7 @@ impl Workdir {
     fn rebase_onto(&mut self, base: Option<Oid>) -> Result<(), CommitError> {
         let Some(base) = base else { return Ok(()) };
         let Some(local) = self.local_tip() else {
-            self.set_branch(base, "hookbus: fast-forward")?;
+            self.set_branch(base);
             self.committed = self.scan(Some(base));
             return Ok(());
         };
@@ -346,7 +417,7 @@ impl Workdir {
             return Ok(());
         }
         if self.repo.graph_descendant_of(base, local).unwrap_or(false) {
-            self.set_branch(base, "hookbus: fast-forward")?;
+            self.set_branch(base);
             self.committed = self.scan(Some(base));
             self.pending.clear();
             return Ok(());
@@ -375,7 +446,7 @@ impl Workdir {
                 tip = new;
             }
         }
-        self.set_branch(tip, "hookbus: re-applied on the remote's tip")?;
+        self.set_branch(tip);
         self.pending = still_pending;
         self.committed = self.scan(Some(tip));
         Ok(())

@@ -226,6 +226,40 @@ async fn redelivery_after_push_does_not_commit_again() {
 }
 
 #[tokio::test]
+async fn commits_leave_no_object_files_and_few_packs_and_survive_a_restart() {
+    let remote = BareRemote::new();
+    let wd = workdir();
+    let plugin = plugin(&remote, &wd);
+    // One push per operation: the most packs a workdir can be given.
+    for i in 0..60u64 {
+        handle(&plugin, &issue_op(&format!("gh-{i}"), i % 9, &format!("v{i}"))).await.expect("synced");
+    }
+    drop(plugin);
+    let objects = wd.path().join("objects");
+    let loose: usize = std::fs::read_dir(&objects)
+        .expect("objects dir")
+        .flatten()
+        .filter(|e| e.file_name().len() == 2)
+        .map(|e| std::fs::read_dir(e.path()).map(|d| d.count()).unwrap_or(0))
+        .sum();
+    assert_eq!(loose, 0, "objects were written one file each");
+    let packs = std::fs::read_dir(objects.join("pack"))
+        .expect("pack dir")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+        .count();
+    // A merge may still have been running when the plugin went.
+    assert!(packs <= 2 * hookbus_commit::objects::MAX_PACKS, "{packs} packs");
+
+    // A new process on the same workdir finds every commit it made, on disk.
+    let again = plugin_with_window(&remote, wd.path(), Duration::from_millis(5));
+    let redelivered = handle(&again, &issue_op("gh-59", 59 % 9, "v59")).await.expect("redelivered");
+    assert_eq!(remote.log().len(), 60);
+    assert_eq!(remote.commits_for("gh-59"), 1);
+    assert!(redelivered.outcomes[0].commit.is_some(), "reports the commit it already made");
+}
+
+#[tokio::test]
 async fn a_crash_between_commit_and_push_is_healed_on_redelivery() {
     let remote = BareRemote::new();
     let wd = workdir();
