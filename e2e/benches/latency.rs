@@ -97,6 +97,9 @@ async fn where_messages_are(url: &str) -> String {
     out
 }
 
+/// Seconds of sending per line of the latency-over-the-run figures.
+const WINDOW_SECS: u64 = 5;
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN)
 }
@@ -207,6 +210,15 @@ async fn main() {
         .iter()
         .filter_map(|(delivery, sent)| pushed.get(delivery).map(|at| at.duration_since(*sent).as_secs_f64() * 1000.0))
         .collect();
+    // By when they were sent: a backlog building up shows as windows
+    // growing slower one after another; stalls as a few slow windows.
+    let mut by_window: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+    for (delivery, sent) in &sent_at {
+        if let Some(at) = pushed.get(delivery) {
+            let window = sent.duration_since(started).as_secs() / WINDOW_SECS;
+            by_window.entry(window).or_default().push(at.duration_since(*sent).as_secs_f64() * 1000.0);
+        }
+    }
     latencies.sort_by(f64::total_cmp);
     let missing = expected - latencies.len();
     // A webhook without a commit is either superseded, as the spec wants
@@ -257,6 +269,17 @@ async fn main() {
         );
     }
     println!("  latency       p50 {p50:.0} ms, p90 {p90:.0} ms, p99 {p99:.0} ms, max {max:.0} ms");
+    for (window, mut values) in by_window {
+        values.sort_by(f64::total_cmp);
+        println!(
+            "    sent {:>3}-{:<3} s: p50 {:>5.0} ms, p90 {:>5.0} ms, max {:>5.0} ms",
+            window * WINDOW_SECS,
+            (window + 1) * WINDOW_SECS,
+            percentile(&values, 0.50),
+            percentile(&values, 0.90),
+            values.last().copied().unwrap_or(f64::NAN)
+        );
+    }
     for (name, kib) in &memory {
         println!("  peak memory   {name:<18} {:>6.1} MiB", *kib as f64 / 1024.0);
     }
