@@ -133,8 +133,27 @@ pub fn merge_packs(path: &Path) -> Result<Option<Merged>, git2::Error> {
             builder.insert_object(id, None)?;
         }
     }
+    let before = index_files(&dir).map_err(|err| io_error("listing packs", err))?;
     store_pack(&repo, &mut builder)?;
+    // A pack is named after its contents: when the merged pack came out
+    // byte for byte like one it merged (duplicates), its file is one of
+    // theirs, and removing them would remove it too.
+    let after = index_files(&dir).map_err(|err| io_error("listing packs", err))?;
+    if after.is_subset(&before) {
+        return Ok(None);
+    }
     Ok(Some(Merged { indexes: packs.into_iter().take(split).map(|pack| pack.index).collect() }))
+}
+
+fn index_files(dir: &Path) -> std::io::Result<std::collections::HashSet<PathBuf>> {
+    let mut found = std::collections::HashSet::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "idx") {
+            found.insert(path);
+        }
+    }
+    Ok(found)
 }
 
 /// How many of `sizes` (ascending) to merge: everything up to the highest
