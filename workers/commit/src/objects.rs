@@ -190,8 +190,12 @@ fn packs_in(dir: &Path) -> std::io::Result<Vec<Pack>> {
         if !index.with_extension("pack").exists() {
             continue;
         }
-        let objects = index_ids_count(&index)?;
-        packs.push(Pack { index, objects });
+        // One unreadable index must not stop every later merge: its pack is
+        // left where it is.
+        match index_ids_count(&index) {
+            Ok(objects) => packs.push(Pack { index, objects }),
+            Err(err) => tracing::warn!(index = %index.display(), error = %err, "a pack index that cannot be read"),
+        }
     }
     Ok(packs)
 }
@@ -201,20 +205,19 @@ fn packs_in(dir: &Path) -> std::io::Result<Vec<Pack>> {
 const INDEX_MAGIC: [u8; 4] = [0xff, b't', b'O', b'c'];
 const FANOUT_END: usize = 8 + 256 * 4;
 
-fn read_index(path: &Path) -> std::io::Result<(Vec<u8>, usize)> {
-    let bytes = std::fs::read(path)?;
-    let invalid =
-        |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {why}", path.display()));
+/// The object count in a version-2 index's header (`bytes` holds at least
+/// its first [`FANOUT_END`] bytes).
+fn index_count(path: &Path, bytes: &[u8]) -> std::io::Result<u32> {
     if bytes.len() < FANOUT_END || bytes[..4] != INDEX_MAGIC || bytes[4..8] != [0, 0, 0, 2] {
-        return Err(invalid("not a version-2 pack index"));
+        return Err(invalid_index(path, "not a version-2 pack index"));
     }
     let mut count = [0u8; 4];
     count.copy_from_slice(&bytes[FANOUT_END - 4..FANOUT_END]);
-    let objects = u32::from_be_bytes(count) as usize;
-    if bytes.len() < FANOUT_END + objects * 20 {
-        return Err(invalid("shorter than its object count"));
-    }
-    Ok((bytes, objects))
+    Ok(u32::from_be_bytes(count))
+}
+
+fn invalid_index(path: &Path, why: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {why}", path.display()))
 }
 
 /// The number of objects in the pack `path` indexes, from the index's
@@ -224,20 +227,16 @@ fn index_ids_count(path: &Path) -> std::io::Result<u32> {
     use std::io::Read;
     let mut header = [0u8; FANOUT_END];
     std::fs::File::open(path)?.read_exact(&mut header)?;
-    if header[..4] != INDEX_MAGIC || header[4..8] != [0, 0, 0, 2] {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{}: not a version-2 pack index", path.display()),
-        ));
-    }
-    let mut count = [0u8; 4];
-    count.copy_from_slice(&header[FANOUT_END - 4..]);
-    Ok(u32::from_be_bytes(count))
+    index_count(path, &header)
 }
 
 /// The ids of the objects in the pack `path` indexes.
 fn index_ids(path: &Path) -> std::io::Result<Vec<Oid>> {
-    let (bytes, objects) = read_index(path)?;
+    let bytes = std::fs::read(path)?;
+    let objects = index_count(path, &bytes)? as usize;
+    if bytes.len() < FANOUT_END + objects * 20 {
+        return Err(invalid_index(path, "shorter than its object count"));
+    }
     bytes[FANOUT_END..FANOUT_END + objects * 20]
         .chunks_exact(20)
         .map(|id| Oid::from_bytes(id).map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err)))
