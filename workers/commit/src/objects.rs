@@ -145,6 +145,7 @@ pub fn merge_packs(path: &Path) -> Result<Option<Merged>, git2::Error> {
     Ok(Some(Merged { indexes: packs.into_iter().take(split).map(|pack| pack.index).collect() }))
 }
 
+/// Every pack index in `dir`.
 fn index_files(dir: &Path) -> std::io::Result<std::collections::HashSet<PathBuf>> {
     let mut found = std::collections::HashSet::new();
     for entry in std::fs::read_dir(dir)? {
@@ -177,17 +178,13 @@ fn io_error(what: &str, err: std::io::Error) -> git2::Error {
 /// The packs in `dir` (an `objects/pack` directory) that may be merged.
 fn packs_in(dir: &Path) -> std::io::Result<Vec<Pack>> {
     let mut packs = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
+    let indexes = match index_files(dir) {
+        Ok(indexes) => indexes,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(packs),
         Err(err) => return Err(err),
     };
-    for entry in entries {
-        let index = entry?.path();
-        if index.extension().is_none_or(|e| e != "idx") || index.with_extension("keep").exists() {
-            continue;
-        }
-        if !index.with_extension("pack").exists() {
+    for index in indexes {
+        if index.with_extension("keep").exists() || !index.with_extension("pack").exists() {
             continue;
         }
         // One unreadable index must not stop every later merge: its pack is
