@@ -10,6 +10,14 @@
 //! between the effect and its record, where the subscriber still has the
 //! stable `X-Hookbus-Delivery` to deduplicate on.
 //!
+//! A write-back that *creates* (an issue, a comment) is the one effect
+//! GitHub cannot repeat harmlessly: a second POST makes a second issue. So
+//! before such a POST notify also records when it [began](EffectLog::begin)
+//! it. A message that finds an earlier beginning but no record may have
+//! created the resource already (the answer was lost, or the process died
+//! before recording), and looks for it on GitHub before creating it again
+//! ([`crate::writeback::GitHub::find_created`]).
+//!
 //! Effects are remembered for [`REMEMBER_FOR`]: redeliveries come within
 //! seconds to minutes; an operator retrying an old dead letter of an earlier
 //! stage a day later sends its effects again.
@@ -42,6 +50,9 @@ pub trait EffectLog: Send + Sync + 'static {
     async fn done(&self, effect: &str) -> Result<bool, NotifyError>;
     /// Records that `effect` happened.
     async fn record(&self, effect: &str) -> Result<(), NotifyError>;
+    /// Records that an attempt at `effect` begins at `now_ms` (ms since the
+    /// epoch), unless one began before; returns when the first one began.
+    async fn begin(&self, effect: &str, now_ms: i64) -> Result<Option<i64>, NotifyError>;
 }
 
 /// In Redis: `<prefix>:notify:done:<effect>`, one key per effect with an
@@ -60,6 +71,14 @@ impl RedisEffectLog {
     fn key(&self, effect: &str) -> String {
         format!("{}:notify:done:{effect}", self.prefix)
     }
+
+    fn began_key(&self, effect: &str) -> String {
+        format!("{}:notify:began:{effect}", self.prefix)
+    }
+}
+
+fn remember_for_ms() -> u64 {
+    u64::try_from(REMEMBER_FOR.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[async_trait]
@@ -72,9 +91,32 @@ impl EffectLog for RedisEffectLog {
 
     async fn record(&self, effect: &str) -> Result<(), NotifyError> {
         let mut conn = self.conn.clone();
-        let ttl = u64::try_from(REMEMBER_FOR.as_millis()).unwrap_or(u64::MAX);
-        let () = redis::cmd("SET").arg(self.key(effect)).arg(1).arg("PX").arg(ttl).query_async(&mut conn).await?;
+        let () = redis::cmd("SET")
+            .arg(self.key(effect))
+            .arg(1)
+            .arg("PX")
+            .arg(remember_for_ms())
+            .query_async(&mut conn)
+            .await?;
         Ok(())
+    }
+
+    async fn begin(&self, effect: &str, now_ms: i64) -> Result<Option<i64>, NotifyError> {
+        let mut conn = self.conn.clone();
+        // Set if absent, else read: the first beginning is kept.
+        let earlier: Option<String> = redis::cmd("SET")
+            .arg(self.began_key(effect))
+            .arg(now_ms)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(remember_for_ms())
+            .query_async(&mut conn)
+            .await?;
+        // Unreadable (written by hand?) counts as "began at some time": the
+        // lookup then searches from the start of the remembered period.
+        let window = i64::try_from(REMEMBER_FOR.as_millis()).unwrap_or(i64::MAX);
+        Ok(earlier.map(|v| v.parse().unwrap_or(now_ms.saturating_sub(window))))
     }
 }
 
@@ -87,6 +129,8 @@ pub struct MemoryEffectLog {
 
 struct Seen {
     at: HashMap<String, Instant>,
+    /// Beginnings: when (ms since the epoch) and when to forget them.
+    began: HashMap<String, (i64, Instant)>,
     prune_at: usize,
 }
 
@@ -100,7 +144,10 @@ impl Default for MemoryEffectLog {
 
 impl MemoryEffectLog {
     pub fn remembering_for(remember_for: Duration) -> Self {
-        MemoryEffectLog { remember_for, seen: Mutex::new(Seen { at: HashMap::new(), prune_at: FIRST_PRUNE }) }
+        MemoryEffectLog {
+            remember_for,
+            seen: Mutex::new(Seen { at: HashMap::new(), began: HashMap::new(), prune_at: FIRST_PRUNE }),
+        }
     }
 
     /// How many effects are held (expired ones until the next prune).
@@ -126,11 +173,23 @@ impl EffectLog for MemoryEffectLog {
         if seen.at.len() >= seen.prune_at {
             let remember_for = self.remember_for;
             seen.at.retain(|_, at| at.elapsed() < remember_for);
+            seen.began.retain(|_, (_, at)| at.elapsed() < remember_for);
             // Pruning again only once the live set doubled keeps it
             // amortised constant per record.
-            seen.prune_at = (seen.at.len() * 2).max(FIRST_PRUNE);
+            seen.prune_at = ((seen.at.len() + seen.began.len()) * 2).max(FIRST_PRUNE);
         }
         Ok(())
+    }
+
+    async fn begin(&self, effect: &str, now_ms: i64) -> Result<Option<i64>, NotifyError> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((earlier, at)) = seen.began.get(effect) {
+            if at.elapsed() < self.remember_for {
+                return Ok(Some(*earlier));
+            }
+        }
+        seen.began.insert(effect.to_string(), (now_ms, Instant::now()));
+        Ok(None)
     }
 }
 

@@ -181,6 +181,20 @@ impl Notify {
                     change.operation
                 )));
             };
+            if writeback::creates(&change) {
+                let effect = effects::writeback(&change.operation);
+                if let Some(began) = self.effects.begin(&effect, hookbus_bus::envelope::now_ms()).await? {
+                    // An earlier attempt may have created it: its answer was
+                    // lost, or its process died before recording.
+                    if let Some(made) = github.find_created(&change, began).await? {
+                        tracing::info!(
+                            operation = %change.operation, resource = %change.resource, created = made,
+                            "an earlier attempt already created it on GitHub; not created twice"
+                        );
+                        return Ok(());
+                    }
+                }
+            }
             github.apply(&change).await?;
             tracing::info!(operation = %change.operation, resource = %change.resource, "written back to GitHub");
             Ok(())

@@ -1,7 +1,7 @@
 //! Write-back: an outbound change applied to GitHub through octocrab, at
 //! `github.api_url`. octocrab's typed calls turn every non-2xx answer into
-//! an error without its headers, so the raw calls (`_patch`, `_post`,
-//! `_delete`) are used: the status and the rate-limit headers decide
+//! an error without its headers, so the raw calls (`_get`, `_patch`,
+//! `_post`, `_delete`) are used: the status and the rate-limit headers decide
 //! between done, retry, defer and dead.
 
 use std::collections::BTreeMap;
@@ -34,6 +34,7 @@ pub struct Call {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
+    Get,
     Post,
     Patch,
     Delete,
@@ -48,26 +49,54 @@ impl GitHub {
     /// Applies one change; the error says whether to retry, defer or give up.
     pub async fn apply(&self, change: &WritebackPayload) -> Result<(), HandlerError> {
         let call = plan(change)?;
+        self.send(&call, &change.operation).await.map(drop)
+    }
+
+    /// For a change that creates (an issue, a comment): the resource an
+    /// earlier attempt, begun at `began_ms`, already created, if GitHub
+    /// shows one (its number or id). Only a resource created since then
+    /// (less [`CLOCK_SLACK_MS`]) with exactly the fields this change gives
+    /// counts. `None` for changes that do not create.
+    pub async fn find_created(&self, change: &WritebackPayload, began_ms: i64) -> Result<Option<u64>, HandlerError> {
+        let since = began_ms.saturating_sub(CLOCK_SLACK_MS);
+        let Some(call) = lookup(change, since) else { return Ok(None) };
+        let listed = self.send(&call, &change.operation).await?;
+        let items = listed.as_array().map(Vec::as_slice).unwrap_or_default();
+        Ok(items
+            .iter()
+            .find(|item| created_by(change, item, since))
+            .and_then(|item| item["number"].as_u64().or(item["id"].as_u64())))
+    }
+
+    /// Sends one request: a 2xx answer's JSON body (`Null` when empty), or
+    /// the error that says whether to retry, defer or give up.
+    async fn send(&self, call: &Call, operation: &str) -> Result<Value, HandlerError> {
         let body = call.body.as_ref();
         let sent = match call.method {
+            Method::Get => self.client._get(call.route.as_str()).await,
             Method::Post => self.client._post(call.route.as_str(), body).await,
             Method::Patch => self.client._patch(call.route.as_str(), body).await,
             Method::Delete => self.client._delete(call.route.as_str(), None::<&()>).await,
         };
-        let what = format!("{:?} {} for operation {}", call.method, call.route, change.operation);
+        let what = format!("{:?} {} for operation {operation}", call.method, call.route);
         let response = sent.map_err(|e| HandlerError::Transient(format!("GitHub API {what}: {e}")))?;
         let status = response.status().as_u16();
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let limit =
             rate_limit(status, header("retry-after"), header("x-ratelimit-remaining"), header("x-ratelimit-reset"));
-        if (200..300).contains(&status) || (status == 404 && call.method == Method::Delete) {
-            return Ok(());
+        if status == 404 && call.method == Method::Delete {
+            return Ok(Value::Null);
+        }
+        let text = self.client.body_to_string(response).await;
+        if (200..300).contains(&status) {
+            let text =
+                text.map_err(|e| HandlerError::Transient(format!("GitHub API {what}: reading the answer: {e}")))?;
+            return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
         }
         if let Some(wait) = limit {
             return Err(HandlerError::Defer(wait, format!("GitHub rate limit ({status}) on {what}")));
         }
-        let message = self.client.body_to_string(response).await.unwrap_or_default();
-        let message = serde_json::from_str::<Value>(&message)
+        let message = serde_json::from_str::<Value>(&text.unwrap_or_default())
             .ok()
             .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
             .unwrap_or_default();
@@ -79,6 +108,59 @@ impl GitHub {
             _ => HandlerError::Permanent(format!("GitHub answered {status} on {what}: {message}")),
         })
     }
+}
+
+/// How far before an earlier attempt's beginning a created resource may be
+/// dated and still be that attempt's: our clock against GitHub's.
+pub const CLOCK_SLACK_MS: i64 = 10_000;
+
+/// Whether `change` creates a resource (a second POST would make a second one).
+pub fn creates(change: &WritebackPayload) -> bool {
+    change.action == "create" && matches!(change.kind.as_str(), "issue" | "comment")
+}
+
+/// The listing in which a resource `change` creates would show, newest
+/// first, from `since_ms`; `None` when `change` creates nothing.
+pub fn lookup(change: &WritebackPayload, since_ms: i64) -> Option<Call> {
+    if !creates(change) {
+        return None;
+    }
+    let repo = &change.repository;
+    let since = iso8601(since_ms);
+    let route = match change.kind.as_str() {
+        "issue" => format!("/repos/{repo}/issues?state=all&sort=created&direction=desc&per_page=100&since={since}"),
+        _ => format!("/repos/{repo}/issues/{}/comments?per_page=100&since={since}", change.number?),
+    };
+    Some(Call { method: Method::Get, route, body: None })
+}
+
+/// Whether `item` (from the [`lookup`] listing) is the resource `change`
+/// creates: made at or after `since_ms`, with the title and body it gives.
+/// An issue listing also holds pull requests, which an issue create never
+/// made.
+pub fn created_by(change: &WritebackPayload, item: &Value, since_ms: i64) -> bool {
+    let created_ms = item["created_at"]
+        .as_str()
+        .and_then(|at| time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok())
+        .map(|at| i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX));
+    if created_ms.is_none_or(|at| at < since_ms) || item.get("pull_request").is_some() {
+        return false;
+    }
+    // GitHub keeps an absent or empty body as null.
+    let text = |value: Option<&Value>| value.and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+    let same_body = text(change.changes.get("body")) == text(item.get("body"));
+    match change.kind.as_str() {
+        "issue" => same_body && change.changes.get("title").and_then(Value::as_str) == item["title"].as_str(),
+        _ => same_body,
+    }
+}
+
+/// `ms` since the epoch as GitHub's ISO 8601 (`2026-12-01T14:30:00Z`).
+fn iso8601(ms: i64) -> String {
+    let at =
+        time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1_000)).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    at.format(&format).unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
 }
 
 /// The request a change needs, or why it cannot be written back.

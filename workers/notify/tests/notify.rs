@@ -514,6 +514,56 @@ fn write_back_plans_issue_and_comment_calls() {
 }
 
 #[test]
+fn a_create_is_looked_for_by_its_fields_and_time_and_nothing_else_is_looked_for() {
+    use hookbus_notify::writeback::{created_by, lookup};
+    let change = |kind: &str, action: &str, changes: Value| WritebackPayload {
+        operation: "op".into(),
+        resource: "github:octo/repo:issue:7".into(),
+        repository: "octo/repo".into(),
+        kind: kind.into(),
+        action: action.into(),
+        number: Some(7),
+        id: None,
+        changes: serde_json::from_value(changes).unwrap(),
+    };
+    // 2026-12-01T14:00:00Z
+    let since = 1_796_133_600_000;
+    let issue = change("issue", "create", json!({ "title": "Crash", "body": "", "labels": ["bug"] }));
+    let call = lookup(&issue, since).expect("an issue create is looked for");
+    assert_eq!(call.method, CallMethod::Get);
+    assert_eq!(
+        call.route,
+        "/repos/octo/repo/issues?state=all&sort=created&direction=desc&per_page=100&since=2026-12-01T14:00:00Z"
+    );
+    let made = json!({ "number": 12, "title": "Crash", "body": null, "created_at": "2026-12-01T14:00:03Z" });
+    assert!(created_by(&issue, &made, since), "same title, empty body kept as null, made after");
+    let before = json!({ "number": 11, "title": "Crash", "body": null, "created_at": "2026-12-01T13:59:59Z" });
+    assert!(!created_by(&issue, &before, since), "made before the first attempt");
+    let other = json!({ "number": 13, "title": "Crash!", "body": null, "created_at": "2026-12-01T14:00:03Z" });
+    assert!(!created_by(&issue, &other, since), "another title");
+    let pull = json!({ "number": 14, "title": "Crash", "body": null, "created_at": "2026-12-01T14:00:03Z",
+        "pull_request": { "url": "x" } });
+    assert!(!created_by(&issue, &pull, since), "a pull request");
+    assert!(!created_by(&issue, &json!({ "number": 15, "title": "Crash" }), since), "no creation time");
+
+    let comment = change("comment", "create", json!({ "body": "LGTM" }));
+    assert_eq!(
+        lookup(&comment, since).expect("a comment create is looked for").route,
+        "/repos/octo/repo/issues/7/comments?per_page=100&since=2026-12-01T14:00:00Z"
+    );
+    assert!(created_by(&comment, &json!({ "id": 5, "body": "LGTM", "created_at": "2026-12-01T14:00:00Z" }), since));
+    assert!(!created_by(&comment, &json!({ "id": 6, "body": "LGTM!", "created_at": "2026-12-01T14:00:09Z" }), since));
+    for (kind, action) in
+        [("issue", "update"), ("comment", "update"), ("comment", "delete"), ("pull_request", "update")]
+    {
+        assert!(
+            lookup(&change(kind, action, json!({ "body": "x" })), since).is_none(),
+            "{kind} {action} is repeatable"
+        );
+    }
+}
+
+#[test]
 fn delivery_ids_are_stable_per_operation_and_subscriber() {
     assert_eq!(delivery_id("op-1", "crm"), delivery_id("op-1", "crm"));
     assert_ne!(delivery_id("op-1", "crm"), delivery_id("op-1", "ops"));
@@ -532,4 +582,199 @@ fn the_binary_exits_2_naming_a_bad_subscriber_setting_without_its_secret() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("notify.subscribers[0].url (HOOKBUS_NOTIFY__SUBSCRIBERS)"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+// ------------------------------------------------- creates done once
+
+/// How a fake GitHub treats the first POST that creates a comment.
+#[derive(Clone, Copy, PartialEq)]
+enum FirstCreate {
+    /// Makes the comment, then answers 502: the answer is lost.
+    MadeThenFailed,
+    /// Answers 502 without making anything.
+    Failed,
+    /// Makes the comment and never answers (the process is killed meanwhile).
+    MadeThenHung,
+}
+
+/// A fake GitHub that keeps the comments of `octo/repo` issue 7, lists them
+/// (`GET`, honouring `since`) and makes them (`POST`).
+struct FakeComments {
+    url: String,
+    comments: Arc<Mutex<Vec<Value>>>,
+    posts: Arc<std::sync::atomic::AtomicUsize>,
+    lists: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+const COMMENTS: &str = "/repos/octo/repo/issues/7/comments";
+
+fn rfc3339(at: SystemTime) -> String {
+    let at = time::OffsetDateTime::from(at);
+    at.format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
+impl FakeComments {
+    async fn start(first: FirstCreate, existing: Vec<Value>) -> FakeComments {
+        use axum::extract::{Query, State};
+        use std::collections::HashMap;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let port = free_port();
+        let comments = Arc::new(Mutex::new(existing));
+        let (posts, lists) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        type Shared = (Arc<Mutex<Vec<Value>>>, Arc<AtomicUsize>, Arc<AtomicUsize>, FirstCreate);
+        let state: Shared = (comments.clone(), posts.clone(), lists.clone(), first);
+        let list = |State((comments, _, lists, _)): State<Shared>, Query(query): Query<HashMap<String, String>>| async move {
+            lists.fetch_add(1, Ordering::SeqCst);
+            let since = query.get("since").cloned().unwrap_or_default();
+            let shown: Vec<Value> = comments
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|c| c["updated_at"].as_str().unwrap_or("") >= since.as_str())
+                .cloned()
+                .collect();
+            axum::Json(Value::Array(shown)).into_response()
+        };
+        let create = |State((comments, posts, _, first)): State<Shared>, body: Bytes| async move {
+            let n = posts.fetch_add(1, Ordering::SeqCst);
+            let asked: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if n == 0 && first == FirstCreate::Failed {
+                return (StatusCode::BAD_GATEWAY, "{}").into_response();
+            }
+            let now = rfc3339(SystemTime::now());
+            let comment = {
+                let mut comments = comments.lock().unwrap();
+                let comment = json!({
+                    "id": 9_000 + comments.len(), "body": asked["body"], "created_at": now, "updated_at": now,
+                    "user": { "login": "hookbus-bot" },
+                });
+                comments.push(comment.clone());
+                comment
+            };
+            match (n, first) {
+                (0, FirstCreate::MadeThenFailed) => (StatusCode::BAD_GATEWAY, "{}").into_response(),
+                (0, FirstCreate::MadeThenHung) => {
+                    tokio::time::sleep(Duration::from_secs(3_600)).await;
+                    (StatusCode::CREATED, axum::Json(comment)).into_response()
+                }
+                _ => (StatusCode::CREATED, axum::Json(comment)).into_response(),
+            }
+        };
+        let app = axum::Router::new().route(COMMENTS, axum::routing::get(list).post(create)).with_state(state);
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind fake GitHub");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakeComments { url: format!("http://127.0.0.1:{port}"), comments, posts, lists }
+    }
+
+    fn bodies(&self) -> Vec<String> {
+        self.comments.lock().unwrap().iter().map(|c| c["body"].as_str().unwrap_or("").to_string()).collect()
+    }
+    fn posts(&self) -> usize {
+        self.posts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn lists(&self) -> usize {
+        self.lists.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A client's new comment on issue 7, as notify writes it back.
+fn comment_create(operation: &str, body: &str) -> Envelope {
+    let change = WritebackPayload {
+        operation: operation.into(),
+        resource: "github:octo/repo:issue:7".into(),
+        repository: "octo/repo".into(),
+        kind: "comment".into(),
+        action: "create".into(),
+        number: Some(7),
+        id: None,
+        changes: serde_json::from_value(json!({ "body": body })).unwrap(),
+    };
+    Envelope::with_payload("github.writeback", &change).expect("payload").keyed("writeback:github:octo/repo:issue:7")
+}
+
+fn with_fake_github(mut s: Settings, github: &FakeComments) -> Settings {
+    s.github.api_url = github.url.clone();
+    s.github.token = Secret::new("ghp_test_token");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_comment_whose_create_answer_was_lost_is_found_on_the_retry_not_made_twice() {
+    let github = FakeComments::start(FirstCreate::MadeThenFailed, vec![]).await;
+    let s = with_fake_github(settings(3, vec![]), &github);
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let shutdown = run(backend.clone(), Notify::in_memory(&s).expect("notify").0, &s);
+    backend.push("notify", &[comment_create("op-lost-answer", "Fixed in 1.2")]).await.expect("push");
+
+    assert!(until(Duration::from_secs(10), || async { github.lists() >= 1 }).await, "the retry looked first");
+    assert!(drained(&backend).await, "notify never drained");
+    assert_eq!(github.bodies(), vec!["Fixed in 1.2"], "one comment on GitHub");
+    assert_eq!(github.posts(), 1, "the retry did not POST again");
+    assert!(dead_reasons(&backend).await.is_empty(), "{:?}", dead_reasons(&backend).await);
+    shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_comment_whose_create_failed_is_made_on_the_retry_even_beside_an_older_identical_one() {
+    // Somebody wrote the same words an hour ago: not this operation's comment.
+    let hour_ago = rfc3339(SystemTime::now() - Duration::from_secs(3_600));
+    let older = json!({ "id": 1, "body": "+1", "created_at": hour_ago, "updated_at": rfc3339(SystemTime::now()) });
+    let github = FakeComments::start(FirstCreate::Failed, vec![older]).await;
+    let s = with_fake_github(settings(3, vec![]), &github);
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let shutdown = run(backend.clone(), Notify::in_memory(&s).expect("notify").0, &s);
+    backend.push("notify", &[comment_create("op-failed-create", "+1")]).await.expect("push");
+
+    assert!(until(Duration::from_secs(10), || async { github.posts() >= 2 }).await, "created on the retry");
+    assert!(drained(&backend).await, "notify never drained");
+    assert_eq!(github.bodies(), vec!["+1", "+1"], "the older comment and this operation's");
+    assert_eq!((github.posts(), github.lists()), (2, 1));
+    assert!(dead_reasons(&backend).await.is_empty(), "{:?}", dead_reasons(&backend).await);
+    shutdown.trigger();
+}
+
+/// The `hookbus-notify` binary, killed if a failing test leaves it running.
+struct NotifyProcess(std::process::Child);
+
+impl Drop for NotifyProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_notify(redis: &RedisServer, github: &FakeComments) -> NotifyProcess {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_hookbus-notify"))
+        .env("HOOKBUS_CONFIG", "/dev/null")
+        .env("REDIS_URL", redis.url())
+        .env("HOOKBUS_GITHUB__API_URL", &github.url)
+        .env("HOOKBUS_GITHUB__TOKEN", "ghp_test_token")
+        .env("HOOKBUS_BUS__HEARTBEAT_TIMEOUT_MS", "1000")
+        .env("HOOKBUS_BUS__POLL_INTERVAL_MS", "10")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("start hookbus-notify");
+    NotifyProcess(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_github_made_the_comment_but_before_notify_recorded_it_does_not_make_it_twice() {
+    let redis = RedisServer::start();
+    let github = FakeComments::start(FirstCreate::MadeThenHung, vec![]).await;
+    let backend: Arc<dyn Backend> =
+        Arc::new(RedisBackend::connect(&redis.url(), "hookbus", 2, false).expect("redis backend"));
+    backend.push("notify", &[comment_create("op-killed", "Shipped")]).await.expect("push");
+
+    let mut first = start_notify(&redis, &github);
+    assert!(until(Duration::from_secs(20), || async { github.posts() == 1 }).await, "the first process POSTed");
+    first.0.kill().expect("SIGKILL");
+    first.0.wait().expect("reaped");
+    assert_eq!(github.bodies(), vec!["Shipped"], "GitHub made it; notify never heard");
+
+    let _second = start_notify(&redis, &github);
+    assert!(until(Duration::from_secs(20), || async { github.lists() >= 1 }).await, "the restart looked first");
+    assert!(drained(&backend).await, "notify never drained");
+    assert_eq!(github.bodies(), vec!["Shipped"], "still one comment");
+    assert_eq!(github.posts(), 1, "no second POST");
+    assert!(dead_reasons(&backend).await.is_empty(), "{:?}", dead_reasons(&backend).await);
 }
