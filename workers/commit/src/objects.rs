@@ -69,6 +69,29 @@ fn store_pack(repo: &Repository, builder: &mut git2::PackBuilder<'_>) -> Result<
     Ok(())
 }
 
+/// Removes from `objects/pack` of the repository at `path` the temporary
+/// files libgit2 writes a pack into (`pack_git2_*`) before it names it:
+/// left there only by a process killed while writing or merging a pack.
+/// Call only while no other process uses the repository.
+pub fn remove_unfinished_packs(path: &Path) -> std::io::Result<usize> {
+    let dir = path.join("objects").join("pack");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(err) => return Err(err),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with("pack_git2_") && entry.file_type()?.is_file() {
+            tracing::warn!(path = %entry.path().display(), "removing a pack a killed process left unfinished");
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// One pack in `objects/pack`.
 #[derive(Debug)]
 struct Pack {

@@ -118,6 +118,10 @@ impl Workdir {
         // A workdir belongs to one process; a lock file left there is from a
         // process that was killed mid-update and would block every update.
         remove_stale_locks(&target.workdir).map_err(|e| workdir_error(format!("removing stale locks: {e}")))?;
+        // Likewise the temporary files of a pack whose writing or merge a
+        // kill cut short: never read, never removed by anyone else.
+        objects::remove_unfinished_packs(&target.workdir)
+            .map_err(|e| workdir_error(format!("removing unfinished packs: {e}")))?;
         let repo = match Repository::open_bare(&target.workdir) {
             Ok(repo) => repo,
             Err(err) if err.code() == git2::ErrorCode::NotFound => {

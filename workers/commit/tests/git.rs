@@ -282,15 +282,20 @@ async fn a_crash_between_commit_and_push_is_healed_on_redelivery() {
 }
 
 #[tokio::test]
-async fn a_stale_lock_left_by_a_killed_process_does_not_block_the_workdir() {
+async fn a_stale_lock_or_unfinished_pack_left_by_a_killed_process_does_not_block_or_stay_in_the_workdir() {
     let remote = BareRemote::new();
     let wd = workdir();
     handle(&plugin(&remote, &wd), &issue_op("gh-1", 1, "one")).await.expect("first");
     std::fs::write(wd.path().join("refs/heads/main.lock"), b"").expect("lock");
+    let unfinished = wd.path().join("objects/pack/pack_git2_Zq3xT1");
+    std::fs::write(&unfinished, b"PACK\0\0\0\x02").expect("half a pack");
 
     handle(&plugin(&remote, &wd), &issue_op("gh-2", 2, "two")).await.expect("after restart");
 
     assert_eq!(remote.log().len(), 2);
+    assert!(!unfinished.exists(), "the unfinished pack was removed");
+    let packs = std::fs::read_dir(wd.path().join("objects/pack")).expect("packs").count();
+    assert!(packs >= 2, "the finished packs stay ({packs} files)");
 }
 
 #[tokio::test]
