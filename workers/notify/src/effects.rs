@@ -10,8 +10,9 @@
 //! between the effect and its record, where the subscriber still has the
 //! stable `X-Hookbus-Delivery` to deduplicate on.
 //!
-//! A write-back that *creates* (an issue, a comment) is the one effect
-//! GitHub cannot repeat harmlessly: a second POST makes a second issue. So
+//! A write-back that *creates* (an issue, a comment, a release) is the one
+//! effect GitHub cannot repeat harmlessly: a second POST makes a second
+//! issue (or, for a release, fails: its tag has one). So
 //! before such a POST notify also records when it [began](EffectLog::begin)
 //! it. A message that finds an earlier beginning but no record may have
 //! created the resource already (the answer was lost, or the process died

@@ -17,7 +17,9 @@ use crate::wire::WritebackPayload;
 
 /// Issue and pull request fields written back, as GitHub names them (the
 /// record names are the same).
-const ISSUE_FIELDS: [&str; 6] = ["title", "body", "state", "state_reason", "labels", "assignees"];
+const ISSUE_FIELDS: [&str; 7] = ["title", "body", "state", "state_reason", "labels", "assignees", "milestone"];
+/// Release fields written back (GitHub's names, the record's too).
+const RELEASE_FIELDS: [&str; 5] = ["tag_name", "name", "body", "draft", "prerelease"];
 
 /// The GitHub API with the configured token.
 pub struct GitHub {
@@ -52,11 +54,10 @@ impl GitHub {
         self.send(&call, &change.operation).await.map(drop)
     }
 
-    /// For a change that creates (an issue, a comment): the resource an
+    /// For a change that creates (an issue, a comment, a release): the resource an
     /// earlier attempt, begun at `began_ms`, already created, if GitHub
-    /// shows one (its number or id). Only a resource created since then
-    /// (less [`CLOCK_SLACK_MS`]) with exactly the fields this change gives
-    /// counts. `None` for changes that do not create.
+    /// shows one (its number or id): see [`created_by`] for what counts.
+    /// `None` for changes that do not create.
     pub async fn find_created(&self, change: &WritebackPayload, began_ms: i64) -> Result<Option<u64>, HandlerError> {
         let since = began_ms.saturating_sub(CLOCK_SLACK_MS);
         let Some(call) = lookup(change, since) else { return Ok(None) };
@@ -114,9 +115,10 @@ impl GitHub {
 /// dated and still be that attempt's: our clock against GitHub's.
 pub const CLOCK_SLACK_MS: i64 = 10_000;
 
-/// Whether `change` creates a resource (a second POST would make a second one).
+/// Whether `change` creates a resource (a second POST would make a second
+/// one, or for a release fail: a tag has one release).
 pub fn creates(change: &WritebackPayload) -> bool {
-    change.action == "create" && matches!(change.kind.as_str(), "issue" | "comment")
+    change.action == "create" && matches!(change.kind.as_str(), "issue" | "comment" | "release")
 }
 
 /// The listing in which a resource `change` creates would show, newest
@@ -129,16 +131,26 @@ pub fn lookup(change: &WritebackPayload, since_ms: i64) -> Option<Call> {
     let since = iso8601(since_ms);
     let route = match change.kind.as_str() {
         "issue" => format!("/repos/{repo}/issues?state=all&sort=created&direction=desc&per_page=100&since={since}"),
+        // Newest first; drafts show to a token that may push.
+        "release" => format!("/repos/{repo}/releases?per_page=100"),
         _ => format!("/repos/{repo}/issues/{}/comments?per_page=100&since={since}", change.number?),
     };
     Some(Call { method: Method::Get, route, body: None })
 }
 
 /// Whether `item` (from the [`lookup`] listing) is the resource `change`
-/// creates: made at or after `since_ms`, with the title and body it gives.
-/// An issue listing also holds pull requests, which an issue create never
-/// made.
+/// creates: with the fields it gives (title and body; body; tag, name and
+/// body) and, for issues and comments, made at or after `since_ms`. An
+/// issue listing also holds pull requests, which an issue create never
+/// made. A release's `created_at` is its commit's date, not when it was
+/// made, so a release is known by its tag instead: a tag has one release.
 pub fn created_by(change: &WritebackPayload, item: &Value, since_ms: i64) -> bool {
+    // GitHub keeps an absent or empty text as null.
+    let text = |value: Option<&Value>| value.and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+    let same = |field: &str| text(change.changes.get(field)) == text(item.get(field));
+    if change.kind == "release" {
+        return text(change.changes.get("tag_name")).is_some() && same("tag_name") && same("name") && same("body");
+    }
     let created_ms = item["created_at"]
         .as_str()
         .and_then(|at| time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok())
@@ -146,12 +158,9 @@ pub fn created_by(change: &WritebackPayload, item: &Value, since_ms: i64) -> boo
     if created_ms.is_none_or(|at| at < since_ms) || item.get("pull_request").is_some() {
         return false;
     }
-    // GitHub keeps an absent or empty body as null.
-    let text = |value: Option<&Value>| value.and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
-    let same_body = text(change.changes.get("body")) == text(item.get("body"));
     match change.kind.as_str() {
-        "issue" => same_body && change.changes.get("title").and_then(Value::as_str) == item["title"].as_str(),
-        _ => same_body,
+        "issue" => same("body") && change.changes.get("title").and_then(Value::as_str) == item["title"].as_str(),
+        _ => same("body"),
     }
 }
 
@@ -174,6 +183,7 @@ pub fn plan(change: &WritebackPayload) -> Result<Call, HandlerError> {
     };
     let number = || change.number.ok_or_else(|| refuse("no issue number"));
     let id = || change.id.ok_or_else(|| refuse("no comment id"));
+    let release_id = || change.id.ok_or_else(|| refuse("no release id"));
     let call = |method, route: String, body: Option<Value>| Ok(Call { method, route, body });
     match (change.kind.as_str(), change.action.as_str()) {
         ("issue" | "pull_request", "update") => call(
@@ -197,6 +207,18 @@ pub fn plan(change: &WritebackPayload) -> Result<Call, HandlerError> {
             Some(pick(&change.changes, &["body"])),
         ),
         ("comment", "delete") => call(Method::Delete, format!("/repos/{repo}/issues/comments/{}", id()?), None),
+        ("release", "create") => {
+            if change.changes.get("tag_name").and_then(Value::as_str).is_none_or(str::is_empty) {
+                return Err(refuse("a new release needs a tag_name"));
+            }
+            call(Method::Post, format!("/repos/{repo}/releases"), Some(pick(&change.changes, &RELEASE_FIELDS)))
+        }
+        ("release", "update") => call(
+            Method::Patch,
+            format!("/repos/{repo}/releases/{}", release_id()?),
+            Some(pick(&change.changes, &RELEASE_FIELDS)),
+        ),
+        ("release", "delete") => call(Method::Delete, format!("/repos/{repo}/releases/{}", release_id()?), None),
         ("issue" | "pull_request", "delete") => Err(refuse("GitHub's API cannot delete issues or pull requests")),
         _ => Err(refuse("not supported")),
     }

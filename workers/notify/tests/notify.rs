@@ -441,7 +441,10 @@ async fn an_outbound_change_is_written_back_and_a_rate_limit_defers_it_without_s
     assert_eq!(limited.method, Method::PATCH);
     assert_eq!(written.path, "/repos/octo/repo/issues/7");
     assert!(written.header("authorization").contains("ghp_test_token"));
-    assert_eq!(written.json(), json!({ "title": "Crash on start", "state": "closed", "labels": ["bug"] }));
+    assert_eq!(
+        written.json(),
+        json!({ "title": "Crash on start", "state": "closed", "labels": ["bug"], "milestone": 3 })
+    );
     let written_at = SystemTime::now() - written.at.elapsed();
     assert!(written_at >= UNIX_EPOCH + Duration::from_secs(reset), "waited for the reset");
     assert!(written.at.duration_since(limited.at) >= Duration::from_millis(200));
@@ -486,7 +489,7 @@ async fn a_refused_token_ends_the_write_back_dead_naming_the_setting() {
 }
 
 #[test]
-fn write_back_plans_issue_and_comment_calls() {
+fn write_back_plans_issue_comment_and_release_calls() {
     let change = |kind: &str, action: &str, changes: Value| WritebackPayload {
         operation: "op".into(),
         resource: "github:octo/repo:comment:5".into(),
@@ -511,6 +514,19 @@ fn write_back_plans_issue_and_comment_calls() {
     );
     assert!(plan(&change("issue", "delete", json!({}))).is_err());
     assert!(plan(&change("issue", "create", json!({ "body": "no title" }))).is_err());
+    let call = plan(&change("issue", "update", json!({ "milestone": 3, "locked": true }))).unwrap();
+    assert_eq!(call.body, Some(json!({ "milestone": 3 })), "a milestone is written back");
+
+    let release = json!({ "tag_name": "v1.2.0", "name": "1.2", "body": "Notes", "draft": true, "prerelease": false });
+    let call = plan(&change("release", "create", release.clone())).unwrap();
+    assert_eq!((call.method, call.route.as_str()), (CallMethod::Post, "/repos/octo/repo/releases"));
+    assert_eq!(call.body, Some(release));
+    let call = plan(&change("release", "update", json!({ "name": "1.2.1", "author": "x" }))).unwrap();
+    assert_eq!((call.method, call.route.as_str()), (CallMethod::Patch, "/repos/octo/repo/releases/5"));
+    assert_eq!(call.body, Some(json!({ "name": "1.2.1" })));
+    let call = plan(&change("release", "delete", json!({}))).unwrap();
+    assert_eq!((call.method, call.route.as_str()), (CallMethod::Delete, "/repos/octo/repo/releases/5"));
+    assert!(plan(&change("release", "create", json!({ "name": "no tag" }))).is_err());
 }
 
 #[test]
@@ -553,9 +569,28 @@ fn a_create_is_looked_for_by_its_fields_and_time_and_nothing_else_is_looked_for(
     );
     assert!(created_by(&comment, &json!({ "id": 5, "body": "LGTM", "created_at": "2026-12-01T14:00:00Z" }), since));
     assert!(!created_by(&comment, &json!({ "id": 6, "body": "LGTM!", "created_at": "2026-12-01T14:00:09Z" }), since));
-    for (kind, action) in
-        [("issue", "update"), ("comment", "update"), ("comment", "delete"), ("pull_request", "update")]
-    {
+    let release = change("release", "create", json!({ "tag_name": "v2", "name": "Two", "body": null }));
+    assert_eq!(
+        lookup(&release, since).expect("a release create is looked for").route,
+        "/repos/octo/repo/releases?per_page=100"
+    );
+    // Known by its tag (a release's created_at is its commit's date).
+    let made = json!({ "id": 8, "tag_name": "v2", "name": "Two", "body": "", "created_at": "2020-01-01T00:00:00Z" });
+    assert!(created_by(&release, &made, since));
+    let renamed = json!({ "id": 9, "tag_name": "v2", "name": "Deux", "body": null });
+    assert!(
+        !created_by(&release, &renamed, since),
+        "the tag's release, but not this change's: POST, and GitHub says why"
+    );
+    assert!(!created_by(&release, &json!({ "id": 10, "tag_name": "v3", "name": "Two" }), since));
+    for (kind, action) in [
+        ("issue", "update"),
+        ("comment", "update"),
+        ("comment", "delete"),
+        ("pull_request", "update"),
+        ("release", "update"),
+        ("release", "delete"),
+    ] {
         assert!(
             lookup(&change(kind, action, json!({ "body": "x" })), since).is_none(),
             "{kind} {action} is repeatable"
