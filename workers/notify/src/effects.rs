@@ -177,7 +177,7 @@ impl EffectLog for MemoryEffectLog {
             seen.began.retain(|_, (_, at)| at.elapsed() < remember_for);
             // Pruning again only once the live set doubled keeps it
             // amortised constant per record.
-            seen.prune_at = ((seen.at.len() + seen.began.len()) * 2).max(FIRST_PRUNE);
+            seen.prune_at = (seen.at.len() * 2).max(FIRST_PRUNE);
         }
         Ok(())
     }
