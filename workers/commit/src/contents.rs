@@ -151,6 +151,15 @@ impl ContentsApi {
                 "{what}: not a file with content (a directory, or over 1 MB?)"
             )));
         };
+        // Between 1 and 100 MB GitHub answers the metadata with an empty
+        // content and encoding "none": read as empty, the file would be
+        // overwritten unseen.
+        if let Some(encoding) = file.get("encoding").and_then(Value::as_str).filter(|e| *e != "base64") {
+            return Err(HandlerError::Permanent(format!(
+                "{what}: GitHub sends this file's content as {encoding:?}, not base64 (over 1 MB?); not overwriting a \
+                 file hookbus cannot read"
+            )));
+        }
         let compact: String = content.chars().filter(|c| !c.is_ascii_whitespace()).collect();
         let bytes = STANDARD
             .decode(compact)

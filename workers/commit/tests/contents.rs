@@ -21,6 +21,9 @@ use support::*;
 
 const PATH: &str = "repos/octo/repo/issues/12.json";
 
+/// An answer to give instead of writing: status, headers, GitHub's message.
+type CannedAnswer = (u16, Vec<(&'static str, String)>, &'static str);
+
 #[derive(Default)]
 struct Fake {
     files: HashMap<String, (String, Vec<u8>)>,
@@ -31,6 +34,10 @@ struct Fake {
     change_after_get: bool,
     /// Answer every request with this status.
     refuse: Option<u16>,
+    /// Answer GETs of existing files as GitHub does for files over 1 MB.
+    too_large: bool,
+    /// Answers for the next writes, first first: status, headers, message.
+    write_answers: std::collections::VecDeque<CannedAnswer>,
 }
 
 impl Fake {
@@ -55,6 +62,12 @@ async fn read(
     let Some((sha, bytes)) = f.files.get(&path).cloned() else {
         return (StatusCode::NOT_FOUND, Json(json!({"message": "Not Found"})));
     };
+    if f.too_large {
+        return (
+            StatusCode::OK,
+            Json(json!({"type": "file", "encoding": "none", "sha": sha, "content": "", "size": 2_000_000})),
+        );
+    }
     if std::mem::take(&mut f.change_after_get) {
         let sha = f.sha();
         f.files.insert(path.clone(), (sha, b"{\"changed\": true}\n".to_vec()));
@@ -70,15 +83,23 @@ async fn write(
     method: axum::http::Method,
     Path((_, _, path)): Path<(String, String, String)>,
     Json(body): Json<Value>,
-) -> (StatusCode, Json<Value>) {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let mut f = fake.lock().unwrap();
     f.requests.push((method.to_string(), path.clone(), body.clone()));
     if let Some(status) = f.refuse {
-        return (StatusCode::from_u16(status).unwrap(), Json(json!({"message": "Bad credentials"})));
+        return (StatusCode::from_u16(status).unwrap(), Json(json!({"message": "Bad credentials"}))).into_response();
+    }
+    if let Some((status, headers, message)) = f.write_answers.pop_front() {
+        let mut response = (StatusCode::from_u16(status).unwrap(), Json(json!({"message": message}))).into_response();
+        for (name, value) in headers {
+            response.headers_mut().insert(name, value.parse().unwrap());
+        }
+        return response;
     }
     let current = f.files.get(&path).map(|(sha, _)| sha.clone());
     if current.as_deref() != body.get("sha").and_then(Value::as_str) {
-        return (StatusCode::CONFLICT, Json(json!({"message": "is at another sha"})));
+        return (StatusCode::CONFLICT, Json(json!({"message": "is at another sha"}))).into_response();
     }
     let commit = format!("commit-{}", f.requests.len());
     if method == axum::http::Method::DELETE {
@@ -88,7 +109,7 @@ async fn write(
         let sha = f.sha();
         f.files.insert(path, (sha, bytes));
     }
-    (StatusCode::OK, Json(json!({"commit": {"sha": commit}})))
+    (StatusCode::OK, Json(json!({"commit": {"sha": commit}}))).into_response()
 }
 
 async fn fake_github() -> (Shared, CommitPlugin) {
@@ -215,6 +236,59 @@ async fn a_refused_token_is_permanent_and_names_the_setting() {
     let HandlerError::Permanent(reason) = err else { panic!("permanent, not {err:?}") };
     assert!(reason.contains("HOOKBUS_GITHUB__TOKEN"), "{reason}");
     assert!(writes(&fake).is_empty());
+}
+
+#[tokio::test]
+async fn a_rate_limited_write_is_deferred_until_the_reset_and_then_written() {
+    let (fake, plugin) = fake_github().await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let exhausted = vec![("x-ratelimit-remaining", "0".to_string()), ("x-ratelimit-reset", (now + 30).to_string())];
+    fake.lock().unwrap().write_answers.extend([
+        (403, exhausted, "API rate limit exceeded"),
+        (429, vec![("retry-after", "7".to_string())], "You have exceeded a secondary rate limit"),
+    ]);
+    let op = issue_op("gh-1", 12, "One");
+
+    for expected in [28..=31, 7..=7] {
+        let err = handle(&plugin, &op).await.err().expect("deferred");
+        let HandlerError::Defer(wait, reason) = err else { panic!("deferred, not {err:?}") };
+        assert!(expected.contains(&wait.as_secs()), "waits {wait:?}, expected {expected:?} s");
+        assert!(reason.contains("rate limit"), "{reason}");
+        assert_eq!(stored(&fake), None, "nothing written while limited");
+    }
+    let emitted = handle(&plugin, &op).await.expect("written once the limit is over");
+    assert_eq!(stored(&fake), Some(file_bytes(&op["record"])));
+    assert!(emitted.outcomes[0].commit.is_some());
+}
+
+#[tokio::test]
+async fn a_422_for_a_stale_sha_is_read_again_and_any_other_422_is_permanent_with_githubs_reason() {
+    let (fake, plugin) = fake_github().await;
+    handle(&plugin, &issue_op("gh-1", 12, "One")).await.expect("created");
+    fake.lock().unwrap().write_answers.push_back((422, vec![], "sha does not match"));
+    let op = issue_op("gh-2", 12, "Two");
+    handle(&plugin, &op).await.expect("read again and written");
+    assert_eq!(writes(&fake).len(), 3, "create, the refused PUT, the retry");
+    assert_eq!(stored(&fake), Some(file_bytes(&op["record"])));
+
+    fake.lock().unwrap().write_answers.push_back((422, vec![], "Invalid request. \"committer\" is invalid"));
+    let err = handle(&plugin, &issue_op("gh-3", 12, "Three")).await.err().expect("refused");
+    let HandlerError::Permanent(reason) = err else { panic!("permanent, not {err:?}") };
+    assert!(reason.contains("422") && reason.contains("\"committer\" is invalid"), "{reason}");
+    assert_eq!(stored(&fake), Some(file_bytes(&op["record"])), "the file is as the last good write left it");
+}
+
+#[tokio::test]
+async fn a_file_too_large_for_the_contents_api_is_refused_not_overwritten() {
+    let (fake, plugin) = fake_github().await;
+    handle(&plugin, &issue_op("gh-1", 12, "One")).await.expect("created");
+    fake.lock().unwrap().too_large = true;
+
+    let err = handle(&plugin, &issue_op("gh-2", 12, "Two")).await.err().expect("refused");
+
+    let HandlerError::Permanent(reason) = err else { panic!("permanent, not {err:?}") };
+    assert!(reason.contains("over 1 MB"), "{reason}");
+    assert_eq!(writes(&fake).len(), 1, "nothing written over it");
 }
 
 #[test]
