@@ -57,7 +57,13 @@ pub fn desired(op: &ApplyPayload, path: &str, current: Option<&[u8]>) -> Result<
     }
     match op.direction {
         Direction::Inbound => match &op.record {
-            Some(record @ Value::Object(_)) => Ok(Desired::Write(file_bytes(record))),
+            Some(record @ Value::Object(_)) => match newer_in_file(record, current) {
+                Some((ours, theirs)) => Ok(Desired::Skip(format!(
+                    "{path} holds a newer record (updated_at {theirs}) than this operation's ({ours}); not written \
+                     over it"
+                ))),
+                None => Ok(Desired::Write(file_bytes(record))),
+            },
             _ => Err(CommitError::payload(op, "an inbound upsert needs its record (a map)")),
         },
         Direction::Outbound => {
@@ -77,6 +83,24 @@ pub fn desired(op: &ApplyPayload, path: &str, current: Option<&[u8]>) -> Result<
             Ok(Desired::Write(file_bytes(&record)))
         }
     }
+}
+
+/// GitHub's `updated_at` of `record` and of the file's record, when the
+/// file's is the later one. Reconcile passes on only the newest operation
+/// of a resource, and the bus hands out one resource's messages in order;
+/// an older record reaches this stage only from outside that order, e.g.
+/// a dead letter re-driven after newer operations were committed. Without
+/// both times (releases carry none) nothing is compared.
+fn newer_in_file(record: &Value, current: Option<&[u8]>) -> Option<(String, String)> {
+    let parse = |value: &Value| {
+        let text = value.get("updated_at")?.as_str()?;
+        let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+        Some((at, text.to_string()))
+    };
+    let (ours, ours_text) = parse(record)?;
+    let file: Value = serde_json::from_slice(current?).ok()?;
+    let (theirs, theirs_text) = parse(&file)?;
+    (theirs > ours).then_some((ours_text, theirs_text))
 }
 
 /// Pretty JSON (two-space indent), keys sorted at every level, trailing
@@ -260,6 +284,26 @@ mod tests {
         let m = message(&o, None);
         assert_eq!(m, "issues.edited octo/repo#12: Hello\n\nHookbus-Operation: gh-1\nHookbus-Delivery: d-1\n");
         assert_eq!(operation_of(&m), Some("gh-1"));
+    }
+
+    #[test]
+    fn an_inbound_record_older_than_the_file_is_not_written_over_it() {
+        let mut o = op(ResourceKind::Issue, Direction::Inbound);
+        o.record = Some(serde_json::json!({"title": "Old", "number": 12, "updated_at": "2026-11-23T10:00:00Z"}));
+        let newer =
+            file_bytes(&serde_json::json!({"title": "New", "number": 12, "updated_at": "2026-11-23T10:00:05Z"}));
+        let Desired::Skip(reason) = desired(&o, "p", Some(&newer)).unwrap() else { panic!("skipped") };
+        assert!(reason.contains("2026-11-23T10:00:05Z") && reason.contains("2026-11-23T10:00:00Z"), "{reason}");
+        // The same second, an older file, no file, no time: written.
+        for current in [
+            Some(file_bytes(&serde_json::json!({"title": "Tie", "updated_at": "2026-11-23T10:00:00Z"}))),
+            Some(file_bytes(&serde_json::json!({"title": "Older", "updated_at": "2026-11-22T10:00:00Z"}))),
+            None,
+            Some(file_bytes(&serde_json::json!({"title": "Release, no time"}))),
+            Some(b"not json".to_vec()),
+        ] {
+            assert!(matches!(desired(&o, "p", current.as_deref()).unwrap(), Desired::Write(_)), "{current:?}");
+        }
     }
 
     #[test]

@@ -299,6 +299,30 @@ async fn a_stale_lock_or_unfinished_pack_left_by_a_killed_process_does_not_block
 }
 
 #[tokio::test]
+async fn an_older_record_re_driven_after_a_newer_one_was_committed_does_not_overwrite_it() {
+    let remote = BareRemote::new();
+    let wd = workdir();
+    let plugin = plugin(&remote, &wd);
+    let at = |op: &mut serde_json::Value, time: &str| op["record"]["updated_at"] = json!(time);
+    let mut older = issue_op("gh-1", 12, "One");
+    at(&mut older, "2026-11-23T10:00:00Z");
+    let mut newer = issue_op("gh-2", 12, "Two");
+    at(&mut newer, "2026-11-23T10:00:05Z");
+    // gh-1 went dead (say the remote was down), gh-2 came later and got
+    // through, then the dead-letter sweep re-drove gh-1.
+    handle(&plugin, &newer).await.expect("newer");
+    let emitted = handle(&plugin, &older).await.expect("re-driven older");
+
+    assert_eq!(remote.log().len(), 1, "no commit for the older record");
+    let file = remote.file("repos/octo/repo/issues/12.json").expect("file");
+    assert!(file.contains("\"Two\""), "the newer record stays: {file}");
+    let outcome = &emitted.outcomes[0];
+    assert_eq!(outcome.outcome, Outcome::Completed);
+    assert!(outcome.reason.as_deref().is_some_and(|r| r.contains("newer record")), "{:?}", outcome.reason);
+    assert!(emitted.synced.is_empty(), "subscribers hear nothing of it");
+}
+
+#[tokio::test]
 async fn a_rejected_push_is_reapplied_on_the_new_tip() {
     let remote = BareRemote::new();
     let (wd_a, wd_b) = (workdir(), workdir());
