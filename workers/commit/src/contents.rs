@@ -88,6 +88,7 @@ impl ContentsApi {
                 path: None,
                 content: None,
                 reason: Some("created on GitHub; the file arrives with GitHub's webhook".into()),
+                superseded: false,
             });
         };
         for _ in 0..=CONFLICT_RETRIES {
@@ -98,10 +99,26 @@ impl ContentsApi {
                 path: Some(path.clone()),
                 content,
                 reason: Some("unchanged: no commit".into()),
+                superseded: false,
             };
             let (written, content) = match desired {
                 Desired::Skip(reason) => {
-                    return Ok(Synced { commit: None, path: Some(path), content: None, reason: Some(reason) })
+                    return Ok(Synced {
+                        commit: None,
+                        path: Some(path),
+                        content: None,
+                        reason: Some(reason),
+                        superseded: false,
+                    })
+                }
+                Desired::Superseded(reason) => {
+                    return Ok(Synced {
+                        commit: None,
+                        path: Some(path),
+                        content: None,
+                        reason: Some(reason),
+                        superseded: true,
+                    })
                 }
                 Desired::Delete => {
                     let Some(current) = current else { return Ok(unchanged(None)) };
@@ -116,7 +133,9 @@ impl ContentsApi {
                 }
             };
             match written {
-                Written::Done(commit) => return Ok(Synced { commit, path: Some(path), content, reason: None }),
+                Written::Done(commit) => {
+                    return Ok(Synced { commit, path: Some(path), content, reason: None, superseded: false })
+                }
                 Written::Conflict => {
                     tracing::info!(operation = %op.operation, path = %path, "file changed between read and write; reading again");
                 }

@@ -211,10 +211,19 @@ impl CommitPlugin {
         drop(committing);
         let applied = applied?;
         let result = match applied {
-            Applied::Skipped { path, reason } => Synced { commit: None, path, content: None, reason: Some(reason) },
-            Applied::Unchanged { path, content } => {
-                Synced { commit: None, path: Some(path), content, reason: Some("unchanged: no commit".into()) }
+            Applied::Skipped { path, reason } => {
+                Synced { commit: None, path, content: None, reason: Some(reason), superseded: false }
             }
+            Applied::Superseded { path, reason } => {
+                Synced { commit: None, path: Some(path), content: None, reason: Some(reason), superseded: true }
+            }
+            Applied::Unchanged { path, content } => Synced {
+                commit: None,
+                path: Some(path),
+                content,
+                reason: Some("unchanged: no commit".into()),
+                superseded: false,
+            },
             Applied::Committed { path } => {
                 let commit = group.pushed(&op.operation).await?;
                 let read_path = path.clone();
@@ -223,7 +232,7 @@ impl CommitPlugin {
                     None => None,
                 };
                 let reason = commit.is_none().then(|| "unchanged on the remote's newer tip: no commit".to_string());
-                Synced { commit: commit.map(|c| c.to_string()), path: Some(path), content, reason }
+                Synced { commit: commit.map(|c| c.to_string()), path: Some(path), content, reason, superseded: false }
             }
         };
         Ok(result)
@@ -237,6 +246,9 @@ pub(crate) struct Synced {
     /// The file's bytes in git now; `None` when there is no file.
     pub(crate) content: Option<Vec<u8>>,
     pub(crate) reason: Option<String>,
+    /// The file holds newer data than the operation: a client's change is
+    /// not written back either.
+    pub(crate) superseded: bool,
 }
 
 fn emit(op: &ApplyPayload, synced: &Synced, out: &mut Outbox) -> Result<(), CommitError> {
@@ -251,7 +263,7 @@ fn emit(op: &ApplyPayload, synced: &Synced, out: &mut Outbox) -> Result<(), Comm
         reason: synced.reason.clone(),
     };
     out.emit_payload(RECONCILE, OUTCOME_KIND, Some(&op.key), &outcome).map_err(encode)?;
-    if synced.commit.is_some() || op.direction == Direction::Outbound {
+    if synced.commit.is_some() || (op.direction == Direction::Outbound && !synced.superseded) {
         let payload = SyncedPayload {
             operation: op.operation.clone(),
             key: op.key.clone(),
@@ -301,6 +313,7 @@ impl Plugin for CommitPlugin {
                 path: None,
                 content: None,
                 reason: Some(format!("repository {} is not synced", op.repository)),
+                superseded: false,
             };
             return emit(&op, &synced, out).map_err(HandlerError::from);
         }

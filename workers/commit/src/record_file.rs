@@ -24,6 +24,9 @@ pub enum Desired {
     Delete,
     /// Nothing to write, and why (reported as the outcome's reason).
     Skip(String),
+    /// The file holds a newer record than the operation: nothing to write
+    /// and, for a client's change, nothing to write back to GitHub either.
+    Superseded(String),
 }
 
 /// The record file's path, or `None` for an operation that has no file yet
@@ -58,7 +61,7 @@ pub fn desired(op: &ApplyPayload, path: &str, current: Option<&[u8]>) -> Result<
     match op.direction {
         Direction::Inbound => match &op.record {
             Some(record @ Value::Object(_)) => match newer_in_file(record, current) {
-                Some((ours, theirs)) => Ok(Desired::Skip(format!(
+                Some((ours, theirs)) => Ok(Desired::Superseded(format!(
                     "{path} holds a newer record (updated_at {theirs}) than this operation's ({ours}); not written \
                      over it"
                 ))),
@@ -74,6 +77,12 @@ pub fn desired(op: &ApplyPayload, path: &str, current: Option<&[u8]>) -> Result<
             };
             let mut record: Value = serde_json::from_slice(current)
                 .map_err(|err| CommitError::Record(format!("{path} is not JSON: {err}")))?;
+            if let Some(theirs) = changed_on_github_after(&record, op.updated_at) {
+                return Ok(Desired::Superseded(format!(
+                    "{path} changed on GitHub (updated_at {theirs}) after this change was accepted; not applied \
+                     over it, nor written back"
+                )));
+            }
             let Value::Object(fields) = &mut record else {
                 return Err(CommitError::Record(format!("{path} is not a JSON object")));
             };
@@ -101,6 +110,19 @@ fn newer_in_file(record: &Value, current: Option<&[u8]>) -> Option<(String, Stri
     let file: Value = serde_json::from_slice(current?).ok()?;
     let (theirs, theirs_text) = parse(&file)?;
     (theirs > ours).then_some((ours_text, theirs_text))
+}
+
+/// The file's `updated_at` when it is later than `accepted_ms`, the time a
+/// client's change was accepted: reconcile's rule (the newest wins, GitHub's
+/// time against the acceptance time) applied at the file, for a change that
+/// reaches this stage from outside reconcile's order (a re-driven dead
+/// letter). Whole seconds on GitHub's side, so a GitHub edit within the
+/// same second as the acceptance does not count as later.
+fn changed_on_github_after(file: &Value, accepted_ms: i64) -> Option<String> {
+    let text = file.get("updated_at")?.as_str()?;
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    let at_ms = i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()?;
+    (at_ms / 1_000 > accepted_ms.div_euclid(1_000)).then(|| text.to_string())
 }
 
 /// Pretty JSON (two-space indent), keys sorted at every level, trailing
@@ -292,7 +314,7 @@ mod tests {
         o.record = Some(serde_json::json!({"title": "Old", "number": 12, "updated_at": "2026-11-23T10:00:00Z"}));
         let newer =
             file_bytes(&serde_json::json!({"title": "New", "number": 12, "updated_at": "2026-11-23T10:00:05Z"}));
-        let Desired::Skip(reason) = desired(&o, "p", Some(&newer)).unwrap() else { panic!("skipped") };
+        let Desired::Superseded(reason) = desired(&o, "p", Some(&newer)).unwrap() else { panic!("superseded") };
         assert!(reason.contains("2026-11-23T10:00:05Z") && reason.contains("2026-11-23T10:00:00Z"), "{reason}");
         // The same second, an older file, no file, no time: written.
         for current in [
@@ -314,5 +336,12 @@ mod tests {
         let Desired::Write(bytes) = desired(&o, "p", Some(&current)).unwrap() else { panic!("a write") };
         assert_eq!(bytes, file_bytes(&serde_json::json!({"title": "New", "number": 12})));
         assert!(matches!(desired(&o, "p", None).unwrap(), Desired::Skip(_)));
+        // Accepted at 2023-11-14T22:13:20Z (op's updated_at): a file GitHub
+        // changed a second later supersedes it; the same second does not.
+        let later = file_bytes(&serde_json::json!({"title": "Old", "updated_at": "2023-11-14T22:13:21Z"}));
+        let Desired::Superseded(reason) = desired(&o, "p", Some(&later)).unwrap() else { panic!("superseded") };
+        assert!(reason.contains("2023-11-14T22:13:21Z"), "{reason}");
+        let same = file_bytes(&serde_json::json!({"title": "Old", "updated_at": "2023-11-14T22:13:20Z"}));
+        assert!(matches!(desired(&o, "p", Some(&same)).unwrap(), Desired::Write(_)));
     }
 }

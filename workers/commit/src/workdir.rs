@@ -66,6 +66,8 @@ impl GitTarget {
 pub enum Applied {
     /// No file to write, and why.
     Skipped { path: Option<String>, reason: String },
+    /// The file holds newer data than the operation, and why.
+    Superseded { path: String, reason: String },
     /// The file already has these bytes (`None`: already absent).
     Unchanged { path: String, content: Option<Vec<u8>> },
     /// A commit on the local branch carries the operation (made now, or
@@ -76,6 +78,7 @@ pub enum Applied {
 /// What one write made of a parent commit.
 enum Write {
     Skipped(String),
+    Superseded(String),
     Unchanged(Option<Vec<u8>>),
     Committed(Oid),
 }
@@ -183,6 +186,7 @@ impl Workdir {
         loop {
             match self.write(self.local_tip(), op, &path)? {
                 Write::Skipped(reason) => return Ok(Applied::Skipped { path: Some(path), reason }),
+                Write::Superseded(reason) => return Ok(Applied::Superseded { path, reason }),
                 Write::Unchanged(content) if refreshed => return Ok(Applied::Unchanged { path, content }),
                 Write::Unchanged(content) => {
                     if !self.refresh_if_moved()? {
@@ -315,6 +319,7 @@ impl Workdir {
         let mut update = TreeUpdateBuilder::new();
         let content = match record_file::desired(op, path, current.as_deref())? {
             Desired::Skip(reason) => return Ok(Write::Skipped(reason)),
+            Desired::Superseded(reason) => return Ok(Write::Superseded(reason)),
             Desired::Delete if current.is_none() => return Ok(Write::Unchanged(None)),
             Desired::Write(bytes) if current.as_deref() == Some(bytes.as_slice()) => {
                 return Ok(Write::Unchanged(Some(bytes)))

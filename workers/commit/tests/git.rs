@@ -166,7 +166,32 @@ fn outbound(operation: &str, number: Option<u64>, changes: serde_json::Value) ->
     op["actor"] = json!({"login": "alice", "id": null, "name": "Alice", "email": null});
     op["record"] = json!(null);
     op["changes"] = changes;
+    // Accepted after the inbound records' GitHub time (2026-11-23T00:00:00Z).
+    op["updated_at"] = json!(1_796_000_000_000_i64);
     op
+}
+
+#[tokio::test]
+async fn a_client_change_re_driven_after_github_changed_the_record_is_neither_applied_nor_written_back() {
+    let remote = BareRemote::new();
+    let wd = workdir();
+    let plugin = plugin(&remote, &wd);
+    // Accepted at 2026-11-30T08:53:20Z, went dead; meanwhile GitHub's
+    // newer edit came in and was committed; then the sweep re-drove it.
+    let mut newer = issue_op("gh-1", 12, "Edited on GitHub");
+    newer["record"]["updated_at"] = json!("2026-11-30T09:00:00Z");
+    handle(&plugin, &newer).await.expect("inbound");
+
+    let emitted =
+        handle(&plugin, &outbound("op-late", Some(12), json!({"title": "Client's"}))).await.expect("re-driven");
+
+    assert_eq!(remote.log().len(), 1, "no commit");
+    let file = remote.file("repos/octo/repo/issues/12.json").expect("file");
+    assert!(file.contains("Edited on GitHub"), "{file}");
+    assert!(emitted.synced.is_empty(), "not written back to GitHub");
+    let outcome = &emitted.outcomes[0];
+    assert_eq!((outcome.outcome, outcome.commit.as_deref()), (Outcome::Completed, None));
+    assert!(outcome.reason.as_deref().is_some_and(|r| r.contains("changed on GitHub")), "{:?}", outcome.reason);
 }
 
 #[tokio::test]
