@@ -83,13 +83,11 @@ impl ContentsApi {
     /// Applies one operation: where it ended up, or why not.
     pub(crate) async fn apply(&self, op: &ApplyPayload) -> Result<Synced, HandlerError> {
         let Some(path) = record_file::path_for(op)? else {
-            return Ok(Synced {
-                commit: None,
-                path: None,
-                content: None,
-                reason: Some("created on GitHub; the file arrives with GitHub's webhook".into()),
-                superseded: false,
-            });
+            return Ok(Synced::skipped(
+                None,
+                "created on GitHub; the file arrives with GitHub's webhook".into(),
+                false,
+            ));
         };
         for _ in 0..=CONFLICT_RETRIES {
             let current = self.get(&path).await?;
@@ -102,24 +100,8 @@ impl ContentsApi {
                 superseded: false,
             };
             let (written, content) = match desired {
-                Desired::Skip(reason) => {
-                    return Ok(Synced {
-                        commit: None,
-                        path: Some(path),
-                        content: None,
-                        reason: Some(reason),
-                        superseded: false,
-                    })
-                }
-                Desired::Superseded(reason) => {
-                    return Ok(Synced {
-                        commit: None,
-                        path: Some(path),
-                        content: None,
-                        reason: Some(reason),
-                        superseded: true,
-                    })
-                }
+                Desired::Skip(reason) => return Ok(Synced::skipped(Some(path), reason, false)),
+                Desired::Superseded(reason) => return Ok(Synced::skipped(Some(path), reason, true)),
                 Desired::Delete => {
                     let Some(current) = current else { return Ok(unchanged(None)) };
                     (self.write(op, &path, None, Some(&current.sha)).await?, None)

@@ -211,12 +211,8 @@ impl CommitPlugin {
         drop(committing);
         let applied = applied?;
         let result = match applied {
-            Applied::Skipped { path, reason } => {
-                Synced { commit: None, path, content: None, reason: Some(reason), superseded: false }
-            }
-            Applied::Superseded { path, reason } => {
-                Synced { commit: None, path: Some(path), content: None, reason: Some(reason), superseded: true }
-            }
+            Applied::Skipped { path, reason } => Synced::skipped(path, reason, false),
+            Applied::Superseded { path, reason } => Synced::skipped(Some(path), reason, true),
             Applied::Unchanged { path, content } => Synced {
                 commit: None,
                 path: Some(path),
@@ -249,6 +245,13 @@ pub(crate) struct Synced {
     /// The file holds newer data than the operation: a client's change is
     /// not written back either.
     pub(crate) superseded: bool,
+}
+
+impl Synced {
+    /// No commit and no file content, and why.
+    pub(crate) fn skipped(path: Option<String>, reason: String, superseded: bool) -> Self {
+        Synced { commit: None, path, content: None, reason: Some(reason), superseded }
+    }
 }
 
 fn emit(op: &ApplyPayload, synced: &Synced, out: &mut Outbox) -> Result<(), CommitError> {
@@ -308,13 +311,7 @@ impl Plugin for CommitPlugin {
         let op: ApplyPayload =
             message.payload_as().map_err(|err| HandlerError::permanent(format!("{APPLY_KIND} payload: {err}")))?;
         if !op.repository_enabled {
-            let synced = Synced {
-                commit: None,
-                path: None,
-                content: None,
-                reason: Some(format!("repository {} is not synced", op.repository)),
-                superseded: false,
-            };
+            let synced = Synced::skipped(None, format!("repository {} is not synced", op.repository), false);
             return emit(&op, &synced, out).map_err(HandlerError::from);
         }
         self.apply(op, out).await.inspect_err(|err| {
