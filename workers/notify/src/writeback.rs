@@ -24,6 +24,9 @@ const RELEASE_FIELDS: [&str; 5] = ["tag_name", "name", "body", "draft", "prerele
 /// The GitHub API with the configured token.
 pub struct GitHub {
     client: octocrab::Octocrab,
+    /// The token's own login (`GET /user`), once known; `None` inside when
+    /// GitHub will not say (an app installation's token).
+    login: tokio::sync::OnceCell<Option<String>>,
 }
 
 /// One request to make.
@@ -45,7 +48,7 @@ pub enum Method {
 impl GitHub {
     pub fn new(api_url: &str, token: &str, timeout: Duration) -> Result<Self, NotifyError> {
         let client = hookbus_github::client(api_url, token, timeout).map_err(|e| NotifyError::Setup(e.to_string()))?;
-        Ok(GitHub { client })
+        Ok(GitHub { client, login: tokio::sync::OnceCell::new() })
     }
 
     /// Applies one change; the error says whether to retry, defer or give up.
@@ -62,11 +65,30 @@ impl GitHub {
         let since = began_ms.saturating_sub(CLOCK_SLACK_MS);
         let Some(call) = lookup(change, since) else { return Ok(None) };
         let listed = self.send(&call, &change.operation).await?;
+        let author = self.own_login().await;
         let items = listed.as_array().map(Vec::as_slice).unwrap_or_default();
         Ok(items
             .iter()
-            .find(|item| created_by(change, item, since))
+            .find(|item| created_by(change, item, since, author.as_deref()))
             .and_then(|item| item["number"].as_u64().or(item["id"].as_u64())))
+    }
+
+    /// The login the token acts as, asked once. A personal token has one;
+    /// an app installation's token is refused `GET /user` and has none to
+    /// compare. A failure that may pass (network, 5xx) is not remembered.
+    async fn own_login(&self) -> Option<String> {
+        let asked = self
+            .login
+            .get_or_try_init(|| async {
+                let call = Call { method: Method::Get, route: "/user".into(), body: None };
+                match self.send(&call, "(whoami)").await {
+                    Ok(user) => Ok(user["login"].as_str().map(str::to_owned)),
+                    Err(HandlerError::Permanent(_)) => Ok(None),
+                    Err(err) => Err(err),
+                }
+            })
+            .await;
+        asked.ok().cloned().flatten()
     }
 
     /// Sends one request: a 2xx answer's JSON body (`Null` when empty), or
@@ -140,11 +162,16 @@ pub fn lookup(change: &WritebackPayload, since_ms: i64) -> Option<Call> {
 
 /// Whether `item` (from the [`lookup`] listing) is the resource `change`
 /// creates: with the fields it gives (title and body; body; tag, name and
-/// body) and, for issues and comments, made at or after `since_ms`. An
-/// issue listing also holds pull requests, which an issue create never
-/// made. A release's `created_at` is its commit's date, not when it was
-/// made, so a release is known by its tag instead: a tag has one release.
-pub fn created_by(change: &WritebackPayload, item: &Value, since_ms: i64) -> bool {
+/// body), by `author` when the token's login is known, and, for issues and
+/// comments, made at or after `since_ms`. An issue listing also holds pull
+/// requests, which an issue create never made. A release's `created_at` is
+/// its commit's date, not when it was made, so a release is known by its
+/// tag instead: a tag has one release.
+pub fn created_by(change: &WritebackPayload, item: &Value, since_ms: i64, author: Option<&str>) -> bool {
+    let made_by = item.pointer("/user/login").or_else(|| item.pointer("/author/login")).and_then(Value::as_str);
+    if author.is_some_and(|ours| made_by.is_some_and(|theirs| !theirs.eq_ignore_ascii_case(ours))) {
+        return false;
+    }
     // GitHub keeps an absent or empty text as null.
     let text = |value: Option<&Value>| value.and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
     let same = |field: &str| text(change.changes.get(field)) == text(item.get(field));

@@ -552,23 +552,37 @@ fn a_create_is_looked_for_by_its_fields_and_time_and_nothing_else_is_looked_for(
         "/repos/octo/repo/issues?state=all&sort=created&direction=desc&per_page=100&since=2026-12-01T14:00:00Z"
     );
     let made = json!({ "number": 12, "title": "Crash", "body": null, "created_at": "2026-12-01T14:00:03Z" });
-    assert!(created_by(&issue, &made, since), "same title, empty body kept as null, made after");
+    assert!(created_by(&issue, &made, since, None), "same title, empty body kept as null, made after");
     let before = json!({ "number": 11, "title": "Crash", "body": null, "created_at": "2026-12-01T13:59:59Z" });
-    assert!(!created_by(&issue, &before, since), "made before the first attempt");
+    assert!(!created_by(&issue, &before, since, None), "made before the first attempt");
     let other = json!({ "number": 13, "title": "Crash!", "body": null, "created_at": "2026-12-01T14:00:03Z" });
-    assert!(!created_by(&issue, &other, since), "another title");
+    assert!(!created_by(&issue, &other, since, None), "another title");
     let pull = json!({ "number": 14, "title": "Crash", "body": null, "created_at": "2026-12-01T14:00:03Z",
         "pull_request": { "url": "x" } });
-    assert!(!created_by(&issue, &pull, since), "a pull request");
-    assert!(!created_by(&issue, &json!({ "number": 15, "title": "Crash" }), since), "no creation time");
+    assert!(!created_by(&issue, &pull, since, None), "a pull request");
+    assert!(!created_by(&issue, &json!({ "number": 15, "title": "Crash" }), since, None), "no creation time");
 
     let comment = change("comment", "create", json!({ "body": "LGTM" }));
     assert_eq!(
         lookup(&comment, since).expect("a comment create is looked for").route,
         "/repos/octo/repo/issues/7/comments?per_page=100&since=2026-12-01T14:00:00Z"
     );
-    assert!(created_by(&comment, &json!({ "id": 5, "body": "LGTM", "created_at": "2026-12-01T14:00:00Z" }), since));
-    assert!(!created_by(&comment, &json!({ "id": 6, "body": "LGTM!", "created_at": "2026-12-01T14:00:09Z" }), since));
+    assert!(created_by(
+        &comment,
+        &json!({ "id": 5, "body": "LGTM", "created_at": "2026-12-01T14:00:00Z" }),
+        since,
+        None
+    ));
+    assert!(!created_by(
+        &comment,
+        &json!({ "id": 6, "body": "LGTM!", "created_at": "2026-12-01T14:00:09Z" }),
+        since,
+        None
+    ));
+    let by = |login: &str| json!({ "id": 7, "body": "LGTM", "created_at": "2026-12-01T14:00:01Z", "user": { "login": login } });
+    assert!(created_by(&comment, &by("hookbus-bot"), since, Some("hookbus-bot")), "made by this token");
+    assert!(!created_by(&comment, &by("mona"), since, Some("hookbus-bot")), "made by someone else");
+    assert!(created_by(&comment, &by("mona"), since, None), "the token's login unknown: not compared");
     let release = change("release", "create", json!({ "tag_name": "v2", "name": "Two", "body": null }));
     assert_eq!(
         lookup(&release, since).expect("a release create is looked for").route,
@@ -576,13 +590,13 @@ fn a_create_is_looked_for_by_its_fields_and_time_and_nothing_else_is_looked_for(
     );
     // Known by its tag (a release's created_at is its commit's date).
     let made = json!({ "id": 8, "tag_name": "v2", "name": "Two", "body": "", "created_at": "2020-01-01T00:00:00Z" });
-    assert!(created_by(&release, &made, since));
+    assert!(created_by(&release, &made, since, None));
     let renamed = json!({ "id": 9, "tag_name": "v2", "name": "Deux", "body": null });
     assert!(
-        !created_by(&release, &renamed, since),
+        !created_by(&release, &renamed, since, None),
         "the tag's release, but not this change's: POST, and GitHub says why"
     );
-    assert!(!created_by(&release, &json!({ "id": 10, "tag_name": "v3", "name": "Two" }), since));
+    assert!(!created_by(&release, &json!({ "id": 10, "tag_name": "v3", "name": "Two" }), since, None));
     for (kind, action) in [
         ("issue", "update"),
         ("comment", "update"),
@@ -695,7 +709,10 @@ impl FakeComments {
                 _ => (StatusCode::CREATED, axum::Json(comment)).into_response(),
             }
         };
-        let app = axum::Router::new().route(COMMENTS, axum::routing::get(list).post(create)).with_state(state);
+        let app = axum::Router::new()
+            .route(COMMENTS, axum::routing::get(list).post(create))
+            .route("/user", axum::routing::get(|| async { axum::Json(json!({ "login": "hookbus-bot" })) }))
+            .with_state(state);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind fake GitHub");
         tokio::spawn(async move { axum::serve(listener, app).await });
         FakeComments { url: format!("http://127.0.0.1:{port}"), comments, posts, lists }
@@ -750,11 +767,15 @@ async fn a_comment_whose_create_answer_was_lost_is_found_on_the_retry_not_made_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_comment_whose_create_failed_is_made_on_the_retry_even_beside_an_older_identical_one() {
-    // Somebody wrote the same words an hour ago: not this operation's comment.
+async fn a_comment_whose_create_failed_is_made_on_the_retry_even_beside_identical_ones_not_its_own() {
+    // The same words, an hour ago by anyone, and just now by someone else:
+    // neither is this operation's comment.
     let hour_ago = rfc3339(SystemTime::now() - Duration::from_secs(3_600));
-    let older = json!({ "id": 1, "body": "+1", "created_at": hour_ago, "updated_at": rfc3339(SystemTime::now()) });
-    let github = FakeComments::start(FirstCreate::Failed, vec![older]).await;
+    let now = rfc3339(SystemTime::now());
+    let older = json!({ "id": 1, "body": "+1", "created_at": hour_ago, "updated_at": now,
+        "user": { "login": "hookbus-bot" } });
+    let by_mona = json!({ "id": 2, "body": "+1", "created_at": now, "updated_at": now, "user": { "login": "mona" } });
+    let github = FakeComments::start(FirstCreate::Failed, vec![older, by_mona]).await;
     let s = with_fake_github(settings(3, vec![]), &github);
     let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
     let shutdown = run(backend.clone(), Notify::in_memory(&s).expect("notify").0, &s);
@@ -762,7 +783,7 @@ async fn a_comment_whose_create_failed_is_made_on_the_retry_even_beside_an_older
 
     assert!(until(Duration::from_secs(10), || async { github.posts() >= 2 }).await, "created on the retry");
     assert!(drained(&backend).await, "notify never drained");
-    assert_eq!(github.bodies(), vec!["+1", "+1"], "the older comment and this operation's");
+    assert_eq!(github.bodies(), vec!["+1", "+1", "+1"], "the two others and this operation's");
     assert_eq!((github.posts(), github.lists()), (2, 1));
     assert!(dead_reasons(&backend).await.is_empty(), "{:?}", dead_reasons(&backend).await);
     shutdown.trigger();
