@@ -1,8 +1,8 @@
 //! Write-back: an outbound change applied to GitHub through octocrab, at
 //! `github.api_url`. octocrab's typed calls turn every non-2xx answer into
 //! an error without its headers, so the raw calls (`_get`, `_patch`,
-//! `_post`, `_delete`) are used: the status and the rate-limit headers decide
-//! between done, retry, defer and dead.
+//! `_post`, `_delete`) are used: the status and the rate-limit headers
+//! decide between done, retry, defer and dead.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -57,9 +57,9 @@ impl GitHub {
         self.send(&call, &change.operation).await.map(drop)
     }
 
-    /// For a change that creates (an issue, a comment, a release): the resource an
-    /// earlier attempt, begun at `began_ms`, already created, if GitHub
-    /// shows one (its number or id): see [`created_by`] for what counts.
+    /// For a change that creates (an issue, a comment, a release): the
+    /// resource an earlier attempt, begun at `began_ms`, already created, if
+    /// GitHub shows one (its number or id); [`created_by`] says what counts.
     /// `None` for changes that do not create.
     pub async fn find_created(&self, change: &WritebackPayload, began_ms: i64) -> Result<Option<u64>, HandlerError> {
         let since = began_ms.saturating_sub(CLOCK_SLACK_MS);
