@@ -446,6 +446,48 @@ impl Book {
     }
 }
 
+impl Book {
+    /// Commit's `Completed` for an operation that had ended `errored`: its
+    /// dead letter was retried (by an operator, or the bus's re-drive
+    /// sweep) and went through. `record` is the operation's stored record;
+    /// the amended one is returned to be saved, and when a commit was made
+    /// and the operation is the newest to reach the file, it becomes the
+    /// applied one, so that older operations arriving later are dropped.
+    /// `None` when there is nothing to amend (not errored, not this
+    /// operation, not completed).
+    pub fn complete_errored(
+        &mut self,
+        mut record: OperationRecord,
+        outcome: &Outcome,
+        now: i64,
+    ) -> Option<OperationRecord> {
+        if record.state != OperationState::Errored
+            || record.id != outcome.operation
+            || outcome.outcome != OutcomeKind::Completed
+        {
+            return None;
+        }
+        record.commit.clone_from(&outcome.commit);
+        let what = match (&outcome.commit, &outcome.reason) {
+            (Some(sha), _) => format!("committed {sha}"),
+            (None, Some(reason)) => format!("no commit: {reason}"),
+            (None, None) => "no change to the file".to_string(),
+        };
+        record.enter(OperationState::Completed, now, format!("completed after its dead letter was retried: {what}"));
+        if outcome.commit.is_some() && self.applied.as_ref().is_none_or(|a| a.updated_at <= record.updated_at) {
+            self.applied = Some(Applied {
+                operation: record.id.clone(),
+                updated_at: record.updated_at,
+                content_hash: record.content_hash.clone(),
+                direction: record.direction,
+                changes: None,
+                echoed: false,
+            });
+        }
+        Some(record)
+    }
+}
+
 /// Equality for echo detection: lists compare as sets (GitHub and clients
 /// order labels differently).
 fn same_value(have: &serde_json::Value, want: &serde_json::Value) -> bool {

@@ -28,7 +28,7 @@ use hookbus_config::Settings;
 use crate::book::{Book, Change, OperationState};
 use crate::store::{OperationStore, RedisStore, StoreError};
 use crate::tiebreak::{GitHubTieBreaker, LaterArrivalWins, TieBreaker};
-use crate::wire::{Outcome, SyncOperation, APPLY_KIND, OPERATION_KIND, OUTCOME_KIND};
+use crate::wire::{Outcome, OutcomeKind, SyncOperation, APPLY_KIND, OPERATION_KIND, OUTCOME_KIND};
 
 /// The queue reconcile consumes.
 pub const QUEUE: &str = "reconcile";
@@ -92,7 +92,15 @@ impl Reconcile {
         let outcome: Outcome = message.payload_as()?;
         for _ in 0..SAVE_TRIES {
             let mut book = self.store.load(&outcome.key).await.map_err(HandlerError::transient)?;
-            let change = book.apply_outcome(&outcome, now_ms());
+            let mut change = book.apply_outcome(&outcome, now_ms());
+            if change.records.is_empty() && outcome.outcome == OutcomeKind::Completed {
+                // Not the processing one: perhaps an errored operation whose
+                // dead letter was retried and went through.
+                let stored = self.store.operation(&outcome.operation).await.map_err(HandlerError::transient)?;
+                if let Some(amended) = stored.and_then(|record| book.complete_errored(record, &outcome, now_ms())) {
+                    change.records.push(amended);
+                }
+            }
             if self.commit_change(&outcome.key, &book, change, out).await? {
                 return Ok(());
             }

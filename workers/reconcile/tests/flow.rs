@@ -136,6 +136,47 @@ async fn an_outcome_for_a_dead_commit_ends_the_operation_errored_with_its_reason
 }
 
 #[tokio::test]
+async fn an_errored_operation_whose_dead_letter_was_retried_is_recorded_completed_and_older_ones_drop_for_it() {
+    let redis = RedisServer::start();
+    let stores: [Arc<dyn OperationStore>; 2] = [
+        Arc::new(MemoryStore::default()),
+        Arc::new(RedisStore::connect(&redis.url(), false, "hookbus", Duration::from_secs(3_600)).expect("redis store")),
+    ];
+    for store in stores {
+        let reconcile = plugin(store.clone());
+        handle(&reconcile, operation(1, "a1", 100, "a1")).await;
+        let failed = Outcome {
+            operation: "a1".into(),
+            key: key(1),
+            outcome: OutcomeKind::Errored,
+            commit: None,
+            path: None,
+            content_hash: None,
+            reason: Some("gave up after 8 attempts: remote down".into()),
+        };
+        handle(&reconcile, Envelope::with_payload("sync.outcome", &failed).expect("payload").keyed(key(1))).await;
+        assert_eq!(state(&*store, "a1").await, OperationState::Errored);
+
+        // The remote is back; an operator retries commit's dead letter and
+        // it goes through.
+        assert!(released(&handle(&reconcile, outcome(1, "a1")).await).is_empty());
+        let record = store.operation("a1").await.expect("store").expect("a1");
+        assert_eq!(record.state, OperationState::Completed);
+        assert_eq!(record.commit.as_deref(), Some("sha-a1"));
+        let last = record.history.last().expect("history");
+        assert!(last.note.contains("dead letter was retried") && last.note.contains("sha-a1"), "{}", last.note);
+        // An older update arriving now is dropped for it.
+        handle(&reconcile, operation(1, "a0", 50, "a0")).await;
+        let older = store.operation("a0").await.expect("store").expect("a0");
+        assert_eq!((older.state, older.dropped_for.as_deref()), (OperationState::Dropped, Some("a1")));
+        // The same outcome again changes nothing more.
+        handle(&reconcile, outcome(1, "a1")).await;
+        let again = store.operation("a1").await.expect("store").expect("a1");
+        assert_eq!(again.history.len(), record.history.len());
+    }
+}
+
+#[tokio::test]
 async fn a_message_of_another_kind_is_a_dead_letter_naming_it() {
     let reconcile = plugin(Arc::new(MemoryStore::default()));
     let odd = Envelope::with_payload("github.webhook", &serde_json::json!({})).expect("payload");
