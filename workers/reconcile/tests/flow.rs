@@ -60,6 +60,20 @@ fn outcome(resource: u32, id: &str) -> Envelope {
     Envelope::with_payload("sync.outcome", &outcome).expect("payload").keyed(key(resource))
 }
 
+/// Commit's outcome for an operation whose message went dead.
+fn errored(resource: u32, id: &str, reason: &str) -> Envelope {
+    let outcome = Outcome {
+        operation: id.into(),
+        key: key(resource),
+        outcome: OutcomeKind::Errored,
+        commit: None,
+        path: None,
+        content_hash: None,
+        reason: Some(reason.into()),
+    };
+    Envelope::with_payload("sync.outcome", &outcome).expect("payload").keyed(key(resource))
+}
+
 fn plugin(store: Arc<dyn OperationStore>) -> Reconcile {
     Reconcile::new(store, Arc::new(LaterArrivalWins))
 }
@@ -120,16 +134,7 @@ async fn an_outcome_for_a_dead_commit_ends_the_operation_errored_with_its_reason
     let store: Arc<dyn OperationStore> = Arc::new(MemoryStore::default());
     let reconcile = plugin(store.clone());
     handle(&reconcile, operation(1, "a1", 100, "a1")).await;
-    let failed = Outcome {
-        operation: "a1".into(),
-        key: key(1),
-        outcome: OutcomeKind::Errored,
-        commit: None,
-        path: None,
-        content_hash: None,
-        reason: Some("gave up after 8 attempts: remote busy".into()),
-    };
-    handle(&reconcile, Envelope::with_payload("sync.outcome", &failed).expect("payload").keyed(key(1))).await;
+    handle(&reconcile, errored(1, "a1", "gave up after 8 attempts: remote busy")).await;
     let record = store.operation("a1").await.expect("store").expect("a1");
     assert_eq!(record.state, OperationState::Errored);
     assert_eq!(record.reason.as_deref(), Some("gave up after 8 attempts: remote busy"));
@@ -145,16 +150,7 @@ async fn an_errored_operation_whose_dead_letter_was_retried_is_recorded_complete
     for store in stores {
         let reconcile = plugin(store.clone());
         handle(&reconcile, operation(1, "a1", 100, "a1")).await;
-        let failed = Outcome {
-            operation: "a1".into(),
-            key: key(1),
-            outcome: OutcomeKind::Errored,
-            commit: None,
-            path: None,
-            content_hash: None,
-            reason: Some("gave up after 8 attempts: remote down".into()),
-        };
-        handle(&reconcile, Envelope::with_payload("sync.outcome", &failed).expect("payload").keyed(key(1))).await;
+        handle(&reconcile, errored(1, "a1", "gave up after 8 attempts: remote down")).await;
         assert_eq!(state(&*store, "a1").await, OperationState::Errored);
 
         // The remote is back; an operator retries commit's dead letter and
