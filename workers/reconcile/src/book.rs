@@ -142,6 +142,25 @@ pub struct Applied {
     pub echoed: bool,
 }
 
+impl Applied {
+    /// `record`'s operation as the applied one; an outbound operation with
+    /// the fields it changed, and how new its echo was if one came.
+    fn by(
+        record: &OperationRecord,
+        changes: Option<serde_json::Map<String, serde_json::Value>>,
+        echo_updated_at: Option<i64>,
+    ) -> Self {
+        Applied {
+            operation: record.id.clone(),
+            updated_at: record.updated_at.max(echo_updated_at.unwrap_or(i64::MIN)),
+            content_hash: record.content_hash.clone(),
+            direction: record.direction,
+            changes,
+            echoed: echo_updated_at.is_some(),
+        }
+    }
+}
+
 /// An operation waiting or running, with the message to send to commit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Live {
@@ -405,14 +424,7 @@ impl Book {
                     None => "no change to the file".to_string(),
                 };
                 record.enter(OperationState::Completed, now, note);
-                self.applied = Some(Applied {
-                    operation: record.id.clone(),
-                    updated_at: record.updated_at.max(live.echo_updated_at.unwrap_or(i64::MIN)),
-                    content_hash: record.content_hash.clone(),
-                    direction: record.direction,
-                    changes: live.changes.clone(),
-                    echoed: live.echo_updated_at.is_some(),
-                });
+                self.applied = Some(Applied::by(&record, live.changes.clone(), live.echo_updated_at));
             }
             OutcomeKind::Errored => {
                 record.reason.clone_from(&outcome.reason);
@@ -444,9 +456,7 @@ impl Book {
         }
         change
     }
-}
 
-impl Book {
     /// Commit's `Completed` for an operation that had ended `errored`: its
     /// dead letter was retried (by an operator, or the bus's re-drive
     /// sweep) and went through. `record` is the operation's stored record;
@@ -475,14 +485,7 @@ impl Book {
         };
         record.enter(OperationState::Completed, now, format!("completed after its dead letter was retried: {what}"));
         if outcome.commit.is_some() && self.applied.as_ref().is_none_or(|a| a.updated_at <= record.updated_at) {
-            self.applied = Some(Applied {
-                operation: record.id.clone(),
-                updated_at: record.updated_at,
-                content_hash: record.content_hash.clone(),
-                direction: record.direction,
-                changes: None,
-                echoed: false,
-            });
+            self.applied = Some(Applied::by(&record, None, None));
         }
         Some(record)
     }

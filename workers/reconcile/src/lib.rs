@@ -92,12 +92,13 @@ impl Reconcile {
         let outcome: Outcome = message.payload_as()?;
         for _ in 0..SAVE_TRIES {
             let mut book = self.store.load(&outcome.key).await.map_err(HandlerError::transient)?;
-            let mut change = book.apply_outcome(&outcome, now_ms());
+            let now = now_ms();
+            let mut change = book.apply_outcome(&outcome, now);
             if change.records.is_empty() && outcome.outcome == OutcomeKind::Completed {
                 // Not the processing one: perhaps an errored operation whose
                 // dead letter was retried and went through.
                 let stored = self.store.operation(&outcome.operation).await.map_err(HandlerError::transient)?;
-                if let Some(amended) = stored.and_then(|record| book.complete_errored(record, &outcome, now_ms())) {
+                if let Some(amended) = stored.and_then(|record| book.complete_errored(record, &outcome, now)) {
                     change.records.push(amended);
                 }
             }
