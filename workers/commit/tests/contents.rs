@@ -249,7 +249,8 @@ async fn a_rate_limited_write_is_deferred_until_the_reset_and_then_written() {
     ]);
     let op = issue_op("gh-1", 12, "One");
 
-    for expected in [28..=31, 7..=7] {
+    // The reset is 30 s ahead when asked; a slow machine answers a little later.
+    for expected in [25..=31, 7..=7] {
         let err = handle(&plugin, &op).await.err().expect("deferred");
         let HandlerError::Defer(wait, reason) = err else { panic!("deferred, not {err:?}") };
         assert!(expected.contains(&wait.as_secs()), "waits {wait:?}, expected {expected:?} s");
