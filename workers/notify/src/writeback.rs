@@ -63,14 +63,28 @@ impl GitHub {
     /// `None` for changes that do not create.
     pub async fn find_created(&self, change: &WritebackPayload, began_ms: i64) -> Result<Option<u64>, HandlerError> {
         let since = began_ms.saturating_sub(CLOCK_SLACK_MS);
-        let Some(call) = lookup(change, since) else { return Ok(None) };
-        let listed = self.send(&call, &change.operation).await?;
+        let Some(first) = lookup(change, since) else { return Ok(None) };
         let author = self.own_login().await;
-        let items = listed.as_array().map(Vec::as_slice).unwrap_or_default();
-        Ok(items
-            .iter()
-            .find(|item| created_by(change, item, since, author.as_deref()))
-            .and_then(|item| item["number"].as_u64().or(item["id"].as_u64())))
+        for page in 1..=LOOKUP_PAGES {
+            let call = Call { route: format!("{}&page={page}", first.route), ..first.clone() };
+            let listed = self.send(&call, &change.operation).await?;
+            let items = listed.as_array().map(Vec::as_slice).unwrap_or_default();
+            if let Some(item) = items.iter().find(|item| created_by(change, item, since, author.as_deref())) {
+                return Ok(item["number"].as_u64().or(item["id"].as_u64()));
+            }
+            if items.len() < PER_PAGE || listed_past(change, items, since) {
+                return Ok(None);
+            }
+        }
+        // Over a thousand candidates within seconds of the first attempt:
+        // not seen in practice; making it (maybe twice) beats never making it.
+        tracing::warn!(
+            operation = %change.operation,
+            pages = LOOKUP_PAGES,
+            "looked through {LOOKUP_PAGES} pages for an earlier attempt's {} without reaching the end; creating it",
+            change.kind
+        );
+        Ok(None)
     }
 
     /// The login the token acts as, asked once. A personal token has one;
@@ -137,14 +151,36 @@ impl GitHub {
 /// dated and still be that attempt's: our clock against GitHub's.
 pub const CLOCK_SLACK_MS: i64 = 10_000;
 
+/// Items per page of a [`lookup`] listing (GitHub's most).
+const PER_PAGE: usize = 100;
+/// Pages of a [`lookup`] listing looked through at most.
+pub const LOOKUP_PAGES: u32 = 10;
+
+/// Whether a listing's page ends past where `change`'s resource could be:
+/// issues come newest first, so once one was made before `since_ms` every
+/// later page is older still. Comments come oldest first and releases by
+/// their commit's date, so only the listing's end tells.
+fn listed_past(change: &WritebackPayload, items: &[Value], since_ms: i64) -> bool {
+    change.kind == "issue" && items.last().and_then(created_ms).is_some_and(|at| at < since_ms)
+}
+
+/// When GitHub says `item` was made, ms since the epoch.
+fn created_ms(item: &Value) -> Option<i64> {
+    item["created_at"]
+        .as_str()
+        .and_then(|at| time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok())
+        .map(|at| i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+}
+
 /// Whether `change` creates a resource (a second POST would make a second
 /// one, or for a release fail: a tag has one release).
 pub fn creates(change: &WritebackPayload) -> bool {
     change.action == "create" && matches!(change.kind.as_str(), "issue" | "comment" | "release")
 }
 
-/// The listing in which a resource `change` creates would show, newest
-/// first, from `since_ms`; `None` when `change` creates nothing.
+/// The first page of the listing in which a resource `change` creates would
+/// show, from `since_ms` where GitHub can filter by time; `None` when
+/// `change` creates nothing. Later pages add `&page=N`.
 pub fn lookup(change: &WritebackPayload, since_ms: i64) -> Option<Call> {
     if !creates(change) {
         return None;
@@ -152,10 +188,12 @@ pub fn lookup(change: &WritebackPayload, since_ms: i64) -> Option<Call> {
     let repo = &change.repository;
     let since = iso8601(since_ms);
     let route = match change.kind.as_str() {
-        "issue" => format!("/repos/{repo}/issues?state=all&sort=created&direction=desc&per_page=100&since={since}"),
+        "issue" => {
+            format!("/repos/{repo}/issues?state=all&sort=created&direction=desc&per_page={PER_PAGE}&since={since}")
+        }
         // Newest first; drafts show to a token that may push.
-        "release" => format!("/repos/{repo}/releases?per_page=100"),
-        _ => format!("/repos/{repo}/issues/{}/comments?per_page=100&since={since}", change.number?),
+        "release" => format!("/repos/{repo}/releases?per_page={PER_PAGE}"),
+        _ => format!("/repos/{repo}/issues/{}/comments?per_page={PER_PAGE}&since={since}", change.number?),
     };
     Some(Call { method: Method::Get, route, body: None })
 }
@@ -178,11 +216,7 @@ pub fn created_by(change: &WritebackPayload, item: &Value, since_ms: i64, author
     if change.kind == "release" {
         return text(change.changes.get("tag_name")).is_some() && same("tag_name") && same("name") && same("body");
     }
-    let created_ms = item["created_at"]
-        .as_str()
-        .and_then(|at| time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok())
-        .map(|at| i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX));
-    if created_ms.is_none_or(|at| at < since_ms) || item.get("pull_request").is_some() {
+    if created_ms(item).is_none_or(|at| at < since_ms) || item.get("pull_request").is_some() {
         return false;
     }
     match change.kind.as_str() {

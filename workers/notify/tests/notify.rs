@@ -647,7 +647,7 @@ enum FirstCreate {
 }
 
 /// A fake GitHub that keeps the comments of `octo/repo` issue 7, lists them
-/// (`GET`, honouring `since`) and makes them (`POST`).
+/// (`GET`, honouring `since`, `page` and `per_page`) and makes them (`POST`).
 struct FakeComments {
     url: String,
     comments: Arc<Mutex<Vec<Value>>>,
@@ -675,11 +675,16 @@ impl FakeComments {
         let list = |State((comments, _, lists, _)): State<Shared>, Query(query): Query<HashMap<String, String>>| async move {
             lists.fetch_add(1, Ordering::SeqCst);
             let since = query.get("since").cloned().unwrap_or_default();
+            let number = |name: &str, default: usize| query.get(name).and_then(|v| v.parse().ok()).unwrap_or(default);
+            let (page, per_page) = (number("page", 1), number("per_page", 30));
+            // Oldest first, as GitHub lists an issue's comments.
             let shown: Vec<Value> = comments
                 .lock()
                 .unwrap()
                 .iter()
                 .filter(|c| c["updated_at"].as_str().unwrap_or("") >= since.as_str())
+                .skip((page - 1) * per_page)
+                .take(per_page)
                 .cloned()
                 .collect();
             axum::Json(Value::Array(shown)).into_response()
@@ -762,6 +767,31 @@ async fn a_comment_whose_create_answer_was_lost_is_found_on_the_retry_not_made_t
     assert!(drained(&backend).await, "notify never drained");
     assert_eq!(github.bodies(), vec!["Fixed in 1.2"], "one comment on GitHub");
     assert_eq!(github.posts(), 1, "the retry did not POST again");
+    assert!(dead_reasons(&backend).await.is_empty(), "{:?}", dead_reasons(&backend).await);
+    shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_busy_issue_the_lost_create_is_found_on_a_later_page_of_the_listing() {
+    // 150 comments by others in the window come before ours, oldest first:
+    // ours is on the second page.
+    let now = rfc3339(SystemTime::now());
+    let busy = (0..150)
+        .map(|i| {
+            json!({ "id": i, "body": format!("+{i}"), "created_at": now, "updated_at": now,
+            "user": { "login": "mona" } })
+        })
+        .collect();
+    let github = FakeComments::start(FirstCreate::MadeThenFailed, busy).await;
+    let s = with_fake_github(settings(3, vec![]), &github);
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let shutdown = run(backend.clone(), Notify::in_memory(&s).expect("notify").0, &s);
+    backend.push("notify", &[comment_create("op-busy-issue", "Fixed in 1.3")]).await.expect("push");
+
+    assert!(until(Duration::from_secs(10), || async { github.lists() >= 2 }).await, "the retry read both pages");
+    assert!(drained(&backend).await, "notify never drained");
+    assert_eq!(github.bodies().iter().filter(|b| *b == "Fixed in 1.3").count(), 1, "one comment on GitHub");
+    assert_eq!((github.posts(), github.lists()), (1, 2), "no second POST; pages 1 and 2 read");
     assert!(dead_reasons(&backend).await.is_empty(), "{:?}", dead_reasons(&backend).await);
     shutdown.trigger();
 }
