@@ -5,7 +5,9 @@
 //! - [`client`]: an octocrab client on `github.api_url` with the token and
 //!   bounded timeouts;
 //! - [`rate_limit`]: how long a 403/429 answer asks us to wait, so a worker
-//!   defers the message instead of spending its attempts.
+//!   defers the message instead of spending its attempts;
+//! - [`error_message`]: what GitHub said went wrong, for a dead letter's
+//!   reason.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -64,6 +66,34 @@ pub fn rate_limit(
     (status == 429).then_some(Duration::from_secs(60))
 }
 
+/// What an error answer's body says went wrong: its `message`, and for a
+/// 422 each of its `errors` (`Validation Failed: Release.tag_name
+/// already_exists`), so that a dead letter tells which field GitHub refused
+/// and why. Empty when the body is not GitHub's error JSON.
+pub fn error_message(body: &str) -> String {
+    let Ok(answer) = serde_json::from_str::<serde_json::Value>(body) else { return String::new() };
+    let text = |v: &serde_json::Value, name: &str| v.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+    let mut message = text(&answer, "message").unwrap_or_default();
+    let details: Vec<String> = answer
+        .get("errors")
+        .and_then(|e| e.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|error| match error {
+            serde_json::Value::String(said) => Some(said.clone()),
+            _ => text(error, "message").or_else(|| {
+                let at = [text(error, "resource"), text(error, "field")].into_iter().flatten().collect::<Vec<_>>();
+                let code = text(error, "code")?;
+                Some(if at.is_empty() { code } else { format!("{} {code}", at.join(".")) })
+            }),
+        })
+        .collect();
+    if !details.is_empty() {
+        message = format!("{message}: {}", details.join("; "));
+    }
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +109,15 @@ mod tests {
         assert_eq!(rate_limit(429, None, None, None), Some(Duration::from_secs(60)));
         assert_eq!(rate_limit(500, Some("1".into()), None, None), None);
         assert_eq!(rate_limit(429, Some("999999".into()), None, None), Some(MAX_DEFER));
+    }
+
+    #[test]
+    fn an_error_answer_says_what_github_refused() {
+        let taken = r#"{"message":"Validation Failed","errors":[{"resource":"Release","code":"already_exists","field":"tag_name"}],"documentation_url":"https://docs.github.com"}"#;
+        assert_eq!(error_message(taken), "Validation Failed: Release.tag_name already_exists");
+        let said = r#"{"message":"Validation Failed","errors":[{"resource":"Issue","code":"custom","message":"title is too long"},"labels are locked"]}"#;
+        assert_eq!(error_message(said), "Validation Failed: title is too long; labels are locked");
+        assert_eq!(error_message(r#"{"message":"Not Found"}"#), "Not Found");
+        assert_eq!(error_message("<html>bad gateway</html>"), "");
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use hookbus_bus::HandlerError;
-use hookbus_github::rate_limit;
+use hookbus_github::{error_message, rate_limit};
 use serde_json::{json, Value};
 
 use crate::record_file::{self, Desired};
@@ -201,7 +201,7 @@ impl ContentsApi {
             return Ok(Written::Conflict);
         }
         if answer.status == 422 {
-            let message = message_of(&answer.body);
+            let message = error_message(&answer.body);
             if message.contains("does not match") {
                 return Ok(Written::Conflict);
             }
@@ -226,7 +226,7 @@ impl ContentsApi {
         if let Some(wait) = limit {
             return Err(HandlerError::Defer(wait, format!("GitHub rate limit ({status}) on {what}")));
         }
-        let message = message_of(&body);
+        let message = error_message(&body);
         Err(match status {
             401 | 403 => HandlerError::Permanent(format!(
                 "GitHub refused the token ({status}) on {what}: {message} — check HOOKBUS_GITHUB__TOKEN (it needs contents write access to {})",
@@ -240,13 +240,6 @@ impl ContentsApi {
 
 fn network(what: &str, err: octocrab::Error) -> HandlerError {
     HandlerError::Transient(format!("GitHub API {what}: {err}"))
-}
-
-fn message_of(body: &str) -> String {
-    serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or_default()
 }
 
 /// Percent-encodes a query value (the branch).

@@ -133,10 +133,7 @@ impl GitHub {
         if let Some(wait) = limit {
             return Err(HandlerError::Defer(wait, format!("GitHub rate limit ({status}) on {what}")));
         }
-        let message = serde_json::from_str::<Value>(&text.unwrap_or_default())
-            .ok()
-            .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or_default();
+        let message = hookbus_github::error_message(&text.unwrap_or_default());
         Err(match status {
             401 => HandlerError::Permanent(format!(
                 "GitHub refused the token (401) on {what}: check HOOKBUS_GITHUB__TOKEN"

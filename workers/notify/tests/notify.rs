@@ -475,6 +475,40 @@ async fn a_change_that_comes_twice_is_written_back_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_for_a_tag_that_has_one_ends_dead_with_what_github_refused() {
+    let port = free_port();
+    let refused = r#"{"message":"Validation Failed","errors":[{"resource":"Release","code":"already_exists","field":"tag_name"}]}"#;
+    let app = axum::Router::new().route(
+        "/repos/octo/repo/releases",
+        axum::routing::post(move || async move { (StatusCode::UNPROCESSABLE_ENTITY, refused).into_response() }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind fake GitHub");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut s = settings(3, vec![]);
+    s.github.api_url = format!("http://127.0.0.1:{port}");
+    s.github.token = Secret::new("ghp_test_token");
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let shutdown = run(backend.clone(), Notify::in_memory(&s).expect("notify").0, &s);
+    let change = WritebackPayload {
+        operation: "op-release-taken".into(),
+        resource: "github:octo/repo:release:v1.0".into(),
+        repository: "octo/repo".into(),
+        kind: "release".into(),
+        action: "create".into(),
+        number: None,
+        id: None,
+        changes: serde_json::from_value(json!({ "tag_name": "v1.0", "name": "One" })).unwrap(),
+    };
+    let envelope = Envelope::with_payload("github.writeback", &change).expect("payload");
+    backend.push("notify", &[envelope]).await.expect("push");
+
+    assert!(until(Duration::from_secs(5), || async { !dead_reasons(&backend).await.is_empty() }).await);
+    let reasons = dead_reasons(&backend).await;
+    assert!(reasons[0].contains("422") && reasons[0].contains("Release.tag_name already_exists"), "{reasons:?}");
+    shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_ends_the_write_back_dead_naming_the_setting() {
     let github = FakeServer::start(FakeServer::answering(401)).await;
     let s = with_github(settings(5, vec![]), &github, "ghp_bad");
