@@ -52,6 +52,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    // As the binary does, so that the memory figure is the binary's.
+    hookbus_commit::objects::one_malloc_arena();
     let window_ms: u64 = std::env::var("PUSH_WINDOW_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     let remote = tempfile::tempdir().expect("temp dir");
     let workdir = tempfile::tempdir().expect("temp dir");

@@ -9,6 +9,7 @@ use hookbus_commit::{CommitPlugin, COMMITS_JOURNAL, COMMITS_KEPT};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    hookbus_commit::objects::one_malloc_arena();
     run_worker_with("hookbus-commit", |settings, backend| {
         let plugin = CommitPlugin::from_settings(settings).map_err(|err| match err.is_permanent() {
             true => SetupError::Unusable(err.to_string()),

@@ -22,7 +22,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use git2::{Buf, Oid, Repository};
+use git2::{Oid, Repository};
 
 /// Above the repository's own object stores (libgit2 gives its loose store
 /// priority 1 and its packs 2; the highest takes the writes).
@@ -55,16 +55,28 @@ pub fn write_pack(repo: &Repository, tip: Oid, known: &[Oid]) -> Result<(), git2
     store_pack(repo, &mut builder)
 }
 
-/// The pack `builder` holds, indexed and stored among `repo`'s packs.
+/// The pack `builder` holds, indexed and stored among `repo`'s packs. The
+/// pack goes to the indexer piece by piece as it is built: held whole in
+/// memory, a merge of the whole history would need as much memory as the
+/// history takes on disk.
 fn store_pack(repo: &Repository, builder: &mut git2::PackBuilder<'_>) -> Result<(), git2::Error> {
     if builder.object_count() == 0 {
         return Ok(());
     }
-    let mut pack = Buf::new();
-    builder.write_buf(&mut pack)?;
     let odb = repo.odb()?;
     let mut writer = odb.packwriter()?;
-    writer.write_all(&pack).map_err(|err| git2::Error::from_str(&format!("writing a pack: {err}")))?;
+    let mut failed = None;
+    let built = builder.foreach(|piece| match writer.write_all(piece) {
+        Ok(()) => true,
+        Err(err) => {
+            failed = Some(err);
+            false
+        }
+    });
+    if let Some(err) = failed {
+        return Err(git2::Error::from_str(&format!("writing a pack: {err}")));
+    }
+    built?;
     writer.commit()?;
     Ok(())
 }
@@ -166,6 +178,26 @@ pub fn merge_packs(path: &Path) -> Result<Option<Merged>, git2::Error> {
         return Ok(None);
     }
     Ok(Some(Merged { indexes: packs.into_iter().take(split).map(|pack| pack.index).collect() }))
+}
+
+/// Has glibc's malloc, which libgit2 allocates through, keep one arena for
+/// the whole process, unless the operator set `MALLOC_ARENA_MAX`. By
+/// default each thread that allocates gets an arena of its own (up to
+/// eight per core) and each keeps the peak it reached: handlers on
+/// blocking threads and merges on threads of their own made the process
+/// grow with every larger merge, to 190 MiB resident over 8,000 commits
+/// with under 50 MiB in use; with one arena it peaked at 71 MiB, at the
+/// same commits/s. Call first thing in `main`.
+pub fn one_malloc_arena() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tunable of glibc's allocator; it takes no
+    // pointer and may be called at any time.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 /// Every pack index in `dir`.
