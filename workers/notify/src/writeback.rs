@@ -151,7 +151,7 @@ pub const CLOCK_SLACK_MS: i64 = 10_000;
 /// Items per page of a [`lookup`] listing (GitHub's most).
 const PER_PAGE: usize = 100;
 /// Pages of a [`lookup`] listing looked through at most.
-pub const LOOKUP_PAGES: u32 = 10;
+const LOOKUP_PAGES: u32 = 10;
 
 /// Whether a listing's page ends past where `change`'s resource could be:
 /// issues come newest first, so once one was made before `since_ms` every
