@@ -12,6 +12,11 @@
 //! remote's branch; the remote is watched every 2 ms. Also prints the peak
 //! memory of every process and of redis-server.
 //!
+//! The remote is repacked geometrically every `LATENCY_REPACK_SECS`
+//! (default 2; 0 never), as GitHub maintains its repositories: otherwise
+//! every push leaves a pack there that nothing merges, about a thousand in
+//! a run, and each later push walks them all.
+//!
 //! `cargo bench -p hookbus-e2e --bench latency`
 
 use std::collections::HashMap;
@@ -39,6 +44,27 @@ fn head(remote: &Path) -> Option<String> {
     }
     let packed = std::fs::read_to_string(remote.join("packed-refs")).ok()?;
     packed.lines().find_map(|line| line.strip_suffix(" refs/heads/main")).map(str::to_string)
+}
+
+/// Repacks `remote` geometrically every `every` until `stop`; returns how
+/// many repacks went through. A failed one (a push moved a ref meanwhile)
+/// is only reported: the next one catches up.
+fn maintain(remote: PathBuf, every: Duration, stop: Arc<AtomicBool>) -> usize {
+    let mut repacked = 0;
+    let mut next = Instant::now() + every;
+    while !stop.load(Ordering::SeqCst) {
+        if Instant::now() < next {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        let out = git(&remote, &["repack", "--geometric=2", "-d", "-q"]);
+        match out.status.success() {
+            true => repacked += 1,
+            false => eprintln!("repacking the remote failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        }
+        next = Instant::now() + every;
+    }
+    repacked
 }
 
 /// Watches the remote until `stop`: every delivery whose commit appeared,
@@ -133,6 +159,11 @@ async fn main() {
         let (remote, stop) = (remote.clone(), stop.clone());
         std::thread::spawn(move || watch(remote, stop))
     };
+    let repack_every = env_number("LATENCY_REPACK_SECS", 2);
+    let maintenance = (repack_every > 0).then(|| {
+        let (remote, stop) = (remote.clone(), stop.clone());
+        std::thread::spawn(move || maintain(remote, Duration::from_secs(repack_every), stop))
+    });
 
     let template = issue_template();
     let base = 1_795_000_000i64;
@@ -187,6 +218,10 @@ async fn main() {
     };
     stop.store(true, Ordering::SeqCst);
     let pushed = watcher.join().expect("watcher");
+    match maintenance.map(|thread| thread.join().expect("maintenance")) {
+        Some(repacked) => println!("  remote repacked {repacked} times (every {repack_every} s)"),
+        None => println!("  remote never repacked"),
+    }
     if pushed.len() < total as usize {
         // Where the missing ones are, while the processes still run, and
         // what the processes said about it (warnings and errors only).
