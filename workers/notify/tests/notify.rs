@@ -789,12 +789,19 @@ fn with_fake_github(mut s: Settings, github: &FakeComments) -> Settings {
     s
 }
 
+/// notify in this process over the memory bus, writing back to `github`
+/// (three attempts per message).
+fn notify_against(github: &FakeComments) -> (Arc<dyn Backend>, Shutdown) {
+    let s = with_fake_github(settings(3, vec![]), github);
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let shutdown = run(backend.clone(), Notify::in_memory(&s).expect("notify").0, &s);
+    (backend, shutdown)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_comment_whose_create_answer_was_lost_is_found_on_the_retry_not_made_twice() {
     let github = FakeComments::start(FirstCreate::MadeThenFailed, vec![]).await;
-    let s = with_fake_github(settings(3, vec![]), &github);
-    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-    let shutdown = run(backend.clone(), Notify::in_memory(&s).expect("notify").0, &s);
+    let (backend, shutdown) = notify_against(&github);
     backend.push("notify", &[comment_create("op-lost-answer", "Fixed in 1.2")]).await.expect("push");
 
     assert!(until(Duration::from_secs(10), || async { github.lists() >= 1 }).await, "the retry looked first");
@@ -817,9 +824,7 @@ async fn on_a_busy_issue_the_lost_create_is_found_on_a_later_page_of_the_listing
         })
         .collect();
     let github = FakeComments::start(FirstCreate::MadeThenFailed, busy).await;
-    let s = with_fake_github(settings(3, vec![]), &github);
-    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-    let shutdown = run(backend.clone(), Notify::in_memory(&s).expect("notify").0, &s);
+    let (backend, shutdown) = notify_against(&github);
     backend.push("notify", &[comment_create("op-busy-issue", "Fixed in 1.3")]).await.expect("push");
 
     assert!(until(Duration::from_secs(10), || async { github.lists() >= 2 }).await, "the retry read both pages");
@@ -840,9 +845,7 @@ async fn a_comment_whose_create_failed_is_made_on_the_retry_even_beside_identica
         "user": { "login": "hookbus-bot" } });
     let by_mona = json!({ "id": 2, "body": "+1", "created_at": now, "updated_at": now, "user": { "login": "mona" } });
     let github = FakeComments::start(FirstCreate::Failed, vec![older, by_mona]).await;
-    let s = with_fake_github(settings(3, vec![]), &github);
-    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-    let shutdown = run(backend.clone(), Notify::in_memory(&s).expect("notify").0, &s);
+    let (backend, shutdown) = notify_against(&github);
     backend.push("notify", &[comment_create("op-failed-create", "+1")]).await.expect("push");
 
     assert!(until(Duration::from_secs(10), || async { github.posts() >= 2 }).await, "created on the retry");
