@@ -47,8 +47,8 @@ fn head(remote: &Path) -> Option<String> {
 }
 
 /// Repacks `remote` geometrically every `every` until `stop`; returns how
-/// many repacks went through. A failed one (a push moved a ref meanwhile)
-/// is only reported: the next one catches up.
+/// many repacks went through. A failed one is only reported: the next one
+/// catches up.
 fn maintain(remote: PathBuf, every: Duration, stop: Arc<AtomicBool>) -> usize {
     let mut repacked = 0;
     let mut next = Instant::now() + every;
