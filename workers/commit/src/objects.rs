@@ -14,7 +14,8 @@
 //! - [`merge_packs`]: when there are more than [`MAX_PACKS`] packs, the
 //!   smaller ones are merged geometrically, on a thread of their own, so
 //!   lookups never walk hundreds of indexes and each object is rewritten
-//!   only a few times in its life.
+//!   only a few times in its life; packs past [`SETTLED_OBJECTS`] are not
+//!   merged again, so that a merge's memory stays bounded.
 //!
 //! A process killed between two pushes loses only commits that were never
 //! pushed: their messages were not acknowledged, and are applied again.
@@ -139,23 +140,44 @@ impl Merged {
     }
 }
 
-/// Whether the repository at `path` has more than [`MAX_PACKS`] packs.
+/// Packs holding more objects than this are never merged again, as if
+/// marked `.keep`. A merge holds an entry per object it takes in (about
+/// 660 bytes each at its peak, measured on 56,000 objects), so merging a
+/// long history whole would need memory in proportion to it; with this
+/// bound a merge takes in at most some [`MAX_PACKS`] packs below it. A
+/// history of ten million objects leaves about fifty settled packs.
+pub const SETTLED_OBJECTS: u32 = 200_000;
+
+/// Whether the repository at `path` has more than [`MAX_PACKS`] packs that
+/// may still be merged.
 pub fn too_many_packs(path: &Path) -> bool {
-    packs_in(&path.join("objects").join("pack")).is_ok_and(|packs| packs.len() > MAX_PACKS)
+    mergeable(&path.join("objects").join("pack"), SETTLED_OBJECTS).is_ok_and(|packs| packs.len() > MAX_PACKS)
+}
+
+/// The packs in `dir` that may still be merged: neither kept nor holding
+/// more than `settled` objects.
+fn mergeable(dir: &Path, settled: u32) -> std::io::Result<Vec<Pack>> {
+    Ok(packs_in(dir)?.into_iter().filter(|pack| pack.objects <= settled).collect())
 }
 
 /// Merges packs of the bare repository at `path`, geometrically (as
 /// `git repack --geometric=2` does): sorted by size, the packs above the
 /// merged ones each hold at least twice what the next smaller one does, and
 /// the merged pack less than half the next one, so each object is rewritten
-/// about log2(history / push) times in its life. Packs marked `.keep` are
-/// left alone. The merged pack is stored; the packs it replaces are
-/// returned, not removed. Uses a handle of its own, so that it can run
-/// beside the workdir (a merge of 14,000 objects took over a second).
+/// about log2(history / push) times in its life. Packs marked `.keep` and
+/// packs of more than [`SETTLED_OBJECTS`] objects are left alone. The
+/// merged pack is stored; the packs it replaces are returned, not removed.
+/// Uses a handle of its own, so that it can run beside the workdir (a merge
+/// of 14,000 objects took over a second).
 pub fn merge_packs(path: &Path) -> Result<Option<Merged>, git2::Error> {
+    merge_packs_up_to(path, SETTLED_OBJECTS)
+}
+
+/// [`merge_packs`], leaving packs of more than `settled` objects alone.
+fn merge_packs_up_to(path: &Path, settled: u32) -> Result<Option<Merged>, git2::Error> {
     let repo = Repository::open_bare(path)?;
     let dir = repo.path().join("objects").join("pack");
-    let mut packs = packs_in(&dir).map_err(|err| io_error("listing packs", err))?;
+    let mut packs = mergeable(&dir, settled).map_err(|err| io_error("listing packs", err))?;
     if packs.len() <= MAX_PACKS {
         return Ok(None);
     }
@@ -370,6 +392,43 @@ mod tests {
         }
         assert_eq!(commits, 200);
         assert_eq!(loose_objects(&repo), 0);
+    }
+
+    #[test]
+    fn a_settled_pack_is_never_merged_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("w.git");
+        Repository::init_bare(&path).expect("repo");
+        let packs_dir = path.join("objects/pack");
+        // One pack of 15 commits (some 100 objects), then 20 of one commit.
+        let repo = Repository::open_bare(&path).expect("repo");
+        keep_new_objects_in_memory(&repo).expect("memory");
+        let mut tip = None;
+        for n in 0..15 {
+            tip = Some(commit_file(&repo, tip, n));
+        }
+        write_pack(&repo, tip.expect("tip"), &[]).expect("pack");
+        let big = packs_in(&packs_dir).expect("packs").remove(0);
+        for n in 15..35 {
+            let known: Vec<Oid> = tip.into_iter().collect();
+            tip = Some(commit_file(&repo, tip, n));
+            write_pack(&repo, tip.expect("tip"), &known).expect("pack");
+        }
+        drop(repo);
+        let settled = big.objects - 1;
+        assert_eq!(mergeable(&packs_dir, settled).expect("packs").len(), 20, "all but the big one");
+        // The 20 small ones hold more than half the big one: unsettled, it
+        // would be merged with them.
+        let sizes = |packs: Vec<Pack>| packs.iter().map(|p| u64::from(p.objects)).collect::<Vec<_>>();
+        let mut all = sizes(packs_in(&packs_dir).expect("packs"));
+        all.sort_unstable();
+        assert_eq!(geometric_split(&all), 21, "{all:?}");
+
+        merge_packs_up_to(&path, settled).expect("merge").expect("merged").remove().expect("remove");
+        let left = packs_in(&packs_dir).expect("packs");
+        assert_eq!(left.len(), 2, "the settled pack and the merged one");
+        assert!(left.iter().any(|pack| pack.index == big.index), "the settled pack was left alone");
+        assert!(mergeable(&packs_dir, settled).expect("packs").len() <= MAX_PACKS);
     }
 
     #[test]
