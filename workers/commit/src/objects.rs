@@ -419,8 +419,7 @@ mod tests {
         assert_eq!(mergeable(&packs_dir, settled).expect("packs").len(), 20, "all but the big one");
         // The 20 small ones hold more than half the big one: unsettled, it
         // would be merged with them.
-        let sizes = |packs: Vec<Pack>| packs.iter().map(|p| u64::from(p.objects)).collect::<Vec<_>>();
-        let mut all = sizes(packs_in(&packs_dir).expect("packs"));
+        let mut all: Vec<u64> = packs_in(&packs_dir).expect("packs").iter().map(|p| u64::from(p.objects)).collect();
         all.sort_unstable();
         assert_eq!(geometric_split(&all), 21, "{all:?}");
 
