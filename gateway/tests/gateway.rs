@@ -277,6 +277,16 @@ async fn a_signed_body_that_is_not_json_is_400_and_nothing_is_stored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_json_body_with_bytes_that_are_not_utf8_is_400_and_nothing_is_stored() {
+    let gw = TestGateway::start().await;
+    // Well-formed JSON but for one byte inside a string, which no UTF-8
+    // text holds.
+    let body = b"{\"action\":\"opened\",\"title\":\"caf\xe9\"}".to_vec();
+    let response = gw.webhook("issues", &delivery(), body).send().await.expect("request");
+    assert_refused(&gw, response, StatusCode::BAD_REQUEST, "not UTF-8").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_form_post_without_payload_is_400_and_nothing_is_stored() {
     let gw = TestGateway::start().await;
     let response = gw
