@@ -230,9 +230,8 @@ fn json_body(headers: &HeaderMap, raw: Bytes) -> Result<Bytes, Rejection> {
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let json = match mime.as_str() {
         "application/json" | "" => raw,
-        "application/x-www-form-urlencoded" => form_urlencoded::parse(&raw)
-            .find(|(name, _)| name == "payload")
-            .map(|(_, value)| Bytes::from(value.into_owned()))
+        "application/x-www-form-urlencoded" => form_payload(&raw)
+            .map(Bytes::from)
             .ok_or_else(|| Rejection::bad_request("form body has no payload field"))?,
         _ => {
             return Err(Rejection::new(
@@ -249,4 +248,21 @@ fn json_body(headers: &HeaderMap, raw: Bytes) -> Result<Bytes, Rejection> {
     serde_json::from_str::<serde::de::IgnoredAny>(text)
         .map_err(|err| Rejection::bad_request(format!("body is not JSON: {err}")))?;
     Ok(json)
+}
+
+/// The `payload` field of a form body, decoded to its exact bytes.
+/// (`form_urlencoded::parse` would replace bytes that are not UTF-8 with
+/// U+FFFD: a changed body, accepted without a word.)
+fn form_payload(raw: &[u8]) -> Option<Vec<u8>> {
+    let decode = |part: &[u8]| -> Vec<u8> {
+        let spaced: Vec<u8> = part.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+        percent_encoding::percent_decode(&spaced).collect()
+    };
+    raw.split(|&b| b == b'&').find_map(|pair| {
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(at) => (&pair[..at], &pair[at + 1..]),
+            None => (pair, &[][..]),
+        };
+        (decode(name) == b"payload").then(|| decode(value))
+    })
 }

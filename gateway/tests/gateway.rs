@@ -287,6 +287,20 @@ async fn a_signed_json_body_with_bytes_that_are_not_utf8_is_400_and_nothing_is_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_payload_whose_bytes_are_not_utf8_is_400_and_nothing_is_stored() {
+    let gw = TestGateway::start().await;
+    // `%E9` alone decodes to a byte that no UTF-8 text holds; decoding it
+    // lossily would queue a body GitHub never sent.
+    let form = "payload=%7B%22title%22%3A%22caf%E9%22%7D";
+    let response = gw
+        .webhook_as("issues", &delivery(), form, "application/x-www-form-urlencoded", SECRET.as_bytes())
+        .send()
+        .await
+        .expect("request");
+    assert_refused(&gw, response, StatusCode::BAD_REQUEST, "not UTF-8").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_form_post_without_payload_is_400_and_nothing_is_stored() {
     let gw = TestGateway::start().await;
     let response = gw
