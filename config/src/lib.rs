@@ -621,6 +621,9 @@ impl GitSettings {
     }
 }
 
+/// More serving threads than this is a typo, not a machine.
+pub const MAX_GATEWAY_THREADS: usize = 256;
+
 /// The HTTP gateway (`hookbus-gateway`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -638,6 +641,9 @@ pub struct GatewaySettings {
     /// Longest a request waits on Redis before answering 503: a dead Redis
     /// must fail fast, GitHub times out after 10 s.
     pub redis_timeout_ms: u64,
+    /// Serving threads of `hookbus-gateway`, each with its own runtime and
+    /// Redis connections; 0 means one per CPU.
+    pub threads: usize,
 }
 
 impl Default for GatewaySettings {
@@ -648,6 +654,7 @@ impl Default for GatewaySettings {
             grace_period_ms: 20_000,
             delivery_retention_ms: 7 * 24 * 3_600_000,
             redis_timeout_ms: 2_000,
+            threads: 0,
         }
     }
 }
@@ -658,6 +665,13 @@ impl GatewaySettings {
     }
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms)
+    }
+    /// How many serving threads: as set, or one per CPU.
+    pub fn serving_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
     }
 }
 
@@ -946,6 +960,12 @@ impl Settings {
         if gateway.redis_timeout_ms == 0 {
             return Err(ConfigError::invalid("gateway.redis_timeout_ms", "must be at least 1"));
         }
+        if gateway.threads > MAX_GATEWAY_THREADS {
+            return Err(ConfigError::invalid(
+                "gateway.threads (HOOKBUS_GATEWAY__THREADS)",
+                format!("must be 0 (one per CPU) to {MAX_GATEWAY_THREADS}"),
+            ));
+        }
         self.git.validate()?;
         self.notify.validate()?;
         let valid_part = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
@@ -1169,6 +1189,16 @@ mod tests {
         assert!(err.to_string().contains("gateway.delivery_retention_ms"), "{err}");
         let err = load(&[("HOOKBUS_GITHUB__API_URL", "ftp://x")]).expect_err("bad url");
         assert!(err.to_string().contains("HOOKBUS_GITHUB__API_URL"), "{err}");
+        let err = load(&[("HOOKBUS_GATEWAY__THREADS", "100000")]).expect_err("too many");
+        assert!(err.to_string().contains("HOOKBUS_GATEWAY__THREADS"), "{err}");
+    }
+
+    #[test]
+    fn gateway_threads_default_to_one_per_cpu() {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(load(&[]).expect("defaults load").gateway.serving_threads(), cpus);
+        let s = load(&[("HOOKBUS_GATEWAY__THREADS", "3")]).expect("loads");
+        assert_eq!(s.gateway.serving_threads(), 3);
     }
 
     #[test]

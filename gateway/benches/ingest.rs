@@ -30,7 +30,7 @@ use axum::Router;
 use hookbus_bus::Shutdown;
 use hookbus_config::{Secret, Settings};
 use hookbus_gateway::signature::sign;
-use hookbus_gateway::{serve, Gateway};
+use hookbus_gateway::{serve, serve_on_threads, Gateway};
 use hookbus_testkit::RedisServer;
 
 const SECRET: &str = "benchmark-secret";
@@ -66,15 +66,16 @@ impl Figures {
     }
 }
 
-/// CPU time (user + system) so far of this process's threads named `name`:
-/// what the server side cost, whatever else the machine was doing.
+/// CPU time (user + system) so far of this process's threads whose name
+/// starts with `name`: what the server side cost, whatever else the machine
+/// was doing.
 fn thread_cpu(name: &str) -> Duration {
     let ticks_per_second = 100.0; // USER_HZ on Linux
     let mut ticks = 0u64;
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Duration::ZERO };
     for task in tasks.flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim() != name {
+        if !comm.trim().starts_with(name) {
             continue;
         }
         let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
@@ -283,26 +284,29 @@ fn main() {
     settings.redis.url = Secret::new(redis.url());
     settings.github.webhook_secret = Secret::new(SECRET);
     let shutdown = Shutdown::new();
+    // Served as `hookbus-gateway` serves: connections accepted on one
+    // thread and handed to `gateway.threads` (one per CPU) serving threads,
+    // `gateway-0`, `gateway-1`, ..., each with a gateway of its own.
     let (base, server) = {
         let settings = settings.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let shutdown = shutdown.clone();
-        let thread = std::thread::spawn(move || {
-            // Named, so that `perf report --sort comm` tells server from client.
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_name("gateway-server")
-                .enable_all()
-                .build()
-                .expect("rt");
-            runtime.block_on(async move {
-                let backend = hookbus_bus::connect(&settings).expect("backend");
-                let router = Gateway::over_redis(backend, &settings).expect("gateway").router();
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-                tx.send(listener.local_addr().expect("address")).expect("send address");
-                let _ = serve(listener, router, shutdown, Duration::from_secs(5)).await;
-            });
-        });
+        let thread = std::thread::Builder::new()
+            .name("gateway-accept".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                    tx.send(listener.local_addr().expect("address")).expect("send address");
+                    let threads = settings.gateway.serving_threads();
+                    let build = move || {
+                        let backend = hookbus_bus::connect(&settings).expect("backend");
+                        Ok(Gateway::over_redis(backend, &settings)?.router())
+                    };
+                    let _ = serve_on_threads(listener, threads, build, shutdown, Duration::from_secs(5)).await;
+                });
+            })
+            .expect("gateway thread");
         (format!("http://{}", rx.recv().expect("address")), thread)
     };
     let mut conn = redis.client();
@@ -312,7 +316,7 @@ fn main() {
     let (mut bare_totals, mut gateway_totals) = (Totals::default(), Totals::default());
     for _ in 0..rounds {
         for (target, url, totals) in
-            [("bare-server", &bare_base, &mut bare_totals), ("gateway-server", &base, &mut gateway_totals)]
+            [("bare-server", &bare_base, &mut bare_totals), ("gateway-", &base, &mut gateway_totals)]
         {
             let (client_before, server_before, redis_before) =
                 (thread_cpu("load-client"), thread_cpu(target), redis_cpu(&mut conn));

@@ -2,15 +2,19 @@
 //! bad or missing setting), connects to Redis and serves the gateway on
 //! `0.0.0.0:$PORT` until SIGTERM/SIGINT, then drains in-flight requests.
 //! Operation states come from the records reconcile keeps in the same Redis.
+//!
+//! The main thread accepts connections and hands them out to
+//! `gateway.threads` serving threads (one per CPU by default), each with a
+//! gateway of its own ([`serve_on_threads`]).
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use hookbus_bus::Shutdown;
 use hookbus_gateway::operations::StoreLookup;
-use hookbus_gateway::{serve, Gateway};
+use hookbus_gateway::{serve_on_threads, Gateway, GatewayError};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let settings = hookbus_config::exit_on_error(hookbus_config::Settings::load());
     // Outside dev mode an unsigned gateway would accept anyone's events.
@@ -24,27 +28,6 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let backend = match hookbus_bus::connect(&settings) {
-        Ok(backend) => backend,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot set up the redis connection");
-            return ExitCode::FAILURE;
-        }
-    };
-    let operations = match StoreLookup::over_redis(&settings) {
-        Ok(operations) => operations,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot set up the redis connection for operation records");
-            return ExitCode::FAILURE;
-        }
-    };
-    let gateway = match Gateway::over_redis(backend, &settings) {
-        Ok(gateway) => gateway.with_operations(Arc::new(operations)),
-        Err(err) => {
-            tracing::error!(error = %err, "cannot set up the gateway");
-            return ExitCode::FAILURE;
-        }
-    };
     let address = std::net::SocketAddr::from(([0, 0, 0, 0], settings.gateway.port));
     let listener = match tokio::net::TcpListener::bind(address).await {
         Ok(listener) => listener,
@@ -53,8 +36,18 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(%address, "gateway listening");
-    match serve(listener, gateway.router(), shutdown, settings.gateway.grace_period()).await {
+    let threads = settings.gateway.serving_threads();
+    let grace = settings.gateway.grace_period();
+    tracing::info!(%address, threads, "gateway listening");
+    let build = move || {
+        let backend = hookbus_bus::connect(&settings)
+            .map_err(|err| GatewayError::Setup(format!("cannot set up the redis connection: {err}")))?;
+        let operations = StoreLookup::over_redis(&settings).map_err(|err| {
+            GatewayError::Setup(format!("cannot set up the redis connection for operation records: {err}"))
+        })?;
+        Ok(Gateway::over_redis(backend, &settings)?.with_operations(Arc::new(operations)).router())
+    };
+    match serve_on_threads(listener, threads, build, shutdown, grace).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "gateway stopped with an error");
