@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -51,19 +51,26 @@ struct Delivery {
     id: String,
 }
 
-/// The handler: every outcome is counted and answered as JSON.
-pub async fn receive(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    let mut event_label = "unverified".to_string();
-    let delivery_header = header_text(&headers, "x-github-delivery").unwrap_or("").to_string();
-    match accept(&gateway, &headers, body, &mut event_label).await {
+/// The handler: every outcome is counted and answered as JSON. Takes the
+/// request whole, so that its headers are read where they are, not copied.
+pub async fn receive(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let mut verified = false;
+    match accept(&gateway, headers, body, &mut verified).await {
         Ok(response) => response,
         Err(rejection) => {
-            metrics::webhook(&event_label, rejection.result_label());
+            // Signed by GitHub, its event name may become a label; before, not.
+            let event = match verified {
+                true => header_text(headers, "x-github-event").unwrap_or(""),
+                false => "unverified",
+            };
+            metrics::webhook(event, rejection.result_label());
             tracing::warn!(
                 status = rejection.status.as_u16(),
                 reason = %rejection.reason,
-                event = %event_label,
-                delivery = %printable(&delivery_header),
+                event = %event,
+                delivery = %printable(header_text(headers, "x-github-delivery").unwrap_or("")),
                 "webhook refused"
             );
             rejection.into_response()
@@ -71,11 +78,13 @@ pub async fn receive(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, bo
     }
 }
 
+/// Checks, stores and answers one webhook; sets `verified` once the
+/// signature held.
 async fn accept(
     gateway: &Gateway,
     headers: &HeaderMap,
     body: Body,
-    event_label: &mut String,
+    verified: &mut bool,
 ) -> Result<Response, Rejection> {
     let delivery = github_headers(headers)?;
     let raw = read_limited(body, headers, gateway.max_body).await?;
@@ -85,8 +94,7 @@ async fn accept(
         headers.get("x-hub-signature-256").map(|v| v.as_bytes()),
     )
     .map_err(|err| Rejection::unauthorized(err.to_string()))?;
-    // Signed by GitHub from here on, so its event name may become a label.
-    event_label.clone_from(&delivery.event);
+    *verified = true;
     let json = json_body(headers, raw)?;
 
     let payload = WebhookPayload { event: &delivery.event, delivery: &delivery.id, received_at: now_ms(), body: &json };
