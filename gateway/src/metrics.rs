@@ -14,6 +14,8 @@
 //!   ([`worker_series`]), so one scrape of the `web` dyno covers the fleet —
 //!   including processes that died, until their report is 24 h old.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const WEBHOOKS: &str = "hookbus_webhooks_total";
@@ -60,9 +63,47 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Handles by one label value, then by the others.
+type Handles<K, H> = RefCell<HashMap<String, HashMap<K, H>>>;
+
+thread_local! {
+    /// This thread's handles of `hookbus_webhooks_total`, by event, then
+    /// result: registered once each, then counted without building a key.
+    static WEBHOOK_COUNTERS: Handles<&'static str, Counter> = RefCell::default();
+    /// This thread's handles of the request-duration histogram, by route,
+    /// then (method, status).
+    static DURATIONS: Handles<(&'static str, u16), Histogram> = RefCell::default();
+}
+
 /// Counts one answered webhook.
 pub fn webhook(event: &str, result: &'static str) {
-    metrics::counter!(WEBHOOKS, "event" => event.to_string(), "result" => result).increment(1);
+    WEBHOOK_COUNTERS.with_borrow_mut(|counters| {
+        if let Some(counter) = counters.get(event).and_then(|by_result| by_result.get(result)) {
+            counter.increment(1);
+            return;
+        }
+        let counter = metrics::counter!(WEBHOOKS, "event" => event.to_string(), "result" => result);
+        counter.increment(1);
+        counters.entry(event.to_string()).or_default().insert(result, counter);
+    });
+}
+
+/// Records one request's duration under its route pattern, method and status.
+fn request_duration(route: &str, method: &'static str, status: u16, seconds: f64) {
+    DURATIONS.with_borrow_mut(|durations| {
+        if let Some(histogram) = durations.get(route).and_then(|by_answer| by_answer.get(&(method, status))) {
+            histogram.record(seconds);
+            return;
+        }
+        let histogram = metrics::histogram!(
+            REQUEST_DURATION,
+            "method" => method,
+            "route" => route.to_string(),
+            "status" => status.to_string()
+        );
+        histogram.record(seconds);
+        durations.entry(route.to_string()).or_default().insert((method, status), histogram);
+    });
 }
 
 /// Sets one queue-depth gauge.
@@ -145,19 +186,10 @@ fn method_label(method: &Method) -> &'static str {
 /// path, whose ids would grow the label set) and a bounded method label.
 pub async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let method = method_label(request.method());
     let response = next.run(request).await;
-    metrics::histogram!(
-        REQUEST_DURATION,
-        "method" => method,
-        "route" => route,
-        "status" => response.status().as_u16().to_string()
-    )
-    .record(started.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    request_duration(route, method, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }
