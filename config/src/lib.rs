@@ -623,6 +623,10 @@ impl GitSettings {
 
 /// More serving threads than this is a typo, not a machine.
 pub const MAX_GATEWAY_THREADS: usize = 256;
+/// At most this many serving threads unless `gateway.threads` says more: a
+/// shared host (a Heroku dyno) reports all of its CPUs, and each thread
+/// holds its own Redis connections, which small Redis plans count.
+pub const DEFAULT_GATEWAY_THREADS_CAP: usize = 4;
 
 /// The HTTP gateway (`hookbus-gateway`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -642,7 +646,8 @@ pub struct GatewaySettings {
     /// must fail fast, GitHub times out after 10 s.
     pub redis_timeout_ms: u64,
     /// Serving threads of `hookbus-gateway`, each with its own runtime and
-    /// Redis connections; 0 means one per CPU.
+    /// two Redis connections; 0 means one per CPU, at most
+    /// [`DEFAULT_GATEWAY_THREADS_CAP`].
     pub threads: usize,
 }
 
@@ -666,10 +671,11 @@ impl GatewaySettings {
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms)
     }
-    /// How many serving threads: as set, or one per CPU.
+    /// How many serving threads: as set, or one per CPU up to
+    /// [`DEFAULT_GATEWAY_THREADS_CAP`].
     pub fn serving_threads(&self) -> usize {
         match self.threads {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            0 => std::thread::available_parallelism().map_or(1, usize::from).min(DEFAULT_GATEWAY_THREADS_CAP),
             n => n,
         }
     }
@@ -1194,9 +1200,9 @@ mod tests {
     }
 
     #[test]
-    fn gateway_threads_default_to_one_per_cpu() {
+    fn gateway_threads_default_to_one_per_cpu_up_to_the_cap() {
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        assert_eq!(load(&[]).expect("defaults load").gateway.serving_threads(), cpus);
+        assert_eq!(load(&[]).expect("defaults load").gateway.serving_threads(), cpus.min(DEFAULT_GATEWAY_THREADS_CAP));
         let s = load(&[("HOOKBUS_GATEWAY__THREADS", "3")]).expect("loads");
         assert_eq!(s.gateway.serving_threads(), 3);
     }
