@@ -285,7 +285,7 @@ fn main() {
     settings.github.webhook_secret = Secret::new(SECRET);
     let shutdown = Shutdown::new();
     // Served as `hookbus-gateway` serves: connections accepted on one
-    // thread and handed to `gateway.threads` (one per CPU) serving threads,
+    // thread and handed to `gateway.threads` (one per CPU, at most 4) serving threads,
     // `gateway-0`, `gateway-1`, ..., each with a gateway of its own.
     let (base, server) = {
         let settings = settings.clone();
