@@ -14,22 +14,46 @@ fn thread_name_router() -> Result<Router, GatewayError> {
     Ok(Router::new().route("/thread", get(|| async { std::thread::current().name().unwrap_or("unnamed").to_string() })))
 }
 
+/// `GET /thread` over `connection`, HTTP/1.1 kept alive; the body.
+async fn get_thread_name(connection: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    connection.write_all(b"GET /thread HTTP/1.1\r\nhost: gateway\r\n\r\n").await.expect("request");
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let read = connection.read(&mut chunk).await.expect("response");
+        assert!(read > 0, "connection closed mid-response: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&chunk[..read]);
+        let text = String::from_utf8_lossy(&received).into_owned();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else { continue };
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+            .and_then(|v| v.parse().ok())
+            .expect("content-length");
+        if body.len() >= length {
+            return body[..length].to_string();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_connection_stays_on_one_serving_thread_and_connections_take_turns() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}/thread", listener.local_addr().expect("address"));
+    let address = listener.local_addr().expect("address");
     let shutdown = Shutdown::new();
     let server =
         tokio::spawn(serve_on_threads(listener, 3, thread_name_router, shutdown.clone(), Duration::from_secs(5)));
 
     let mut threads = Vec::new();
     for _ in 0..6 {
-        // One client each: one connection each, kept alive between requests.
-        let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().expect("client");
+        // One TCP connection each, kept alive between its requests (a
+        // pooling client may open another while the last is being put back).
+        let mut connection = tokio::net::TcpStream::connect(address).await.expect("connect");
         let mut seen = BTreeSet::new();
         for _ in 0..3 {
-            let name = client.get(&url).send().await.expect("request").text().await.expect("body");
-            seen.insert(name);
+            seen.insert(get_thread_name(&mut connection).await);
         }
         assert_eq!(seen.len(), 1, "one connection moved between threads: {seen:?}");
         threads.extend(seen);
