@@ -6,7 +6,8 @@
 //! `cargo bench -p hookbus-gateway --bench ingest`
 //! Tunables: `INGEST_SECS` (default 10 per target), `INGEST_ROUNDS`
 //! (default 5), `INGEST_CONNECTIONS` (default 64), `INGEST_DRAIN` (default
-//! 1). All traffic stays on 127.0.0.1.
+//! 1), `INGEST_THREADS` (the gateway's serving threads; default as
+//! `gateway.threads`). All traffic stays on 127.0.0.1.
 //!
 //! The two targets take turns, `INGEST_ROUNDS` times each, so that a change
 //! in what else the machine is doing lands on both alike (this machine's
@@ -298,7 +299,10 @@ fn main() {
                 runtime.block_on(async move {
                     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
                     tx.send(listener.local_addr().expect("address")).expect("send address");
-                    let threads = settings.gateway.serving_threads();
+                    let threads = match env_number("INGEST_THREADS", 0) {
+                        0 => settings.gateway.serving_threads(),
+                        n => n as usize,
+                    };
                     let build = move || {
                         let backend = hookbus_bus::connect(&settings).expect("backend");
                         Ok(Gateway::over_redis(backend, &settings)?.router())
