@@ -300,6 +300,47 @@ async fn a_form_payload_whose_bytes_are_not_utf8_is_400_and_nothing_is_stored() 
     assert_refused(&gw, response, StatusCode::BAD_REQUEST, "not UTF-8").await;
 }
 
+/// A JSON array of real payloads, over 2 MiB: a body the gateway checks on
+/// its blocking pool rather than on the serving thread.
+fn a_large_json_body() -> Vec<u8> {
+    let one = fixture("issues", "opened.json");
+    let mut body = b"[".to_vec();
+    while body.len() < 2 * 1024 * 1024 {
+        if body.len() > 1 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&one);
+    }
+    body.push(b']');
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_over_a_mebibyte_is_checked_off_the_serving_thread_and_stored_byte_identical() {
+    let gw = TestGateway::start().await;
+    let body = a_large_json_body();
+    let response = gw.webhook("issues", &delivery(), body.clone()).send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let pending = gw.pending();
+    assert_eq!(pending.len(), 1);
+    assert!(webhook_payload(&pending[0]).body == body, "body changed on the way");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_over_a_mebibyte_with_a_wrong_signature_or_broken_json_is_refused_and_nothing_is_stored() {
+    let gw = TestGateway::start().await;
+    let body = a_large_json_body();
+    let response = gw
+        .webhook_as("issues", &delivery(), body.clone(), "application/json", b"not the secret")
+        .send()
+        .await
+        .expect("request");
+    assert_refused(&gw, response, StatusCode::UNAUTHORIZED, "does not match").await;
+    let cut = body[..body.len() - 1].to_vec();
+    let response = gw.webhook("issues", &delivery(), cut).send().await.expect("request");
+    assert_refused(&gw, response, StatusCode::BAD_REQUEST, "not JSON").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_form_post_without_payload_is_400_and_nothing_is_stored() {
     let gw = TestGateway::start().await;
