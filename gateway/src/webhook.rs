@@ -90,22 +90,20 @@ async fn accept(
     let raw = read_limited(body, headers, gateway.max_body).await?;
     let signature = headers.get("x-hub-signature-256").map(|v| v.as_bytes());
     let content_type = header_text(headers, header::CONTENT_TYPE.as_str());
-    let json = if raw.len() <= OFFLOAD_BYTES {
-        check(gateway.secret.expose().as_bytes(), signature, content_type, raw, verified)?
+    let checked = if raw.len() <= OFFLOAD_BYTES {
+        check(gateway.secret.expose().as_bytes(), signature, content_type, raw)
     } else {
         let (secret, signature, content_type) =
             (gateway.secret.clone(), signature.map(<[u8]>::to_vec), content_type.map(str::to_owned));
-        let (checked, held) = tokio::task::spawn_blocking(move || {
-            let mut held = false;
-            let checked =
-                check(secret.expose().as_bytes(), signature.as_deref(), content_type.as_deref(), raw, &mut held);
-            (checked, held)
+        tokio::task::spawn_blocking(move || {
+            check(secret.expose().as_bytes(), signature.as_deref(), content_type.as_deref(), raw)
         })
         .await
-        .map_err(|err| Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, format!("body check failed: {err}")))?;
-        *verified = held;
-        checked?
+        .map_err(|err| Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, format!("body check failed: {err}")))?
     };
+    // The signature held unless it is what was refused.
+    *verified = !matches!(&checked, Err(rejection) if rejection.status == StatusCode::UNAUTHORIZED);
+    let json = checked?;
 
     let payload = WebhookPayload { event: &delivery.event, delivery: &delivery.id, received_at: now_ms(), body: &json };
     // A fresh envelope's trace id is its own id: the webhook starts the trace.
@@ -247,17 +245,10 @@ async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<B
 /// connection of that thread for tens of milliseconds.
 const OFFLOAD_BYTES: usize = 1024 * 1024;
 
-/// The signature over `raw` (401), then its JSON document (415, 400); sets
-/// `verified` once the signature held.
-fn check(
-    secret: &[u8],
-    signature: Option<&[u8]>,
-    content_type: Option<&str>,
-    raw: Bytes,
-    verified: &mut bool,
-) -> Result<Bytes, Rejection> {
+/// The signature over `raw` (401, and only then), then its JSON document
+/// (415, 400).
+fn check(secret: &[u8], signature: Option<&[u8]>, content_type: Option<&str>, raw: Bytes) -> Result<Bytes, Rejection> {
     signature::verify(secret, &raw, signature).map_err(|err| Rejection::unauthorized(err.to_string()))?;
-    *verified = true;
     json_body(content_type, raw)
 }
 
