@@ -339,20 +339,20 @@ fn id_at(now_ms: i64) -> String {
     let rand_a = (random >> 64) & 0x0fff;
     let rand_b = random & 0x3fff_ffff_ffff_ffff;
     let bits = millis << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b;
-    let mut text = [0u8; 36];
-    let mut at = 0;
-    for (i, byte) in bits.to_be_bytes().into_iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            text[at] = b'-';
-            at += 1;
-        }
+    // Each byte's two digits go to a fixed place around the dashes: a loop
+    // the compiler unrolls, without the dash test per byte (which, with the
+    // bounds checks it kept, made this a tenth of a stage's time in memory).
+    let mut text = *b"00000000-0000-0000-0000-000000000000";
+    for (byte, at) in bits.to_be_bytes().into_iter().zip(DIGITS_AT) {
         text[at] = HEX[usize::from(byte >> 4)];
         text[at + 1] = HEX[usize::from(byte & 0x0f)];
-        at += 2;
     }
     // Only ASCII was written, so this never comes out empty.
-    std::str::from_utf8(&text).map_or_else(|_| String::new(), str::to_owned)
+    String::from_utf8(text.to_vec()).unwrap_or_default()
 }
+
+/// Where each of an id's 16 bytes starts in its 36-character text.
+const DIGITS_AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
