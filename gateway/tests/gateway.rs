@@ -435,7 +435,7 @@ async fn a_push_redis_refuses_leaves_no_mark_behind() {
     // inside EXEC, which still runs the rest: no mark may be set for it.
     let gw = TestGateway::start().await;
     let mut conn = gw.redis.client();
-    let _: () = redis::cmd("SET").arg(PENDING_KEY).arg("not a list").query(&mut conn).expect("SET");
+    let _: () = redis::cmd("SET").arg(PENDING).arg("not a list").query(&mut conn).expect("SET");
     let id = delivery();
     let body = fixture("issues", "opened.json");
     let sends = (0..8).map(|_| gw.webhook("issues", &delivery(), body.clone()).send());
@@ -443,16 +443,14 @@ async fn a_push_redis_refuses_leaves_no_mark_behind() {
     for response in refused {
         assert_eq!(response.expect("request").status(), StatusCode::SERVICE_UNAVAILABLE);
     }
-    assert_eq!(gw.keys(), vec![PENDING_KEY.to_string()], "a mark outlived its failed push");
+    assert_eq!(gw.keys(), vec![PENDING.to_string()], "a mark outlived its failed push");
 
-    let _: () = redis::cmd("DEL").arg(PENDING_KEY).query(&mut conn).expect("DEL");
+    let _: () = redis::cmd("DEL").arg(PENDING).query(&mut conn).expect("DEL");
     let response = gw.webhook("issues", &id, body).send().await.expect("again");
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     assert_eq!(json(response).await.get("duplicate"), None);
     assert_eq!(gw.pending_len(), 1);
 }
-
-const PENDING_KEY: &str = "hookbus:{normalise}:pending";
 
 // ---- client API -----------------------------------------------------------
 
