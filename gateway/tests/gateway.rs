@@ -776,4 +776,10 @@ fn sigterm_lets_an_in_flight_webhook_finish_then_exits_0() {
     let mut conn = redis.client();
     let stored: usize = redis::cmd("LLEN").arg(PENDING).query(&mut conn).expect("LLEN");
     assert_eq!(stored, 1);
+
+    // Its log went to a pipe, as under a process supervisor: plain lines.
+    let mut logs = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut logs).expect("read the log");
+    assert!(logs.contains("webhook accepted") && logs.contains("gateway stopped"), "{logs}");
+    assert!(!logs.contains('\u{1b}'), "terminal colour codes in a log that is no terminal: {logs}");
 }
