@@ -151,14 +151,25 @@ pub async fn ops(resource: &str) -> ExitCode {
             record.state.as_str(),
             format!("{:?}", record.direction).to_lowercase(),
             record.action,
-            record.updated_at,
+            utc(record.updated_at),
             related.join(" ")
         );
         for step in &record.history {
-            println!("    {}  {:<10} {}", step.at, step.state.as_str(), step.note);
+            println!("    {}  {:<10} {}", utc(step.at), step.state.as_str(), step.note);
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Ms since the epoch as an RFC 3339 UTC time, to the millisecond
+/// (`2026-12-02T02:12:50.511Z`); the number itself when it is out of range.
+fn utc(ms: i64) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|at| at.format(&format).ok())
+        .unwrap_or_else(|| ms.to_string())
 }
 
 fn selector(id: Option<String>) -> DeadSelector {

@@ -259,4 +259,10 @@ fn ops_prints_a_resource_history_with_its_audit_trail() {
     assert!(text.contains("old  dropped") && text.contains("dropped_for=new"), "{text}");
     assert!(text.contains("new  processing"), "{text}");
     assert!(text.contains("released to commit"), "audit trail lines: {text}");
+    // Times as an operator reads them: updated_at 200 ms after the epoch.
+    assert!(text.contains("updated_at=1970-01-01T00:00:00.200Z"), "{text}");
+    let trail = text.lines().find(|line| line.contains("released to commit")).unwrap_or_default();
+    let at = trail.split_whitespace().next().unwrap_or_default();
+    let parsed = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339);
+    assert!(parsed.is_ok_and(|at| at.year() >= 2026), "audit trail times: {text}");
 }
