@@ -729,7 +729,8 @@ impl Backend for RedisBackend {
         }
         let mut conn = self.conn().await?;
         // The head is the right end: read the last n, oldest first.
-        let mut raws: Vec<Vec<u8>> = timed(conn.lrange(self.keys(queue).pending(), -(n as isize), -1)).await?;
+        let mut raws: Vec<Vec<u8>> =
+            timed(conn.lrange(self.keys(queue).pending(), -isize::try_from(n).unwrap_or(isize::MAX), -1)).await?;
         raws.reverse();
         Ok(raws.into_iter().map(|raw| Envelope::decode(&raw).map_err(|_| Bytes::from(raw))).collect())
     }
@@ -739,7 +740,9 @@ impl Backend for RedisBackend {
             return Ok(Vec::new());
         }
         let mut conn = self.conn().await?;
-        let raws: Vec<Vec<u8>> = timed(conn.lrange(self.keys(queue).dead(), 0, n as isize - 1)).await?;
+        // `usize::MAX` means all of them (not `-2`, which would miss the last).
+        let last = isize::try_from(n).unwrap_or(isize::MAX) - 1;
+        let raws: Vec<Vec<u8>> = timed(conn.lrange(self.keys(queue).dead(), 0, last)).await?;
         Ok(raws
             .into_iter()
             .map(|raw| {

@@ -4,10 +4,30 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use hookbus_bus::backend::DeadSelector;
-use hookbus_bus::{Backend, DeadLetter, Envelope, QUEUES};
+use hookbus_bus::{Backend, DeadContent, DeadLetter, Envelope, QUEUES};
 use hookbus_config::{exit_on_error, Settings};
 use hookbus_reconcile::store::{OperationStore, RedisStore};
 use serde_json::{json, Value};
+
+/// `println!` for output that may go into a pipe: a reader that stops early
+/// (`hookbus queues | head -2`) ends the command quietly, as with any Unix
+/// tool, instead of a panic about a broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(err) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            output_failed(&err)
+        }
+    }};
+}
+
+fn output_failed(err: &std::io::Error) -> ! {
+    if err.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("hookbus: cannot write the output: {err}");
+    std::process::exit(1);
+}
 
 /// Connects to the configured Redis and checks it answers; on failure says
 /// where it tried (without the password) and exits 1.
@@ -50,15 +70,27 @@ pub async fn queues() -> ExitCode {
         Ok(b) => b,
         Err(code) => return code,
     };
-    println!(
+    out!(
         "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "queue", "pending", "in-flight", "delayed", "held", "dead", "consumers"
+        "queue",
+        "pending",
+        "in-flight",
+        "delayed",
+        "held",
+        "dead",
+        "consumers"
     );
     for queue in QUEUES {
         match backend.depths(queue).await {
-            Ok(d) => println!(
+            Ok(d) => out!(
                 "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-                queue, d.pending, d.in_flight, d.delayed, d.held, d.dead, d.consumers
+                queue,
+                d.pending,
+                d.in_flight,
+                d.delayed,
+                d.held,
+                d.dead,
+                d.consumers
             ),
             Err(err) => {
                 eprintln!("hookbus: reading {queue}: {err}");
@@ -93,7 +125,7 @@ pub async fn peek(queue: &str, n: usize, dead: bool) -> ExitCode {
     match shown {
         Ok(values) => {
             for value in values {
-                println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+                out!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
             }
             ExitCode::SUCCESS
         }
@@ -133,7 +165,7 @@ pub async fn ops(resource: &str) -> ExitCode {
         }
     };
     if records.is_empty() {
-        println!("no operations recorded for {resource} (within the retention)");
+        out!("no operations recorded for {resource} (within the retention)");
         return ExitCode::SUCCESS;
     }
     for record in &records {
@@ -145,7 +177,7 @@ pub async fn ops(resource: &str) -> ExitCode {
             record.reason.as_ref().map(|why| format!("reason={why:?}")),
         ];
         let related: Vec<String> = related.into_iter().flatten().collect();
-        println!(
+        out!(
             "{}  {:<10} {:<8} {} updated_at={} {}",
             record.id,
             record.state.as_str(),
@@ -155,7 +187,7 @@ pub async fn ops(resource: &str) -> ExitCode {
             related.join(" ")
         );
         for step in &record.history {
-            println!("    {}  {:<10} {}", utc(step.at), step.state.as_str(), step.note);
+            out!("    {}  {:<10} {}", utc(step.at), step.state.as_str(), step.note);
         }
     }
     ExitCode::SUCCESS
@@ -184,9 +216,25 @@ pub async fn dead_retry(queue: &str, id: Option<String>) -> ExitCode {
         Ok(b) => b,
         Err(code) => return code,
     };
-    match backend.dead_retry(queue, &selector(id)).await {
+    let which = selector(id);
+    match backend.dead_retry(queue, &which).await {
         Ok(n) => {
-            println!("{n} dead letter(s) of {queue} back on pending");
+            out!("{n} dead letter(s) of {queue} back on pending");
+            // Bytes that never were a message cannot be handled again: say
+            // so, rather than leave an operator wondering why they stay.
+            let left = backend.dead_list(queue, usize::MAX).await.unwrap_or_default();
+            let raw = left.iter().filter(|l| matches!(l.content, DeadContent::Raw(_)) && which.matches(l)).count();
+            if raw > 0 {
+                out!(
+                    "{raw} dead letter(s) of {queue} stay dead: they are not messages (`raw` bytes), so there is \
+                     nothing to handle again; `hookbus peek {queue} --dead` shows them, `hookbus dead purge {queue} \
+                     --id <id>` deletes one"
+                );
+            } else if n == 0 {
+                if let DeadSelector::Id(id) = &which {
+                    out!("no dead letter of {queue} has the id {id}");
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {
@@ -206,7 +254,7 @@ pub async fn dead_purge(queue: &str, id: Option<String>) -> ExitCode {
     };
     match backend.dead_purge(queue, &selector(id)).await {
         Ok(n) => {
-            println!("{n} dead letter(s) of {queue} deleted");
+            out!("{n} dead letter(s) of {queue} deleted");
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -84,10 +84,31 @@ fn dead_letters_are_listed_retried_and_purged() {
     // Raw bytes can never be handled, so retry leaves them; purge removes them.
     let retried = hookbus(&server, &["dead", "retry", "notify"]);
     assert!(stdout(&retried).starts_with("0 dead letter(s)"), "{}", stdout(&retried));
+    // ... and says why, with what to do instead.
+    assert!(stdout(&retried).contains("1 dead letter(s) of notify stay dead: they are not messages"), "{retried:?}");
     let id = letter["id"].as_str().expect("id").to_string();
+    let unknown = hookbus(&server, &["dead", "retry", "notify", "--id", "no-such-letter"]);
+    assert!(stdout(&unknown).contains("no dead letter of notify has the id no-such-letter"), "{unknown:?}");
     let purged = hookbus(&server, &["dead", "purge", "notify", "--id", &id]);
     assert!(stdout(&purged).starts_with("1 dead letter(s) of notify deleted"), "{}", stdout(&purged));
     assert_eq!(block_on(backend.depths("notify")).expect("depths").dead, 0);
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `hookbus queues | head -1`, with head gone before the first line.
+    let server = RedisServer::start();
+    let mut child = Command::new(HOOKBUS)
+        .arg("queues")
+        .env("REDIS_URL", server.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run hookbus");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{out:?}");
 }
 
 #[test]
