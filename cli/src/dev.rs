@@ -20,6 +20,7 @@ use hookbus_notify::Notify;
 use hookbus_reconcile::store::MemoryStore;
 use hookbus_reconcile::{tie_breaker, Reconcile};
 
+use crate::running::{DevBus, RunningDev, DEV_STATE_FILE};
 use crate::send::DEV_SECRET_FILE;
 
 const DEV_DIR: &str = ".hookbus";
@@ -219,8 +220,22 @@ pub async fn run(redis: Option<String>, port: Option<u16>) -> ExitCode {
     }
     println!("Ctrl-C stops it cleanly.");
 
+    // For `hookbus queues`, `send`, … started in this directory.
+    let state = Path::new(DEV_STATE_FILE);
+    let running = RunningDev {
+        address: listener.local_addr().unwrap_or(address),
+        bus: match &redis {
+            None => DevBus::Memory,
+            Some(url) => DevBus::Redis(url.clone()),
+        },
+    };
+    if let Err(err) = running.write(state) {
+        tracing::warn!(error = %err, "cannot write {DEV_STATE_FILE}; other hookbus commands will not find this one");
+    }
+
     let grace = settings.gateway.grace_period();
     let served = serve(listener, gateway.dev_mode().router(), shutdown.clone(), grace).await;
+    let _ = std::fs::remove_file(state);
     shutdown.trigger();
     for runner in runners {
         let _ = runner.await;

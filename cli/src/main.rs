@@ -2,15 +2,19 @@
 //!
 //! - `hookbus dev` — the gateway and every worker plugin built so far in one
 //!   process over the in-memory bus (or `--redis <url>`).
-//! - `hookbus queues | peek | dead` — look at and act on the queues in
+//! - `hookbus queues | peek | dead | ops` — look at and act on the queues in
 //!   `REDIS_URL`, as an operator would with `redis-cli`, but decoded.
-//! - `hookbus send` — post a correctly signed webhook to a gateway.
+//!   Without `REDIS_URL`, those of a `hookbus dev --redis` running in the
+//!   same directory (see `running.rs`).
+//! - `hookbus send` — post a correctly signed webhook to a gateway (by
+//!   default the `hookbus dev` running in the same directory).
 //!
 //! Exit codes: 0 done, 1 failed (Redis unreachable, request refused), 2 bad
 //! configuration or usage.
 
 mod dev;
 mod operator;
+mod running;
 mod send;
 
 use std::path::PathBuf;
@@ -63,7 +67,8 @@ enum Command {
         /// The X-GitHub-Event, e.g. `issues`.
         #[arg(long)]
         event: String,
-        /// Webhook URL (default: http://127.0.0.1:<PORT or 8080>/webhooks/github).
+        /// Webhook URL (default: the `hookbus dev` running in this directory,
+        /// else http://127.0.0.1:<PORT or 8080>/webhooks/github).
         #[arg(long)]
         url: Option<String>,
         /// Secret to sign with (default: HOOKBUS_GITHUB__WEBHOOK_SECRET, or the

@@ -1,13 +1,16 @@
 //! Operator commands over `REDIS_URL`: what `redis-cli` would show, decoded.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use hookbus_bus::backend::DeadSelector;
 use hookbus_bus::{Backend, DeadContent, DeadLetter, Envelope, QUEUES};
-use hookbus_config::{exit_on_error, Settings};
+use hookbus_config::{exit_on_error, Secret, Settings};
 use hookbus_reconcile::store::{OperationStore, RedisStore};
 use serde_json::{json, Value};
+
+use crate::running::{self, DevBus, RunningDev, DEV_STATE_FILE};
 
 /// `println!` for output that may go into a pipe: a reader that stops early
 /// (`hookbus queues | head -2`) ends the command quietly, as with any Unix
@@ -32,7 +35,7 @@ fn output_failed(err: &std::io::Error) -> ! {
 /// Connects to the configured Redis and checks it answers; on failure says
 /// where it tried (without the password) and exits 1.
 async fn connect() -> Result<Arc<dyn Backend>, ExitCode> {
-    let settings = exit_on_error(Settings::load());
+    let settings = operator_settings()?;
     let url = redacted(settings.redis.url.expose());
     let backend = match hookbus_bus::connect(&settings) {
         Ok(backend) => backend,
@@ -46,6 +49,29 @@ async fn connect() -> Result<Arc<dyn Backend>, ExitCode> {
         return Err(ExitCode::FAILURE);
     }
     Ok(backend)
+}
+
+/// The settings of the operator commands: the environment's, or, when it
+/// names no Redis, the Redis of a `hookbus dev` running in this directory.
+/// One that keeps its queues in memory is out of reach: said, exit 1.
+fn operator_settings() -> Result<Settings, ExitCode> {
+    let mut settings = exit_on_error(Settings::load());
+    if running::redis_named_by_environment() {
+        return Ok(settings);
+    }
+    match RunningDev::find(Path::new(DEV_STATE_FILE)) {
+        Some(RunningDev { bus: DevBus::Redis(url), .. }) => settings.redis.url = Secret::new(url),
+        Some(RunningDev { bus: DevBus::Memory, address }) => {
+            eprintln!(
+                "hookbus: the `hookbus dev` running here keeps its queues in memory, where this command cannot \
+                 read them: see them on http://{address}/admin or /metrics. Start it with --redis <url> to use \
+                 `hookbus queues`, `peek`, `dead` and `ops` on them, or set REDIS_URL to read another Redis."
+            );
+            return Err(ExitCode::FAILURE);
+        }
+        None => {}
+    }
+    Ok(settings)
 }
 
 /// `redis://user:secret@host:6379/0` -> `redis://host:6379/0`.
@@ -148,7 +174,10 @@ pub fn dead_json(letter: &DeadLetter) -> Value {
 
 /// `hookbus ops <resource>`: reconcile's records of one resource.
 pub async fn ops(resource: &str) -> ExitCode {
-    let settings = exit_on_error(Settings::load());
+    let settings = match operator_settings() {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
     let url = redacted(settings.redis.url.expose());
     let store = match RedisStore::from_settings(&settings) {
         Ok(store) => store,

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use hookbus_config::{exit_on_error, Settings};
 
+use crate::running::{RunningDev, DEV_STATE_FILE};
+
 /// Where `hookbus dev` leaves the secret it generated.
 pub const DEV_SECRET_FILE: &str = ".hookbus/secret";
 
@@ -34,7 +36,14 @@ pub async fn run(
         );
         return ExitCode::from(2);
     };
-    let url = url.unwrap_or_else(|| format!("http://127.0.0.1:{}/webhooks/github", settings.gateway.port));
+    let url = url.unwrap_or_else(|| {
+        // A `hookbus dev` running here, unless a port is named.
+        let named = ["PORT", "HOOKBUS_GATEWAY__PORT"].iter().any(|name| std::env::var_os(name).is_some());
+        match RunningDev::find(Path::new(DEV_STATE_FILE)).filter(|_| !named) {
+            Some(dev) => format!("http://{}/webhooks/github", dev.address),
+            None => format!("http://127.0.0.1:{}/webhooks/github", settings.gateway.port),
+        }
+    });
     let delivery = delivery.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let signature = hookbus_gateway::signature::sign(secret.as_bytes(), &body);
 

@@ -230,13 +230,29 @@ fn dev_mode_turns_a_sent_sample_into_a_commit_by_its_author_once_and_stops_clean
     // The same delivery again is recognised and not stored twice.
     let text = stdout(&sent);
     let delivery = text.split("delivery=").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("delivery id");
+    // Without --url, `send` posts to the dev mode running in its directory.
     let again = Command::new(HOOKBUS)
-        .args(["send", &sample.to_string_lossy(), "--event", "issues", "--url", &url, "--delivery", delivery])
+        .args(["send", &sample.to_string_lossy(), "--event", "issues", "--delivery", delivery])
         .current_dir(dir.path())
         .env_remove("HOOKBUS_GITHUB__WEBHOOK_SECRET")
+        .env_remove("PORT")
+        .env_remove("HOOKBUS_GATEWAY__PORT")
         .output()
         .expect("run send again");
-    assert!(stdout(&again).contains(r#""duplicate":true"#), "{}", stdout(&again));
+    assert!(stdout(&again).contains(r#""duplicate":true"#), "{again:?}");
+
+    // Its queues are in memory: the operator commands say where to look
+    // instead of showing some other Redis's queues.
+    let queues = Command::new(HOOKBUS)
+        .arg("queues")
+        .current_dir(dir.path())
+        .env_remove("REDIS_URL")
+        .env_remove("HOOKBUS_REDIS__URL")
+        .output()
+        .expect("run queues");
+    assert_eq!(queues.status.code(), Some(1), "{queues:?}");
+    let said = String::from_utf8_lossy(&queues.stderr);
+    assert!(said.contains("keeps its queues in memory") && said.contains(&format!("{base}/admin")), "{said}");
 
     let status = Command::new("kill").args(["-INT", &dev.0.id().to_string()]).status().expect("kill");
     assert!(status.success());
@@ -246,6 +262,51 @@ fn dev_mode_turns_a_sent_sample_into_a_commit_by_its_author_once_and_stops_clean
         exit.is_some()
     }));
     assert_eq!(exit.and_then(|s| s.code()), Some(0));
+    assert!(!dir.path().join(".hookbus/dev.json").exists(), "a stopped dev mode leaves its state file");
+}
+
+#[test]
+fn operator_commands_read_the_redis_of_a_dev_mode_running_in_their_directory() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port().to_string();
+    let _dev = Dev(Command::new(HOOKBUS)
+        .args(["dev", "--port", &port, "--redis", &server.url()])
+        .current_dir(dir.path())
+        .env_remove("HOOKBUS_GITHUB__WEBHOOK_SECRET")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start hookbus dev"));
+    let in_dir = |args: &[&str]| {
+        Command::new(HOOKBUS)
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("REDIS_URL")
+            .env_remove("HOOKBUS_REDIS__URL")
+            .env_remove("PORT")
+            .env_remove("HOOKBUS_GATEWAY__PORT")
+            .env_remove("HOOKBUS_GITHUB__WEBHOOK_SECRET")
+            .output()
+            .expect("run hookbus")
+    };
+    let sample = workspace_root().join("fixtures/github/issues/opened.json");
+    let sample = sample.to_string_lossy();
+    assert!(eventually(Duration::from_secs(20), || in_dir(&["send", &sample, "--event", "issues"]).status.success()));
+    // Its four stages consume from this Redis: `queues` shows them.
+    let mut text = String::new();
+    let seen = eventually(Duration::from_secs(10), || {
+        text = stdout(&in_dir(&["queues"]));
+        let row = text.lines().find(|l| l.starts_with("normalise")).unwrap_or_default();
+        row.split_whitespace().last() == Some("1")
+    });
+    assert!(seen, "no normalise consumer in\n{text}");
+    let mut trail = String::new();
+    let completed = eventually(Duration::from_secs(20), || {
+        trail = stdout(&in_dir(&["ops", "github:codertocat/hello-world:issue:1"]));
+        trail.contains("completed")
+    });
+    assert!(completed, "{trail}");
 }
 
 #[test]
