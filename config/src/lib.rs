@@ -357,6 +357,10 @@ pub struct GithubSettings {
     /// Key of the `X-Hub-Signature-256` HMAC (`HOOKBUS_GITHUB__WEBHOOK_SECRET`).
     /// The gateway refuses to start without one outside dev mode.
     pub webhook_secret: Secret,
+    /// During a rotation, the secret GitHub may still sign with
+    /// (`HOOKBUS_GITHUB__PREVIOUS_WEBHOOK_SECRET`): accepted too, each use
+    /// logged. Empty outside a rotation.
+    pub previous_webhook_secret: Secret,
     /// Token for the GitHub API: write-back, tie-break fetches, contents-API mode.
     pub token: Secret,
     /// API base URL; GitHub Enterprise, or a local fake in tests.
@@ -367,6 +371,7 @@ impl Default for GithubSettings {
     fn default() -> Self {
         GithubSettings {
             webhook_secret: Secret::default(),
+            previous_webhook_secret: Secret::default(),
             token: Secret::default(),
             api_url: "https://api.github.com".into(),
         }
@@ -1185,6 +1190,11 @@ mod tests {
         assert!(err.to_string().contains("HOOKBUS_GITHUB__WEBHOOK_SECRET"), "{err}");
         let s = load(&[("HOOKBUS_GITHUB__WEBHOOK_SECRET", "s3cret")]).expect("loads");
         assert_eq!(s.github.require_webhook_secret().map(Secret::expose).ok(), Some("s3cret"));
+        assert!(s.github.previous_webhook_secret.is_empty(), "none outside a rotation");
+        let s = load(&[("HOOKBUS_GITHUB__WEBHOOK_SECRET", "new"), ("HOOKBUS_GITHUB__PREVIOUS_WEBHOOK_SECRET", "old")])
+            .expect("loads");
+        assert_eq!(s.github.previous_webhook_secret.expose(), "old");
+        assert!(!format!("{s:?}").contains("old\""), "never printed");
     }
 
     #[test]

@@ -39,7 +39,7 @@ use axum::routing::{get, post};
 use axum::serve::{Listener, ListenerExt};
 use axum::Router;
 use hookbus_bus::{Backend, Shutdown};
-use hookbus_config::{Secret, Settings, Tokens};
+use hookbus_config::{Settings, Tokens};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::intake::{Intake, IntakeError, LocalIntake, RedisIntake};
@@ -65,9 +65,10 @@ pub struct Gateway {
     /// Reconcile's operation records, when wired; without them the gateway
     /// knows only which changes it accepted.
     operations: Option<Arc<dyn OperationLookup>>,
-    /// Key of the webhook HMAC. Empty means every webhook is refused: the
-    /// binary does not start without one, and dev mode generates one.
-    secret: Secret,
+    /// Keys of the webhook HMAC (and, during a rotation, the previous one).
+    /// An empty key refuses every webhook: the binary does not start without
+    /// one, and dev mode generates one.
+    secrets: signature::WebhookSecrets,
     /// Bearer tokens of `/api/v1`.
     tokens: Tokens,
     max_body: usize,
@@ -104,7 +105,10 @@ impl Gateway {
             backend,
             intake,
             operations: None,
-            secret: settings.github.webhook_secret.clone(),
+            secrets: signature::WebhookSecrets::new(
+                settings.github.webhook_secret.clone(),
+                settings.github.previous_webhook_secret.clone(),
+            ),
             tokens: settings.api.tokens.clone(),
             max_body: settings.gateway.max_body_bytes,
             timeout: settings.gateway.redis_timeout(),

@@ -1,6 +1,7 @@
 //! `X-Hub-Signature-256`: GitHub's HMAC-SHA256 of the raw request body.
 
 use hmac::{Hmac, Mac};
+use hookbus_config::Secret;
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -31,6 +32,43 @@ pub fn verify(secret: &[u8], body: &[u8], header: Option<&[u8]>) -> Result<(), S
     mac.update(body);
     // `verify_slice` compares with `subtle`'s constant-time equality.
     mac.verify_slice(&claimed).map_err(|_| SignatureError::Mismatch)
+}
+
+/// The secrets a webhook may be signed with: the configured one and, while
+/// it is being rotated, the previous one (GitHub signs with the old secret
+/// until its webhook settings are saved with the new one).
+#[derive(Debug, Clone, Default)]
+pub struct WebhookSecrets {
+    current: Secret,
+    previous: Option<Secret>,
+}
+
+/// Which of the [`WebhookSecrets`] a signature was made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignedWith {
+    Current,
+    /// The previous secret: the rotation is not finished on GitHub's side.
+    Previous,
+}
+
+impl WebhookSecrets {
+    /// `previous` empty: no rotation under way.
+    pub fn new(current: Secret, previous: Secret) -> Self {
+        let previous = (!previous.is_empty() && previous != current).then_some(previous);
+        WebhookSecrets { current, previous }
+    }
+
+    /// Checks `header` against `body` under the current secret, then (only
+    /// when that fails, so the usual case costs one HMAC) the previous one.
+    pub fn verify(&self, body: &[u8], header: Option<&[u8]>) -> Result<SignedWith, SignatureError> {
+        match verify(self.current.expose().as_bytes(), body, header) {
+            Err(SignatureError::Mismatch) => match &self.previous {
+                Some(previous) => verify(previous.expose().as_bytes(), body, header).map(|()| SignedWith::Previous),
+                None => Err(SignatureError::Mismatch),
+            },
+            checked => checked.map(|()| SignedWith::Current),
+        }
+    }
 }
 
 /// The header value GitHub would send for `body` (for `hookbus send`, tests
@@ -69,6 +107,21 @@ mod tests {
         assert_eq!(verify(b"another", BODY, Some(SIGNATURE.as_bytes())), Err(SignatureError::Mismatch));
         let flipped = SIGNATURE.replace("757107", "757108");
         assert_eq!(verify(SECRET, BODY, Some(flipped.as_bytes())), Err(SignatureError::Mismatch));
+    }
+
+    #[test]
+    fn during_a_rotation_the_previous_secret_is_accepted_and_named() {
+        let rotating = WebhookSecrets::new(Secret::new("new secret"), Secret::new(String::from_utf8_lossy(SECRET)));
+        assert_eq!(rotating.verify(BODY, Some(SIGNATURE.as_bytes())), Ok(SignedWith::Previous));
+        let by_new = sign(b"new secret", BODY);
+        assert_eq!(rotating.verify(BODY, Some(by_new.as_bytes())), Ok(SignedWith::Current));
+        let by_other = sign(b"other", BODY);
+        assert_eq!(rotating.verify(BODY, Some(by_other.as_bytes())), Err(SignatureError::Mismatch));
+        assert_eq!(rotating.verify(BODY, None), Err(SignatureError::Missing));
+
+        let settled = WebhookSecrets::new(Secret::new("new secret"), Secret::default());
+        assert_eq!(settled.verify(BODY, Some(SIGNATURE.as_bytes())), Err(SignatureError::Mismatch));
+        assert_eq!(settled.verify(BODY, Some(by_new.as_bytes())), Ok(SignedWith::Current));
     }
 
     #[test]

@@ -23,7 +23,8 @@ use serde::Serialize;
 
 use crate::intake::{Admission, Mark};
 use crate::rejection::Rejection;
-use crate::{metrics, signature, Gateway};
+use crate::signature::{SignedWith, WebhookSecrets};
+use crate::{metrics, Gateway};
 
 /// The message kind the gateway writes for `normalise`.
 pub const KIND: &str = "github.webhook";
@@ -91,19 +92,25 @@ async fn accept(
     let signature = headers.get("x-hub-signature-256").map(|v| v.as_bytes());
     let content_type = header_text(headers, header::CONTENT_TYPE.as_str());
     let checked = if raw.len() <= OFFLOAD_BYTES {
-        check(gateway.secret.expose().as_bytes(), signature, content_type, raw)
+        check(&gateway.secrets, signature, content_type, raw)
     } else {
-        let (secret, signature, content_type) =
-            (gateway.secret.clone(), signature.map(<[u8]>::to_vec), content_type.map(str::to_owned));
-        tokio::task::spawn_blocking(move || {
-            check(secret.expose().as_bytes(), signature.as_deref(), content_type.as_deref(), raw)
-        })
-        .await
-        .map_err(|err| Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, format!("body check failed: {err}")))?
+        let (secrets, signature, content_type) =
+            (gateway.secrets.clone(), signature.map(<[u8]>::to_vec), content_type.map(str::to_owned));
+        tokio::task::spawn_blocking(move || check(&secrets, signature.as_deref(), content_type.as_deref(), raw))
+            .await
+            .map_err(|err| Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, format!("body check failed: {err}")))?
     };
     // The signature held unless it is what was refused.
     *verified = !matches!(&checked, Err(rejection) if rejection.status == StatusCode::UNAUTHORIZED);
-    let json = checked?;
+    let (json, signed_with) = checked?;
+    if signed_with == SignedWith::Previous {
+        tracing::warn!(
+            delivery = %delivery.id,
+            event = %delivery.event,
+            "webhook signed with the previous secret (HOOKBUS_GITHUB__PREVIOUS_WEBHOOK_SECRET): accepted; \
+             save the new secret in the GitHub webhook's settings to finish the rotation"
+        );
+    }
 
     let payload = WebhookPayload { event: &delivery.event, delivery: &delivery.id, received_at: now_ms(), body: &json };
     // A fresh envelope's trace id is its own id: the webhook starts the trace.
@@ -247,9 +254,14 @@ const OFFLOAD_BYTES: usize = 1024 * 1024;
 
 /// The signature over `raw` (401, and only then), then its JSON document
 /// (415, 400).
-fn check(secret: &[u8], signature: Option<&[u8]>, content_type: Option<&str>, raw: Bytes) -> Result<Bytes, Rejection> {
-    signature::verify(secret, &raw, signature).map_err(|err| Rejection::unauthorized(err.to_string()))?;
-    json_body(content_type, raw)
+fn check(
+    secrets: &WebhookSecrets,
+    signature: Option<&[u8]>,
+    content_type: Option<&str>,
+    raw: Bytes,
+) -> Result<(Bytes, SignedWith), Rejection> {
+    let signed_with = secrets.verify(&raw, signature).map_err(|err| Rejection::unauthorized(err.to_string()))?;
+    Ok((json_body(content_type, raw)?, signed_with))
 }
 
 /// The JSON document of a verified body: the body itself, or for a form post

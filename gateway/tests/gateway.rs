@@ -7,6 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use hookbus_bus::{ConsumerId, DeadContent, DeadLetter, Settlement};
+use hookbus_config::Secret;
 use hookbus_gateway::signature::sign;
 use hookbus_reconcile::book::Book;
 use hookbus_reconcile::store::{OperationStore, RedisStore};
@@ -267,6 +268,31 @@ async fn a_wrong_signature_is_401_and_nothing_is_stored() {
         .await
         .expect("request");
     assert_refused(&gw, response, StatusCode::UNAUTHORIZED, "does not match").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_secret_rotation_webhooks_signed_with_either_secret_are_stored() {
+    // The operator set the new secret and kept the old one as previous;
+    // GitHub signs with the old one until its settings are saved.
+    let gw = TestGateway::start_on(RedisServer::start(), |settings| {
+        settings.github.webhook_secret = Secret::new("the new secret");
+        settings.github.previous_webhook_secret = Secret::new(SECRET);
+    })
+    .await;
+    let body = fixture("issues", "opened.json");
+    let (old, new) = (delivery(), delivery());
+    for (id, secret) in [(&old, SECRET.as_bytes()), (&new, b"the new secret".as_slice())] {
+        let response =
+            gw.webhook_as("issues", id, body.clone(), "application/json", secret).send().await.expect("request");
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "signed with {}", String::from_utf8_lossy(secret));
+    }
+    let stored: Vec<String> = gw.pending().iter().map(|e| webhook_payload(e).delivery).collect();
+    assert_eq!(stored, vec![old, new]);
+    // Any third secret is still refused, and stores nothing more.
+    let response =
+        gw.webhook_as("issues", &delivery(), body, "application/json", b"neither").send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(gw.pending_len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
