@@ -51,12 +51,12 @@ async fn connect() -> Result<Arc<dyn Backend>, ExitCode> {
     Ok(backend)
 }
 
-/// The settings of the operator commands: the environment's, or, when it
+/// The settings of the operator commands: the configuration's, or, when it
 /// names no Redis, the Redis of a `hookbus dev` running in this directory.
 /// One that keeps its queues in memory is out of reach: said, exit 1.
 fn operator_settings() -> Result<Settings, ExitCode> {
     let mut settings = exit_on_error(Settings::load());
-    if running::redis_named_by_environment() {
+    if running::redis_named(&settings) {
         return Ok(settings);
     }
     match RunningDev::find(Path::new(DEV_STATE_FILE)) {

@@ -13,6 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
+use hookbus_config::{RedisSettings, Settings};
 use serde_json::{json, Value};
 
 /// The file, relative to the directory `hookbus dev` runs in.
@@ -73,10 +74,12 @@ impl RunningDev {
     }
 }
 
-/// Whether the environment names a Redis itself (then a running `hookbus
-/// dev` does not matter to the operator commands).
-pub fn redis_named_by_environment() -> bool {
+/// Whether the configuration names a Redis itself, in the environment or a
+/// configuration file (then a running `hookbus dev` does not matter to the
+/// operator commands).
+pub fn redis_named(settings: &Settings) -> bool {
     ["REDIS_URL", "HOOKBUS_REDIS__URL"].iter().any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+        || settings.redis.url != RedisSettings::default().url
 }
 
 #[cfg(test)]
@@ -103,6 +106,13 @@ mod tests {
         // The gateway is gone: a killed `hookbus dev` left the file behind.
         drop(listener);
         assert_eq!(RunningDev::find(&path), None);
+    }
+
+    #[test]
+    fn a_redis_named_in_the_configuration_wins_over_a_dev_mode() {
+        let mut settings = Settings::default();
+        settings.redis.url = hookbus_config::Secret::new("redis://10.0.0.1:6379");
+        assert!(redis_named(&settings));
     }
 
     #[test]
