@@ -361,6 +361,17 @@ pub struct GithubSettings {
     /// (`HOOKBUS_GITHUB__PREVIOUS_WEBHOOK_SECRET`): accepted too, each use
     /// logged. Empty outside a rotation.
     pub previous_webhook_secret: Secret,
+    /// Webhooks whose failed deliveries the gateway asks GitHub to send
+    /// again (GitHub never does by itself): `repos/<owner>/<repo>/hooks/<id>`
+    /// or `orgs/<org>/hooks/<id>`, comma-separated in
+    /// `HOOKBUS_GITHUB__REDELIVER_HOOKS`. Needs `github.token`.
+    pub redeliver_hooks: String,
+    /// How often the failed deliveries are looked for, ms.
+    pub redeliver_interval_ms: u64,
+    /// How far back, ms: at most GitHub's 3 days, and within
+    /// `gateway.delivery_retention_ms` (an older delivery might have been
+    /// accepted by a gateway whose mark has expired since).
+    pub redeliver_window_ms: u64,
     /// Token for the GitHub API: write-back, tie-break fetches, contents-API mode.
     pub token: Secret,
     /// API base URL; GitHub Enterprise, or a local fake in tests.
@@ -372,6 +383,9 @@ impl Default for GithubSettings {
         GithubSettings {
             webhook_secret: Secret::default(),
             previous_webhook_secret: Secret::default(),
+            redeliver_hooks: String::new(),
+            redeliver_interval_ms: 60_000,
+            redeliver_window_ms: 24 * 3_600_000,
             token: Secret::default(),
             api_url: "https://api.github.com".into(),
         }
@@ -379,6 +393,34 @@ impl Default for GithubSettings {
 }
 
 impl GithubSettings {
+    /// GitHub keeps (and redelivers) deliveries for 3 days.
+    pub const MAX_REDELIVER_WINDOW_MS: u64 = 3 * 24 * 3_600_000;
+
+    /// The API paths of [`GithubSettings::redeliver_hooks`], checked.
+    pub fn redeliver_hooks(&self) -> Result<Vec<String>, ConfigError> {
+        let setting = "github.redeliver_hooks (HOOKBUS_GITHUB__REDELIVER_HOOKS)";
+        let mut hooks = Vec::new();
+        for hook in self.redeliver_hooks.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            let hook = hook.trim_matches('/');
+            let parts: Vec<&str> = hook.split('/').collect();
+            let name = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            let id = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit());
+            let fits = match parts.as_slice() {
+                ["repos", owner, repo, "hooks", n] => name(owner) && name(repo) && id(n),
+                ["orgs", org, "hooks", n] => name(org) && id(n),
+                _ => false,
+            };
+            if !fits {
+                return Err(ConfigError::invalid(
+                    setting,
+                    format!("`{hook}` is not repos/<owner>/<repo>/hooks/<id> or orgs/<org>/hooks/<id>"),
+                ));
+            }
+            hooks.push(hook.to_string());
+        }
+        Ok(hooks)
+    }
+
     /// The webhook secret, or the error a gateway outside dev mode stops with.
     pub fn require_webhook_secret(&self) -> Result<&Secret, ConfigError> {
         if self.webhook_secret.expose().trim().is_empty() {
@@ -913,6 +955,30 @@ impl Settings {
                 ));
             }
         }
+        let hooks = self.github.redeliver_hooks()?;
+        if !hooks.is_empty() {
+            if self.github.token.is_empty() {
+                return Err(ConfigError::invalid(
+                    "github.token (HOOKBUS_GITHUB__TOKEN)",
+                    "is required by github.redeliver_hooks: redeliveries are asked through the GitHub API",
+                ));
+            }
+            if self.github.redeliver_interval_ms < 10_000 {
+                return Err(ConfigError::invalid(
+                    "github.redeliver_interval_ms (HOOKBUS_GITHUB__REDELIVER_INTERVAL_MS)",
+                    "must be at least 10000",
+                ));
+            }
+            let window = self.github.redeliver_window_ms;
+            if !(60_000..=GithubSettings::MAX_REDELIVER_WINDOW_MS).contains(&window)
+                || window > self.gateway.delivery_retention_ms
+            {
+                return Err(ConfigError::invalid(
+                    "github.redeliver_window_ms (HOOKBUS_GITHUB__REDELIVER_WINDOW_MS)",
+                    "must be at least 60000, at most 3 days (GitHub's) and at most gateway.delivery_retention_ms",
+                ));
+            }
+        }
         if self.redis.pool_size == 0 {
             return Err(ConfigError::invalid("redis.pool_size", "must be at least 1"));
         }
@@ -1181,6 +1247,36 @@ mod tests {
             let s = load(&[("HOOKBUS_GITHUB__WEBHOOK_SECRET", raw)]).expect("loads");
             assert_eq!(s.github.webhook_secret.expose(), raw);
         }
+    }
+
+    #[test]
+    fn redelivered_hooks_are_checked_and_need_a_token() {
+        let s = load(&[
+            ("HOOKBUS_GITHUB__REDELIVER_HOOKS", " repos/octo/hello-world/hooks/12, /orgs/octo/hooks/7/ "),
+            ("HOOKBUS_GITHUB__TOKEN", "t"),
+        ])
+        .expect("loads");
+        assert_eq!(
+            s.github.redeliver_hooks().ok(),
+            Some(vec!["repos/octo/hello-world/hooks/12".into(), "orgs/octo/hooks/7".into()])
+        );
+        let refused = |pairs: &[(&str, &str)], names: &str| {
+            let err = load(pairs).expect_err("refused").to_string();
+            assert!(err.contains(names), "{err}");
+        };
+        refused(&[("HOOKBUS_GITHUB__REDELIVER_HOOKS", "repos/octo/x/hooks/1")], "github.token (HOOKBUS_GITHUB__TOKEN)");
+        refused(
+            &[("HOOKBUS_GITHUB__REDELIVER_HOOKS", "repos/octo/hooks/1"), ("HOOKBUS_GITHUB__TOKEN", "t")],
+            "HOOKBUS_GITHUB__REDELIVER_HOOKS",
+        );
+        refused(
+            &[
+                ("HOOKBUS_GITHUB__REDELIVER_HOOKS", "orgs/octo/hooks/1"),
+                ("HOOKBUS_GITHUB__TOKEN", "t"),
+                ("HOOKBUS_GITHUB__REDELIVER_WINDOW_MS", "604800000"),
+            ],
+            "HOOKBUS_GITHUB__REDELIVER_WINDOW_MS",
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod health;
 pub mod intake;
 pub mod metrics;
 pub mod operations;
+pub mod redeliver;
 pub mod rejection;
 pub mod signature;
 pub mod webhook;

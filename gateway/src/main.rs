@@ -36,6 +36,17 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // GitHub does not retry a failed delivery; with hooks named, we ask it to.
+    match hookbus_gateway::redeliver::Redeliverer::from_settings(&settings) {
+        Ok(Some(redeliverer)) => {
+            tokio::spawn(redeliverer.run(shutdown.clone()));
+        }
+        Ok(None) => {}
+        Err(err) => {
+            tracing::error!(error = %err, "cannot set up redeliveries");
+            return ExitCode::FAILURE;
+        }
+    }
     let threads = settings.gateway.serving_threads();
     let grace = settings.gateway.grace_period();
     tracing::info!(%address, threads, "gateway listening");

@@ -13,6 +13,9 @@
 //!   handler-latency histogram, last seen, up), read at each scrape
 //!   ([`worker_series`]), so one scrape of the `web` dyno covers the fleet —
 //!   including processes that died, until their report is 24 h old.
+//! - `hookbus_redeliveries_total{result}`: failed webhook deliveries the
+//!   gateway asked GitHub to send again (`asked`), or gave up on after
+//!   [`crate::redeliver::MAX_ATTEMPTS`] (`gave_up`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -73,6 +76,13 @@ thread_local! {
     /// This thread's handles of the request-duration histogram, by route,
     /// then (method, status).
     static DURATIONS: Handles<(&'static str, u16), Histogram> = RefCell::default();
+}
+
+pub const REDELIVERIES: &str = "hookbus_redeliveries_total";
+
+/// Counts one redelivery asked of GitHub, or one given up.
+pub fn redelivery(result: &'static str) {
+    metrics::counter!(REDELIVERIES, "result" => result).increment(1);
 }
 
 /// Counts one answered webhook.

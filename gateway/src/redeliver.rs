@@ -1,0 +1,355 @@
+//! Asking GitHub to send again the webhooks it failed to deliver.
+//!
+//! GitHub does not retry a delivery by itself: one that timed out or was
+//! answered 5xx — the gateway's 503 while Redis was away — stays failed
+//! until someone redelivers it. With `github.redeliver_hooks` set, the
+//! gateway does that: every `github.redeliver_interval_ms` it lists each
+//! hook's recent deliveries (`GET /…/hooks/<id>/deliveries`, newest first,
+//! back to `github.redeliver_window_ms`) and asks for another attempt
+//! (`POST /…/deliveries/<attempt>/attempts`) of every delivery that
+//!
+//! - never got a 2xx answer in any attempt,
+//! - last failed with no answer (timeout, connection refused: status 0) or
+//!   a 5xx (a 4xx is the gateway refusing on purpose, with a reason; another
+//!   attempt would be refused the same way),
+//! - was not accepted since all the same (no mark for its
+//!   `X-GitHub-Delivery`: a reply can be lost after Redis stored the
+//!   message), and
+//! - has had fewer than [`MAX_ATTEMPTS`] attempts (a delivery that keeps
+//!   failing is left to a person, logged once).
+//!
+//! One sweep per interval across every gateway process: whoever sets the
+//! `<prefix>:redeliver:lock` key runs it. A redelivery keeps the delivery
+//! id, so the gateway's marks make even a repeated one store nothing twice.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hookbus_bus::redis::{RedisConnection, RedisTarget};
+use hookbus_bus::Shutdown;
+use hookbus_config::Settings;
+use serde::Deserialize;
+
+use crate::intake::{mark_key, Mark};
+
+/// Attempts (the first delivery included) after which a failing delivery is
+/// left alone.
+pub const MAX_ATTEMPTS: usize = 5;
+/// Pages of 100 deliveries read per hook and sweep at most.
+const MAX_PAGES: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedeliverError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("GitHub API {what}: {reason}")]
+    Github { what: String, reason: String },
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// One attempt at delivering, as `GET …/deliveries` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Attempt {
+    /// The attempt's id: what a redelivery is asked for.
+    pub id: u64,
+    /// `X-GitHub-Delivery`: the same for every attempt of one delivery.
+    pub guid: String,
+    pub delivered_at: String,
+    /// The answer's status; 0 when there was none (timeout, refused).
+    #[serde(default)]
+    pub status_code: u16,
+    #[serde(default)]
+    pub event: String,
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Whether this process ran it (one per interval across all of them).
+    pub ran: bool,
+    /// Delivery ids whose redelivery GitHub accepted.
+    pub redelivered: Vec<String>,
+    /// Failed deliveries left alone: accepted since, refused on purpose, or
+    /// out of attempts.
+    pub skipped: usize,
+}
+
+/// Per failed delivery: the attempt to redeliver, or why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Redeliver { guid: String, attempt: u64 },
+    Refused { guid: String, status: u16 },
+    OutOfAttempts { guid: String, attempts: usize },
+}
+
+/// The decisions for one hook's listed attempts (any order), oldest
+/// delivery first. Deliveries that got a 2xx once need nothing.
+pub fn decide(attempts: &[Attempt]) -> Vec<Decision> {
+    let mut by_guid: BTreeMap<&str, Vec<&Attempt>> = BTreeMap::new();
+    for attempt in attempts {
+        by_guid.entry(attempt.guid.as_str()).or_default().push(attempt);
+    }
+    let mut decisions: Vec<(u64, Decision)> = Vec::new();
+    for (guid, mut tries) in by_guid {
+        if tries.iter().any(|t| (200..300).contains(&t.status_code)) {
+            continue;
+        }
+        // Attempt ids grow with time: the last one is the latest answer.
+        tries.sort_by_key(|t| t.id);
+        let (first, last) = (tries[0].id, tries[tries.len() - 1]);
+        let guid = guid.to_string();
+        let decision = if last.status_code != 0 && last.status_code < 500 {
+            Decision::Refused { guid, status: last.status_code }
+        } else if tries.len() >= MAX_ATTEMPTS {
+            Decision::OutOfAttempts { guid, attempts: tries.len() }
+        } else {
+            Decision::Redeliver { guid, attempt: last.id }
+        };
+        decisions.push((first, decision));
+    }
+    decisions.sort_by_key(|(first, _)| *first);
+    decisions.into_iter().map(|(_, decision)| decision).collect()
+}
+
+/// The sweeper of one gateway process.
+pub struct Redeliverer {
+    client: octocrab::Octocrab,
+    hooks: Vec<String>,
+    conn: RedisConnection,
+    prefix: String,
+    interval: Duration,
+    window: Duration,
+    /// Deliveries already logged as left to a person (logged once).
+    reported: Mutex<HashSet<String>>,
+}
+
+impl Redeliverer {
+    /// From the settings; `None` when no hook is configured.
+    pub fn from_settings(settings: &Settings) -> Result<Option<Self>, RedeliverError> {
+        let hooks = settings.github.redeliver_hooks().map_err(|e| RedeliverError::Setup(e.to_string()))?;
+        if hooks.is_empty() {
+            return Ok(None);
+        }
+        let timeout = Duration::from_secs(10);
+        let client = hookbus_github::client(&settings.github.api_url, settings.github.token.expose(), timeout)
+            .map_err(|e| RedeliverError::Setup(e.to_string()))?;
+        let conn = RedisConnection::open(&RedisTarget::from_settings(&settings.redis), timeout)
+            .map_err(|e| RedeliverError::Setup(e.to_string()))?;
+        Ok(Some(Redeliverer {
+            client,
+            hooks,
+            conn,
+            prefix: settings.bus.prefix.clone(),
+            interval: Duration::from_millis(settings.github.redeliver_interval_ms),
+            window: Duration::from_millis(settings.github.redeliver_window_ms),
+            reported: Mutex::new(HashSet::new()),
+        }))
+    }
+
+    /// Sweeps every interval until `shutdown`. A failed sweep is logged and
+    /// tried again at the next interval.
+    pub async fn run(self, shutdown: Shutdown) {
+        tracing::info!(hooks = ?self.hooks, interval_ms = self.interval.as_millis() as u64, "redelivering failed webhook deliveries");
+        loop {
+            match self.sweep().await {
+                Ok(report) if report.ran && !report.redelivered.is_empty() => {
+                    tracing::info!(
+                        redelivered = report.redelivered.len(),
+                        skipped = report.skipped,
+                        "redelivery sweep"
+                    );
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "redelivery sweep failed; trying again next interval"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.interval) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// One sweep, if no other process ran one within the interval.
+    pub async fn sweep(&self) -> Result<SweepReport, RedeliverError> {
+        let mut conn = self.conn.clone();
+        let won: Option<String> = redis::cmd("SET")
+            .arg(format!("{}:redeliver:lock", self.prefix))
+            .arg(hookbus_bus::envelope::now_ms())
+            .arg("NX")
+            .arg("PX")
+            .arg(self.interval.as_millis().max(1) as u64)
+            .query_async(&mut conn)
+            .await?;
+        let mut report = SweepReport { ran: won.is_some(), ..SweepReport::default() };
+        if !report.ran {
+            return Ok(report);
+        }
+        for hook in &self.hooks {
+            let attempts = self.attempts(hook).await?;
+            for decision in decide(&attempts) {
+                match decision {
+                    Decision::Redeliver { guid, attempt } => {
+                        let mark = mark_key(&self.prefix, &Mark::Delivery(guid.clone()));
+                        let accepted: Option<String> = redis::cmd("GET").arg(&mark).query_async(&mut conn).await?;
+                        if accepted.is_some() {
+                            report.skipped += 1;
+                            continue;
+                        }
+                        self.redeliver(hook, attempt).await?;
+                        tracing::info!(delivery = %guid, attempt, hook = %hook, "asked GitHub to redeliver a failed webhook");
+                        crate::metrics::redelivery("asked");
+                        report.redelivered.push(guid);
+                    }
+                    Decision::Refused { guid, status } => {
+                        report.skipped += 1;
+                        self.report_once(&guid, || {
+                            tracing::info!(delivery = %guid, status, hook = %hook,
+                                "failed webhook not redelivered: the gateway refused it on purpose (see its log line)");
+                        });
+                    }
+                    Decision::OutOfAttempts { guid, attempts } => {
+                        report.skipped += 1;
+                        self.report_once(&guid, || {
+                            crate::metrics::redelivery("gave_up");
+                            tracing::warn!(delivery = %guid, attempts, hook = %hook,
+                                "webhook still failing after {attempts} attempts; not redelivered again (redeliver it from GitHub's Recent Deliveries once fixed)");
+                        });
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn report_once(&self, guid: &str, log: impl FnOnce()) {
+        let mut reported = self.reported.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if reported.insert(guid.to_string()) {
+            log();
+        }
+    }
+
+    /// The hook's attempts within the window, following GitHub's cursor
+    /// pagination (newest first).
+    async fn attempts(&self, hook: &str) -> Result<Vec<Attempt>, RedeliverError> {
+        let since = time::OffsetDateTime::now_utc() - self.window;
+        let mut all = Vec::new();
+        let mut next = Some(format!("/{hook}/deliveries?per_page=100"));
+        let mut pages = 0;
+        while let Some(route) = next.take() {
+            pages += 1;
+            let what = format!("GET {route}");
+            let response = self
+                .client
+                ._get(route.as_str())
+                .await
+                .map_err(|e| RedeliverError::Github { what: what.clone(), reason: e.to_string() })?;
+            let status = response.status();
+            let link = response.headers().get("link").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let text = self
+                .client
+                .body_to_string(response)
+                .await
+                .map_err(|e| RedeliverError::Github { what: what.clone(), reason: e.to_string() })?;
+            if !status.is_success() {
+                let reason = format!("{} {}", status.as_u16(), hookbus_github::error_message(&text));
+                return Err(RedeliverError::Github { what, reason });
+            }
+            let page: Vec<Attempt> = serde_json::from_str(&text).map_err(|e| RedeliverError::Github {
+                what: what.clone(),
+                reason: format!("unexpected answer: {e}"),
+            })?;
+            let mut older = false;
+            for attempt in page {
+                match delivered_at(&attempt.delivered_at) {
+                    Some(at) if at < since => older = true,
+                    _ => all.push(attempt),
+                }
+            }
+            if !older && pages < MAX_PAGES {
+                next = link.as_deref().and_then(next_page);
+            }
+        }
+        Ok(all)
+    }
+
+    async fn redeliver(&self, hook: &str, attempt: u64) -> Result<(), RedeliverError> {
+        let route = format!("/{hook}/deliveries/{attempt}/attempts");
+        let what = format!("POST {route}");
+        let response = self
+            .client
+            ._post(route.as_str(), None::<&()>)
+            .await
+            .map_err(|e| RedeliverError::Github { what: what.clone(), reason: e.to_string() })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = self.client.body_to_string(response).await.unwrap_or_default();
+        Err(RedeliverError::Github {
+            what,
+            reason: format!("{} {}", status.as_u16(), hookbus_github::error_message(&text)),
+        })
+    }
+}
+
+fn delivered_at(text: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// The path and query of a `Link` header's `rel="next"` target.
+fn next_page(link: &str) -> Option<String> {
+    link.split(',').find(|part| part.contains("rel=\"next\"")).and_then(|part| {
+        let url = part.split(';').next()?.trim().trim_start_matches('<').trim_end_matches('>');
+        let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let path = after_scheme.find('/').map(|at| &after_scheme[at..])?;
+        Some(path.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(id: u64, guid: &str, status_code: u16) -> Attempt {
+        Attempt {
+            id,
+            guid: guid.into(),
+            delivered_at: "2026-12-02T00:00:00Z".into(),
+            status_code,
+            event: "issues".into(),
+        }
+    }
+
+    #[test]
+    fn only_deliveries_that_never_got_through_and_may_get_through_are_redelivered() {
+        let attempts = [
+            attempt(1, "ok", 202),
+            attempt(2, "down", 503),
+            attempt(3, "timeout", 0),
+            attempt(4, "refused", 401),
+            attempt(5, "later-ok", 503),
+            attempt(6, "later-ok", 202),
+            attempt(7, "down", 502),
+        ];
+        assert_eq!(
+            decide(&attempts),
+            vec![
+                Decision::Redeliver { guid: "down".into(), attempt: 7 },
+                Decision::Redeliver { guid: "timeout".into(), attempt: 3 },
+                Decision::Refused { guid: "refused".into(), status: 401 },
+            ]
+        );
+        let stubborn: Vec<Attempt> = (1..=MAX_ATTEMPTS as u64).map(|id| attempt(id, "x", 503)).collect();
+        assert_eq!(decide(&stubborn), vec![Decision::OutOfAttempts { guid: "x".into(), attempts: MAX_ATTEMPTS }]);
+    }
+
+    #[test]
+    fn the_next_page_comes_from_the_link_header() {
+        let link = "<https://api.github.com/repos/o/r/hooks/1/deliveries?per_page=100&cursor=v1_12>; rel=\"next\", \
+                    <https://api.github.com/repos/o/r/hooks/1/deliveries?per_page=100>; rel=\"first\"";
+        assert_eq!(next_page(link).as_deref(), Some("/repos/o/r/hooks/1/deliveries?per_page=100&cursor=v1_12"));
+        assert_eq!(next_page("<https://x/y>; rel=\"prev\""), None);
+    }
+}
