@@ -133,6 +133,21 @@ fn bad_configuration_exits_2_naming_the_setting() {
 /// `hookbus dev`, killed on drop.
 struct Dev(Child);
 
+impl Dev {
+    /// `hookbus dev --port <port> <more>` in `dir`, with a secret of its own.
+    fn start(dir: &std::path::Path, port: &str, more: &[&str]) -> Dev {
+        Dev(Command::new(HOOKBUS)
+            .args(["dev", "--port", port])
+            .args(more)
+            .current_dir(dir)
+            .env_remove("HOOKBUS_GITHUB__WEBHOOK_SECRET")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start hookbus dev"))
+    }
+}
+
 impl Drop for Dev {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -144,14 +159,7 @@ impl Drop for Dev {
 fn dev_mode_turns_a_sent_sample_into_a_commit_by_its_author_once_and_stops_cleanly() {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port().to_string();
-    let mut dev = Dev(Command::new(HOOKBUS)
-        .args(["dev", "--port", &port])
-        .current_dir(dir.path())
-        .env_remove("HOOKBUS_GITHUB__WEBHOOK_SECRET")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start hookbus dev"));
+    let mut dev = Dev::start(dir.path(), &port, &[]);
     let url = format!("http://127.0.0.1:{port}/webhooks/github");
     let sample = workspace_root().join("fixtures/github/issues/opened.json");
     let mut sent = None;
@@ -270,14 +278,7 @@ fn operator_commands_read_the_redis_of_a_dev_mode_running_in_their_directory() {
     let server = RedisServer::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port().to_string();
-    let _dev = Dev(Command::new(HOOKBUS)
-        .args(["dev", "--port", &port, "--redis", &server.url()])
-        .current_dir(dir.path())
-        .env_remove("HOOKBUS_GITHUB__WEBHOOK_SECRET")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start hookbus dev"));
+    let _dev = Dev::start(dir.path(), &port, &["--redis", &server.url()]);
     let in_dir = |args: &[&str]| {
         Command::new(HOOKBUS)
             .args(args)
