@@ -74,6 +74,8 @@ pub struct SweepReport {
     /// Failed deliveries left alone: accepted since, refused on purpose, or
     /// out of attempts.
     pub skipped: usize,
+    /// Hooks that could not be swept, with why.
+    pub failed: Vec<String>,
 }
 
 /// Per failed delivery: the attempt to redeliver, or why not.
@@ -187,40 +189,59 @@ impl Redeliverer {
             return Ok(report);
         }
         for hook in &self.hooks {
-            let attempts = self.attempts(hook).await?;
-            for decision in decide(&attempts) {
-                match decision {
-                    Decision::Redeliver { guid, attempt } => {
-                        let mark = mark_key(&self.prefix, &Mark::Delivery(guid.clone()));
-                        let accepted: Option<String> = redis::cmd("GET").arg(&mark).query_async(&mut conn).await?;
-                        if accepted.is_some() {
-                            report.skipped += 1;
-                            continue;
-                        }
-                        self.redeliver(hook, attempt).await?;
-                        tracing::info!(delivery = %guid, attempt, hook = %hook, "asked GitHub to redeliver a failed webhook");
-                        crate::metrics::redelivery("asked");
-                        report.redelivered.push(guid);
-                    }
-                    Decision::Refused { guid, status } => {
-                        report.skipped += 1;
-                        self.report_once(&guid, || {
-                            tracing::info!(delivery = %guid, status, hook = %hook,
-                                "failed webhook not redelivered: the gateway refused it on purpose (see its log line)");
-                        });
-                    }
-                    Decision::OutOfAttempts { guid, attempts } => {
-                        report.skipped += 1;
-                        self.report_once(&guid, || {
-                            crate::metrics::redelivery("gave_up");
-                            tracing::warn!(delivery = %guid, attempts, hook = %hook,
-                                "webhook still failing after {attempts} attempts; not redelivered again (redeliver it from GitHub's Recent Deliveries once fixed)");
-                        });
-                    }
-                }
+            // One hook GitHub will not list (a typo, a token without access)
+            // does not keep the others from being swept.
+            if let Err(err) = self.sweep_hook(hook, &mut report).await {
+                tracing::warn!(hook = %hook, error = %err, "redelivery sweep of a hook failed; trying again next interval");
+                report.failed.push(format!("{hook}: {err}"));
             }
         }
         Ok(report)
+    }
+
+    async fn sweep_hook(&self, hook: &str, report: &mut SweepReport) -> Result<(), RedeliverError> {
+        let mut conn = self.conn.clone();
+        for decision in decide(&self.attempts(hook).await?) {
+            match decision {
+                Decision::Redeliver { guid, attempt } => {
+                    let mark = mark_key(&self.prefix, &Mark::Delivery(guid.clone()));
+                    let accepted: Option<String> = redis::cmd("GET").arg(&mark).query_async(&mut conn).await?;
+                    if accepted.is_some() {
+                        report.skipped += 1;
+                        continue;
+                    }
+                    self.redeliver(hook, attempt).await?;
+                    tracing::info!(delivery = %guid, attempt, hook, "asked GitHub to redeliver a failed webhook");
+                    crate::metrics::redelivery("asked");
+                    report.redelivered.push(guid);
+                }
+                Decision::Refused { guid, status } => {
+                    report.skipped += 1;
+                    self.report_once(&guid, || {
+                        tracing::info!(
+                            delivery = %guid,
+                            status,
+                            hook,
+                            "failed webhook not redelivered: the gateway refused it on purpose (its log says why)"
+                        );
+                    });
+                }
+                Decision::OutOfAttempts { guid, attempts } => {
+                    report.skipped += 1;
+                    self.report_once(&guid, || {
+                        crate::metrics::redelivery("gave_up");
+                        tracing::warn!(
+                            delivery = %guid,
+                            attempts,
+                            hook,
+                            "webhook still failing; not asked again: redeliver it from the webhook's Recent \
+                             Deliveries once the cause is fixed"
+                        );
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     fn report_once(&self, guid: &str, log: impl FnOnce()) {
