@@ -36,8 +36,12 @@ use crate::intake::{mark_key, Mark};
 /// Attempts (the first delivery included) after which a failing delivery is
 /// left alone.
 pub const MAX_ATTEMPTS: usize = 5;
-/// Pages of 100 deliveries read per hook and sweep at most.
-const MAX_PAGES: usize = 20;
+/// Pages of 100 attempts read per hook and sweep at most: a sweep a
+/// minute then costs at most 600 of the token's 5,000 requests an hour.
+const MAX_PAGES: usize = 10;
+/// Deliveries remembered as already logged as left alone; past it the
+/// memory starts again (and each is logged once more).
+const REPORTED_KEPT: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedeliverError {
@@ -246,6 +250,9 @@ impl Redeliverer {
 
     fn report_once(&self, guid: &str, log: impl FnOnce()) {
         let mut reported = self.reported.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if reported.len() >= REPORTED_KEPT {
+            reported.clear();
+        }
         if reported.insert(guid.to_string()) {
             log();
         }
