@@ -2,7 +2,7 @@
 //!
 //! - `hookbus dev` — the gateway and every worker plugin built so far in one
 //!   process over the in-memory bus (or `--redis <url>`).
-//! - `hookbus queues | peek | dead | ops` — look at and act on the queues in
+//! - `hookbus queues | peek | dead | ops | redeliver` — look at and act on the queues in
 //!   `REDIS_URL`, as an operator would with `redis-cli`, but decoded.
 //!   Without `REDIS_URL`, those of a `hookbus dev --redis` running in the
 //!   same directory (see `running.rs`).
@@ -55,6 +55,17 @@ enum Command {
     /// The operations of one resource (e.g. `github:octo/repo:issue:12`)
     /// with their audit trail, newest first.
     Ops { resource: String },
+    /// Ask GitHub to send again the webhook deliveries that failed (timed
+    /// out or 5xx, never a 2xx, not stored since), as the gateway does every
+    /// `github.redeliver_interval_ms`; now, and for the given hooks.
+    Redeliver {
+        /// `repos/<owner>/<repo>/hooks/<id>` or `orgs/<org>/hooks/<id>`
+        /// (default: HOOKBUS_GITHUB__REDELIVER_HOOKS).
+        hooks: Vec<String>,
+        /// Only list what would be asked for.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// List, retry or purge dead letters.
     Dead {
         #[command(subcommand)]
@@ -114,6 +125,7 @@ async fn main() -> ExitCode {
         Command::Queues => operator::queues().await,
         Command::Peek { queue, n, dead } => operator::peek(&queue, n, dead).await,
         Command::Ops { resource } => operator::ops(&resource).await,
+        Command::Redeliver { hooks, dry_run } => operator::redeliver(hooks, dry_run).await,
         Command::Dead { action } => match action {
             DeadAction::List { queue, n } => operator::peek(&queue, n, true).await,
             DeadAction::Retry { queue, id } => operator::dead_retry(&queue, id).await,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use hookbus_bus::backend::DeadSelector;
 use hookbus_bus::{Backend, DeadContent, DeadLetter, Envelope, QUEUES};
 use hookbus_config::{exit_on_error, Secret, Settings};
+use hookbus_gateway::redeliver::Redeliverer;
 use hookbus_reconcile::store::{OperationStore, RedisStore};
 use serde_json::{json, Value};
 
@@ -231,6 +232,58 @@ fn utc(ms: i64) -> String {
         .ok()
         .and_then(|at| at.format(&format).ok())
         .unwrap_or_else(|| ms.to_string())
+}
+
+/// `hookbus redeliver [hook…] [--dry-run]`: one redelivery sweep now, over
+/// the given hooks or the configured ones; exit 1 if a hook could not be
+/// swept, 2 for a malformed hook or a missing token.
+pub async fn redeliver(hooks: Vec<String>, dry_run: bool) -> ExitCode {
+    let mut settings = match operator_settings() {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    if !hooks.is_empty() {
+        settings.github.redeliver_hooks = hooks.join(",");
+    }
+    let hooks = exit_on_error(settings.github.redeliver_hooks());
+    if hooks.is_empty() {
+        eprintln!(
+            "hookbus: no webhook to look at: name them (repos/<owner>/<repo>/hooks/<id>, orgs/<org>/hooks/<id>) \
+             or set HOOKBUS_GITHUB__REDELIVER_HOOKS"
+        );
+        return ExitCode::from(2);
+    }
+    if settings.github.token.is_empty() {
+        eprintln!(
+            "hookbus: github.token (HOOKBUS_GITHUB__TOKEN) is required: deliveries are read through the GitHub API"
+        );
+        return ExitCode::from(2);
+    }
+    let redeliverer = match Redeliverer::for_hooks(&settings, hooks) {
+        Ok(redeliverer) => redeliverer,
+        Err(err) => {
+            eprintln!("hookbus: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = redeliverer.sweep_now(dry_run).await;
+    let verb = if dry_run { "would ask for" } else { "asked for" };
+    for delivery in &report.redelivered {
+        out!("{verb} {delivery}");
+    }
+    out!(
+        "{} failed deliveries {verb} again; {} left alone (stored after all, refused on purpose, or out of attempts)",
+        report.redelivered.len(),
+        report.skipped
+    );
+    for failure in &report.failed {
+        eprintln!("hookbus: {failure}");
+    }
+    if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn selector(id: Option<String>) -> DeadSelector {

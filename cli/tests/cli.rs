@@ -94,6 +94,68 @@ fn dead_letters_are_listed_retried_and_purged() {
     assert_eq!(block_on(backend.depths("notify")).expect("depths").dead, 0);
 }
 
+/// GitHub's deliveries API for hook 1 of octo/repo, one page: `down` failed
+/// with a 503, `ok` got through. Returns the API's URL and the attempt ids
+/// whose redelivery was asked for.
+fn fake_deliveries_api() -> (String, std::sync::Arc<std::sync::Mutex<Vec<u64>>>) {
+    use axum::routing::{get, post};
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = asked.clone();
+    let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).expect("now");
+    let attempts = serde_json::json!([
+        { "id": 12, "guid": "ok", "delivered_at": now, "status_code": 202, "event": "issues" },
+        { "id": 11, "guid": "down", "delivered_at": now, "status_code": 503, "event": "issues" },
+    ]);
+    let app = axum::Router::new()
+        .route("/repos/octo/repo/hooks/1/deliveries", get(move || async move { axum::Json(attempts) }))
+        .route(
+            "/repos/octo/repo/hooks/1/deliveries/{id}/attempts",
+            post(move |axum::extract::Path(id): axum::extract::Path<u64>| async move {
+                record.lock().expect("lock").push(id);
+                axum::http::StatusCode::ACCEPTED
+            }),
+        );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let api = format!("http://{}", listener.local_addr().expect("address"));
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let _ = axum::serve(listener, app).await;
+        })
+    });
+    (api, asked)
+}
+
+#[test]
+fn redeliver_lists_then_asks_github_again_for_failed_deliveries() {
+    let server = RedisServer::start();
+    let (api, asked) = fake_deliveries_api();
+    let run = |more: &[&str]| {
+        Command::new(HOOKBUS)
+            .args(["redeliver", "repos/octo/repo/hooks/1"])
+            .args(more)
+            .env("REDIS_URL", server.url())
+            .env("HOOKBUS_GITHUB__TOKEN", "test-token")
+            .env("HOOKBUS_GITHUB__API_URL", &api)
+            .output()
+            .expect("run hookbus redeliver")
+    };
+    let looked = run(&["--dry-run"]);
+    assert!(looked.status.success(), "{looked:?}");
+    assert!(stdout(&looked).contains("would ask for down\n"), "{looked:?}");
+    assert!(asked.lock().expect("lock").is_empty(), "a dry run asked GitHub");
+
+    let done = run(&[]);
+    assert!(done.status.success(), "{done:?}");
+    assert!(stdout(&done).contains("asked for down\n"), "{done:?}");
+    assert_eq!(*asked.lock().expect("lock"), vec![11], "the latest failed attempt of `down`, once");
+
+    let malformed = run(&["repos/octo"]);
+    assert_eq!(malformed.status.code(), Some(2), "{malformed:?}");
+    assert!(String::from_utf8_lossy(&malformed.stderr).contains("HOOKBUS_GITHUB__REDELIVER_HOOKS"), "{malformed:?}");
+}
+
 #[test]
 fn output_into_a_closed_pipe_ends_quietly() {
     // `hookbus queues | head -1`, with head gone before the first line.

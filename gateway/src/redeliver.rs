@@ -73,8 +73,11 @@ pub struct Attempt {
 pub struct SweepReport {
     /// Whether this process ran it (one per interval across all of them).
     pub ran: bool,
-    /// Delivery ids whose redelivery GitHub accepted.
+    /// Delivery ids whose redelivery GitHub accepted (with `dry_run`: that
+    /// would have been asked for).
     pub redelivered: Vec<String>,
+    /// Nothing was asked of GitHub: the sweep only looked.
+    pub dry_run: bool,
     /// Failed deliveries left alone: accepted since, refused on purpose, or
     /// out of attempts.
     pub skipped: usize,
@@ -138,12 +141,17 @@ impl Redeliverer {
         if hooks.is_empty() {
             return Ok(None);
         }
+        Self::for_hooks(settings, hooks).map(Some)
+    }
+
+    /// For the given hooks (checked API paths), with the rest of `settings`.
+    pub fn for_hooks(settings: &Settings, hooks: Vec<String>) -> Result<Self, RedeliverError> {
         let timeout = Duration::from_secs(10);
         let client = hookbus_github::client(&settings.github.api_url, settings.github.token.expose(), timeout)
             .map_err(|e| RedeliverError::Setup(e.to_string()))?;
         let conn = RedisConnection::open(&RedisTarget::from_settings(&settings.redis), timeout)
             .map_err(|e| RedeliverError::Setup(e.to_string()))?;
-        Ok(Some(Redeliverer {
+        Ok(Redeliverer {
             client,
             hooks,
             conn,
@@ -151,7 +159,7 @@ impl Redeliverer {
             interval: Duration::from_millis(settings.github.redeliver_interval_ms),
             window: Duration::from_millis(settings.github.redeliver_window_ms),
             reported: Mutex::new(HashSet::new()),
-        }))
+        })
     }
 
     /// Sweeps every interval until `shutdown`. A failed sweep is logged and
@@ -188,10 +196,16 @@ impl Redeliverer {
             .arg(self.interval.as_millis().max(1) as u64)
             .query_async(&mut conn)
             .await?;
-        let mut report = SweepReport { ran: won.is_some(), ..SweepReport::default() };
-        if !report.ran {
-            return Ok(report);
+        if won.is_none() {
+            return Ok(SweepReport::default());
         }
+        Ok(self.sweep_now(false).await)
+    }
+
+    /// One sweep now, whoever swept last (an operator's `hookbus
+    /// redeliver`); with `dry_run`, only what it would ask for.
+    pub async fn sweep_now(&self, dry_run: bool) -> SweepReport {
+        let mut report = SweepReport { ran: true, dry_run, ..SweepReport::default() };
         for hook in &self.hooks {
             // One hook GitHub will not list (a typo, a token without access)
             // does not keep the others from being swept.
@@ -200,7 +214,7 @@ impl Redeliverer {
                 report.failed.push(format!("{hook}: {err}"));
             }
         }
-        Ok(report)
+        report
     }
 
     async fn sweep_hook(&self, hook: &str, report: &mut SweepReport) -> Result<(), RedeliverError> {
@@ -214,9 +228,11 @@ impl Redeliverer {
                         report.skipped += 1;
                         continue;
                     }
-                    self.redeliver(hook, attempt).await?;
-                    tracing::info!(delivery = %guid, attempt, hook, "asked GitHub to redeliver a failed webhook");
-                    crate::metrics::redelivery("asked");
+                    if !report.dry_run {
+                        self.redeliver(hook, attempt).await?;
+                        tracing::info!(delivery = %guid, attempt, hook, "asked GitHub to redeliver a failed webhook");
+                        crate::metrics::redelivery("asked");
+                    }
                     report.redelivered.push(guid);
                 }
                 Decision::Refused { guid, status } => {
