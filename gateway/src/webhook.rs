@@ -29,6 +29,12 @@ use crate::{metrics, Gateway};
 /// The message kind the gateway writes for `normalise`.
 pub const KIND: &str = "github.webhook";
 
+/// The id Heroku's router (and most proxies) give a request, logged so that
+/// a router line (`request_id=…`, with its status and timing) leads to the
+/// gateway's line. A header value that reads as text holds only visible
+/// ASCII: it is logged as it is.
+const REQUEST_ID: &str = "x-request-id";
+
 /// Dead letters searched per queue when a known delivery comes again.
 const DEAD_SCAN: usize = 1_000;
 
@@ -72,6 +78,7 @@ pub async fn receive(State(gateway): State<Arc<Gateway>>, request: Request) -> R
                 reason = %rejection.reason,
                 event = %event,
                 delivery = %printable(header_text(headers, "x-github-delivery").unwrap_or("")),
+                request_id = header_text(headers, REQUEST_ID).unwrap_or(""),
                 "webhook refused"
             );
             rejection.into_response()
@@ -152,6 +159,7 @@ async fn accept(
         event = %delivery.event,
         result,
         bytes = json.len(),
+        request_id = header_text(headers, REQUEST_ID).unwrap_or(""),
         "webhook {result}"
     );
     Ok((status, Json(body)).into_response())

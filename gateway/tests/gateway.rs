@@ -769,7 +769,8 @@ fn sigterm_lets_an_in_flight_webhook_finish_then_exits_0() {
     stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     let request = format!(
         "POST /webhooks/github HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\n\
-         x-github-event: issues\r\nx-github-delivery: {}\r\nx-hub-signature-256: {}\r\ncontent-length: {}\r\n\r\n",
+         x-github-event: issues\r\nx-github-delivery: {}\r\nx-hub-signature-256: {}\r\ncontent-length: {}\r\n\
+         x-request-id: router-req-7f3a\r\n\r\n",
         delivery(),
         sign(SECRET.as_bytes(), &body),
         body.len()
@@ -807,5 +808,8 @@ fn sigterm_lets_an_in_flight_webhook_finish_then_exits_0() {
     let mut logs = String::new();
     child.stderr.take().expect("stderr").read_to_string(&mut logs).expect("read the log");
     assert!(logs.contains("webhook accepted") && logs.contains("gateway stopped"), "{logs}");
+    // The router's request id leads from its log line to the gateway's.
+    let accepted = logs.lines().find(|line| line.contains("webhook accepted")).unwrap_or_default();
+    assert!(accepted.contains("router-req-7f3a"), "{accepted}");
     assert!(!logs.contains('\u{1b}'), "terminal colour codes in a log that is no terminal: {logs}");
 }
