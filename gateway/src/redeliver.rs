@@ -218,13 +218,26 @@ impl Redeliverer {
     }
 
     async fn sweep_hook(&self, hook: &str, report: &mut SweepReport) -> Result<(), RedeliverError> {
-        let mut conn = self.conn.clone();
-        for decision in decide(&self.attempts(hook).await?) {
+        let decisions = decide(&self.attempts(hook).await?);
+        // Which candidates were stored after all: one MGET of their marks
+        // (all in the `{normalise}` slot).
+        let marks: Vec<String> = decisions
+            .iter()
+            .filter_map(|decision| match decision {
+                Decision::Redeliver { guid, .. } => Some(mark_key(&self.prefix, &Mark::Delivery(guid.clone()))),
+                _ => None,
+            })
+            .collect();
+        let mut stored: Vec<Option<String>> = Vec::new();
+        if !marks.is_empty() {
+            let mut conn = self.conn.clone();
+            stored = redis::cmd("MGET").arg(&marks).query_async(&mut conn).await?;
+        }
+        let mut stored = stored.into_iter();
+        for decision in decisions {
             match decision {
                 Decision::Redeliver { guid, attempt } => {
-                    let mark = mark_key(&self.prefix, &Mark::Delivery(guid.clone()));
-                    let accepted: Option<String> = redis::cmd("GET").arg(&mark).query_async(&mut conn).await?;
-                    if accepted.is_some() {
+                    if stored.next().flatten().is_some() {
                         report.skipped += 1;
                         continue;
                     }
