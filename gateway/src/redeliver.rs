@@ -64,8 +64,6 @@ pub struct Attempt {
     /// The answer's status; 0 when there was none (timeout, refused).
     #[serde(default)]
     pub status_code: u16,
-    #[serde(default)]
-    pub event: String,
 }
 
 /// What one sweep did.
@@ -370,13 +368,7 @@ mod tests {
     use super::*;
 
     fn attempt(id: u64, guid: &str, status_code: u16) -> Attempt {
-        Attempt {
-            id,
-            guid: guid.into(),
-            delivered_at: "2026-12-02T00:00:00Z".into(),
-            status_code,
-            event: "issues".into(),
-        }
+        Attempt { id, guid: guid.into(), delivered_at: "2026-12-02T00:00:00Z".into(), status_code }
     }
 
     #[test]
