@@ -143,7 +143,7 @@ impl Gateway {
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
             .route("/metrics", get(health::metrics))
-            .route_layer(axum::middleware::from_fn(metrics::track))
+            .route_layer(metrics::TrackLayer)
             .with_state(state)
     }
 
