@@ -246,24 +246,24 @@ impl Writer {
         let mut transaction = redis::pipe();
         transaction.atomic().add_command(push).ignore().add_command(decide);
         let mut conn = self.conn.clone();
-        let reply: Result<(Vec<(i64, String)>,), redis::RedisError> = transaction.query_async(&mut conn).await;
+        let reply: Result<(Vec<(usize, String)>,), redis::RedisError> = transaction.query_async(&mut conn).await;
         match reply {
-            Ok((answers,)) if answers.len() == batch.len() => {
-                for (request, (queued, holder)) in batch.into_iter().zip(answers) {
-                    let admission = match queued {
-                        1 => Ok(Admission::Queued),
-                        0 => Ok(Admission::Seen { message_id: holder }),
-                        other => Err(IntakeError::Protocol(format!("status {other}"))),
-                    };
-                    let _ = request.answer.send(admission);
+            Ok((duplicates,)) => match seen_by_position(duplicates, batch.len()) {
+                Ok(mut seen) => {
+                    for (request, holder) in batch.into_iter().zip(seen.drain(..)) {
+                        let admission = match holder {
+                            None => Admission::Queued,
+                            Some(message_id) => Admission::Seen { message_id },
+                        };
+                        let _ = request.answer.send(Ok(admission));
+                    }
                 }
-            }
-            Ok((answers,)) => {
-                let reason = format!("{} answers for a batch of {}", answers.len(), batch.len());
-                for request in batch {
-                    let _ = request.answer.send(Err(IntakeError::Protocol(reason.clone())));
+                Err(reason) => {
+                    for request in batch {
+                        let _ = request.answer.send(Err(IntakeError::Protocol(reason.clone())));
+                    }
                 }
-            }
+            },
             Err(err) => {
                 for request in batch {
                     let _ = request.answer.send(Err(IntakeError::Redis(err.clone())));
@@ -271,6 +271,21 @@ impl Writer {
             }
         }
     }
+}
+
+/// The script's reply (the duplicates, as 1-based position and holder) as
+/// one entry per request of a batch of `n`: the holder for a duplicate,
+/// `None` for a request that was queued.
+fn seen_by_position(duplicates: Vec<(usize, String)>, n: usize) -> Result<Vec<Option<String>>, String> {
+    let mut seen = vec![None; n];
+    for (position, holder) in duplicates {
+        match position.checked_sub(1).and_then(|index| seen.get_mut(index)) {
+            Some(slot @ None) => *slot = Some(holder),
+            Some(Some(_)) => return Err(format!("request {position} answered twice")),
+            None => return Err(format!("request {position} of a batch of {n}")),
+        }
+    }
+    Ok(seen)
 }
 
 /// `<prefix>:{normalise}:delivery:<id>` or `<prefix>:{normalise}:change:<id>`.
@@ -359,5 +374,24 @@ impl Intake for LocalIntake {
 
     async fn ping(&self) -> Result<(), IntakeError> {
         Ok(self.backend.ping().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seen_by_position;
+
+    #[test]
+    fn duplicates_land_on_their_requests() {
+        let seen = seen_by_position(vec![(2, "m-1".into()), (4, "m-2".into())], 4);
+        assert_eq!(seen, Ok(vec![None, Some("m-1".to_string()), None, Some("m-2".to_string())]));
+        assert_eq!(seen_by_position(Vec::new(), 3), Ok(vec![None, None, None]));
+    }
+
+    #[test]
+    fn a_reply_that_does_not_fit_the_batch_is_refused() {
+        assert!(seen_by_position(vec![(0, "m".into())], 2).is_err());
+        assert!(seen_by_position(vec![(3, "m".into())], 2).is_err());
+        assert!(seen_by_position(vec![(1, "m".into()), (1, "n".into())], 2).is_err());
     }
 }

@@ -29,9 +29,12 @@
 -- ARGV[4+2(i-1)]  '' for a new request; otherwise the message id the mark
 --                 must still name for the request to be accepted again (its
 --                 message went dead)
--- Returns    per request, in order, two entries: 1, <message id> when
---            queued; 0, <holder> when the mark names another message (a
---            duplicate: its envelope is taken back off, nothing is kept).
+-- Returns    the duplicates only, in order, two entries each: i (the
+--            request's 1-based position) and <holder>, the message its mark
+--            names (its envelope is taken back off, nothing is kept); every
+--            request not listed was queued. Usually empty: a reply of a few
+--            bytes instead of two entries per request, which Redis writes
+--            and the gateway parses for every webhook.
 --            An error when the token is not at the head (the push failed;
 --            nothing was written).
 --
@@ -51,7 +54,7 @@ if redis.call('LINDEX', pending, 0) ~= token then
 end
 redis.call('LPOP', pending)
 local n = #KEYS - 1
-local answers, taken_back = {}, 0
+local duplicates, taken_back = {}, 0
 for i = 1, n do
   local mark, id, replacing = KEYS[1 + i], ARGV[3 + 2 * (i - 1)], ARGV[4 + 2 * (i - 1)]
   -- One lookup for the common case: set if absent, else read the holder.
@@ -60,18 +63,14 @@ for i = 1, n do
     -- Overwritten by the (short) token, then removed below.
     redis.call('LSET', pending, n - i, token)
     taken_back = taken_back + 1
-    answers[#answers + 1] = 0
-    answers[#answers + 1] = holder
-  else
-    if holder then
-      -- A redelivery of a message that went dead: the mark moves to this one.
-      redis.call('SET', mark, id, 'PX', ttl)
-    end
-    answers[#answers + 1] = 1
-    answers[#answers + 1] = id
+    duplicates[#duplicates + 1] = i
+    duplicates[#duplicates + 1] = holder
+  elseif holder then
+    -- A redelivery of a message that went dead: the mark moves to this one.
+    redis.call('SET', mark, id, 'PX', ttl)
   end
 end
 if taken_back > 0 then
   redis.call('LREM', pending, taken_back, token)
 end
-return answers
+return duplicates
