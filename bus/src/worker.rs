@@ -49,7 +49,7 @@ pub async fn run_worker_with<P: Plugin>(
         Ok(settings) => settings,
         Err(err) => return fail(binary, SetupError::Config(err)),
     };
-    crate::telemetry::init();
+    let _logs = crate::telemetry::init();
     let shutdown = match Shutdown::on_signals() {
         Ok(shutdown) => shutdown,
         Err(err) => return fail(binary, SetupError::failed(format!("cannot install signal handlers: {err}"))),

@@ -85,7 +85,7 @@ pub async fn run(redis: Option<String>, port: Option<u16>) -> ExitCode {
         vars.push(("PORT".into(), port.to_string()));
     }
     let mut settings = exit_on_error(Settings::load_from(&vars, None));
-    hookbus_bus::telemetry::init();
+    let _logs = hookbus_bus::telemetry::init();
 
     if let Err(err) = std::fs::create_dir_all(DEV_DIR) {
         eprintln!("hookbus: cannot create {DEV_DIR}/: {err}");

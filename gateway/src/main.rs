@@ -19,7 +19,7 @@ async fn main() -> ExitCode {
     let settings = hookbus_config::exit_on_error(hookbus_config::Settings::load());
     // Outside dev mode an unsigned gateway would accept anyone's events.
     hookbus_config::exit_on_error(settings.github.require_webhook_secret());
-    hookbus_bus::telemetry::init();
+    let _logs = hookbus_bus::telemetry::init();
 
     let shutdown = match Shutdown::on_signals() {
         Ok(shutdown) => shutdown,
