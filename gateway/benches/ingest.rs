@@ -6,7 +6,7 @@
 //! `cargo bench -p hookbus-gateway --bench ingest`
 //! Tunables: `INGEST_SECS` (default 10 per target), `INGEST_ROUNDS`
 //! (default 5), `INGEST_CONNECTIONS` (default 64), `INGEST_DRAIN` (default
-//! 1), `INGEST_THREADS` (the gateway's serving threads; default as
+//! 1), `INGEST_LOG` (default 1), `INGEST_THREADS` (the gateway's serving threads; default as
 //! `gateway.threads`). All traffic stays on 127.0.0.1.
 //!
 //! The two targets take turns, `INGEST_ROUNDS` times each, so that a change
@@ -21,6 +21,12 @@
 //! `MULTI LLEN DEL EXEC`: nothing is deleted uncounted), standing in for
 //! the normalise dyno, which runs elsewhere; its Redis work is in
 //! redis-server's figure. `INGEST_DRAIN=0` keeps everything instead.
+//!
+//! The gateway logs as `hookbus-gateway` does, a line per webhook through
+//! the same writer (`hookbus_bus::telemetry`), into a pipe that a thread
+//! reads and throws away, standing for the platform's log router; the
+//! gateway's CPU includes its `log-writer` thread. `INGEST_LOG=0` measures
+//! without logs, as the benchmark did before the seventeenth session.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,6 +114,21 @@ fn redis_cpu(conn: &mut redis::Connection) -> Duration {
         .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
         .sum();
     Duration::from_secs_f64(seconds)
+}
+
+/// Installs hookbus's logging, writing into a pipe that a thread
+/// (`log-reader`) empties; returns the guard and that thread, which ends
+/// with the number of bytes it read once the guard is dropped.
+fn log_to_pipe() -> (hookbus_bus::telemetry::LogGuard, std::thread::JoinHandle<u64>) {
+    let (mut reader, writer) = std::io::pipe().expect("pipe");
+    let reading = std::thread::Builder::new()
+        .name("log-reader".into())
+        .spawn(move || {
+            let mut sink = std::io::sink();
+            std::io::copy(&mut reader, &mut sink).unwrap_or(0)
+        })
+        .expect("log reader");
+    (hookbus_bus::telemetry::init_with(writer, false), reading)
 }
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -259,6 +280,14 @@ impl Totals {
 }
 
 fn main() {
+    let logging = env_number("INGEST_LOG", 1) != 0;
+    let (logs, log_reader) = match logging {
+        true => {
+            let (logs, reader) = log_to_pipe();
+            (Some(logs), Some(reader))
+        }
+        false => (None, None),
+    };
     let seconds = env_number("INGEST_SECS", 10);
     let rounds = env_number("INGEST_ROUNDS", 5).max(1);
     let connections = env_number("INGEST_CONNECTIONS", 64) as usize;
@@ -330,8 +359,10 @@ fn main() {
         for (target, url, totals) in
             [("bare-server", &bare_base, &mut bare_totals), ("gateway-", &base, &mut gateway_totals)]
         {
+            // The log writer works for the gateway only: the bare handler logs nothing.
+            let server_cpu = || thread_cpu(target) + thread_cpu("log-writer");
             let (client_before, server_before, redis_before) =
-                (thread_cpu("load-client"), thread_cpu(target), redis_cpu(&mut conn));
+                (thread_cpu("load-client"), server_cpu(), redis_cpu(&mut conn));
             let figures = client_rt.block_on(drive(
                 format!("{url}/webhooks/github"),
                 body.clone(),
@@ -340,7 +371,7 @@ fn main() {
                 round,
             ));
             totals.client_cpu += thread_cpu("load-client") - client_before;
-            totals.server_cpu += thread_cpu(target) - server_before;
+            totals.server_cpu += server_cpu() - server_before;
             totals.redis_cpu += redis_cpu(&mut conn).saturating_sub(redis_before);
             totals.add(figures);
         }
@@ -370,6 +401,14 @@ fn main() {
     let left: u64 = redis::cmd("LLEN").arg(PENDING).query(&mut conn).expect("LLEN");
     let stored = drained + left;
     println!("messages that reached {PENDING}: {stored} ({drained} drained, {left} left)");
+    drop(logs);
+    match log_reader.map(|reader| reader.join().unwrap_or(0)) {
+        Some(bytes) => println!(
+            "gateway log (as deployed, into a pipe): {bytes} bytes, {:.0} per accepted webhook",
+            bytes as f64 / stored.max(1) as f64
+        ),
+        None => println!("gateway log: off (INGEST_LOG=0)"),
+    }
     // Warm-up included on both sides of the division: every stored message.
     let per_request = |cpu: Duration| cpu.as_secs_f64() * 1e6 / stored.max(1) as f64;
     println!(
@@ -400,6 +439,7 @@ fn main() {
             "seconds": seconds,
             "rounds": rounds,
             "pending_drained": draining,
+            "gateway_logs": logging,
             "bare_requests_per_s": bare_figures.rate(),
             "gateway_requests_per_s": gateway_figures.rate(),
             "ratio": gateway_figures.rate() / bare_figures.rate(),

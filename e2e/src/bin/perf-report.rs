@@ -50,8 +50,9 @@ const BENCHES: [Bench; 4] = [
         about: "Signed webhooks (a real 5,971-byte payload, a fresh delivery id per request) on 64 keep-alive \
                 connections into the gateway over a local redis-server, and the same load against a bare axum \
                 handler answering 200; the two take turns in 5 rounds of 2 s each, so that the machine's drift \
-                lands on both. Pending is counted and emptied every 100 ms, as normalise would. The load \
-                generator shares the 2 cores.",
+                lands on both. Pending is counted and emptied every 100 ms, as normalise would. The gateway \
+                logs as deployed, a line per webhook into a pipe (its log-writer thread counted in its CPU). \
+                The load generator shares the 2 cores.",
     },
     Bench {
         name: "commit",
