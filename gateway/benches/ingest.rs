@@ -6,8 +6,8 @@
 //! `cargo bench -p hookbus-gateway --bench ingest`
 //! Tunables: `INGEST_SECS` (default 10 per target), `INGEST_ROUNDS`
 //! (default 5), `INGEST_CONNECTIONS` (default 64), `INGEST_DRAIN` (default
-//! 1), `INGEST_LOG` (default 1), `INGEST_THREADS` (the gateway's serving threads; default as
-//! `gateway.threads`). All traffic stays on 127.0.0.1.
+//! 1), `INGEST_LOG` (default 1), `INGEST_THREADS` (the gateway's serving
+//! threads; default as `gateway.threads`). All traffic stays on 127.0.0.1.
 //!
 //! The two targets take turns, `INGEST_ROUNDS` times each, so that a change
 //! in what else the machine is doing lands on both alike (this machine's
