@@ -249,8 +249,8 @@ impl Writer {
         let reply: Result<(Vec<(usize, String)>,), redis::RedisError> = transaction.query_async(&mut conn).await;
         match reply {
             Ok((duplicates,)) => match seen_by_position(duplicates, batch.len()) {
-                Ok(mut seen) => {
-                    for (request, holder) in batch.into_iter().zip(seen.drain(..)) {
+                Ok(seen) => {
+                    for (request, holder) in batch.into_iter().zip(seen) {
                         let admission = match holder {
                             None => Admission::Queued,
                             Some(message_id) => Admission::Seen { message_id },
