@@ -3,7 +3,7 @@
 //! The gateway and every worker plugin run here, over the in-memory bus
 //! (or `--redis <url>`) — the same plugin code the worker binaries run. A
 //! webhook secret and an API token are made up on first start and kept in
-//! `./.hookbus/`, so `hookbus send` in the same directory signs correctly.
+//! `./.hookbus/`, so `hookbus send` in the same directory (or below) signs correctly.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -220,7 +220,7 @@ pub async fn run(redis: Option<String>, port: Option<u16>) -> ExitCode {
     }
     println!("Ctrl-C stops it cleanly.");
 
-    // For `hookbus queues`, `send`, … started in this directory.
+    // For `hookbus queues`, `send`, … started in this directory or below.
     let state = Path::new(DEV_STATE_FILE);
     let running = RunningDev {
         address: listener.local_addr().unwrap_or(address),

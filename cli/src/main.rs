@@ -5,9 +5,9 @@
 //! - `hookbus queues | peek | dead | ops | redeliver` — look at and act on the queues in
 //!   `REDIS_URL`, as an operator would with `redis-cli`, but decoded.
 //!   Without `REDIS_URL`, those of a `hookbus dev --redis` running in the
-//!   same directory (see `running.rs`).
+//!   same directory or above it (see `running.rs`).
 //! - `hookbus send` — post a correctly signed webhook to a gateway (by
-//!   default the `hookbus dev` running in the same directory).
+//!   default the `hookbus dev` running in the same directory or above).
 //!
 //! Exit codes: 0 done, 1 failed (Redis unreachable, request refused), 2 bad
 //! configuration or usage.
@@ -78,8 +78,8 @@ enum Command {
         /// The X-GitHub-Event, e.g. `issues`.
         #[arg(long)]
         event: String,
-        /// Webhook URL (default: the `hookbus dev` running in this directory,
-        /// else http://127.0.0.1:<PORT or 8080>/webhooks/github).
+        /// Webhook URL (default: the `hookbus dev` running in this directory
+        /// or a parent, else http://127.0.0.1:<PORT or 8080>/webhooks/github).
         #[arg(long)]
         url: Option<String>,
         /// Secret to sign with (default: HOOKBUS_GITHUB__WEBHOOK_SECRET, or the

@@ -1,6 +1,5 @@
 //! Operator commands over `REDIS_URL`: what `redis-cli` would show, decoded.
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -11,7 +10,7 @@ use hookbus_gateway::redeliver::Redeliverer;
 use hookbus_reconcile::store::{OperationStore, RedisStore};
 use serde_json::{json, Value};
 
-use crate::running::{self, DevBus, RunningDev, DEV_STATE_FILE};
+use crate::running::{self, DevBus, RunningDev};
 
 /// `println!` for output that may go into a pipe: a reader that stops early
 /// (`hookbus queues | head -2`) ends the command quietly, as with any Unix
@@ -53,20 +52,22 @@ async fn connect() -> Result<Arc<dyn Backend>, ExitCode> {
 }
 
 /// The settings of the operator commands: the configuration's, or, when it
-/// names no Redis, the Redis of a `hookbus dev` running in this directory.
+/// names no Redis, the Redis of a `hookbus dev` running in this directory
+/// (or the nearest parent where one runs).
 /// One that keeps its queues in memory is out of reach: said, exit 1.
 fn operator_settings() -> Result<Settings, ExitCode> {
     let mut settings = exit_on_error(Settings::load());
     if running::redis_named(&settings) {
         return Ok(settings);
     }
-    match RunningDev::find(Path::new(DEV_STATE_FILE)) {
-        Some(RunningDev { bus: DevBus::Redis(url), .. }) => settings.redis.url = Secret::new(url),
-        Some(RunningDev { bus: DevBus::Memory, address }) => {
+    match RunningDev::nearest() {
+        Some((RunningDev { bus: DevBus::Redis(url), .. }, _)) => settings.redis.url = Secret::new(url),
+        Some((RunningDev { bus: DevBus::Memory, address }, dir)) => {
             eprintln!(
-                "hookbus: the `hookbus dev` running here keeps its queues in memory, where this command cannot \
+                "hookbus: the `hookbus dev` running in {} keeps its queues in memory, where this command cannot \
                  read them: see them on http://{address}/admin or /metrics. Start it with --redis <url> to use \
-                 `hookbus queues`, `peek`, `dead` and `ops` on them, or set REDIS_URL to read another Redis."
+                 `hookbus queues`, `peek`, `dead` and `ops` on them, or set REDIS_URL to read another Redis.",
+                dir.display()
             );
             return Err(ExitCode::FAILURE);
         }

@@ -1,16 +1,18 @@
 //! What a running `hookbus dev` tells the other commands started in the same
-//! directory: where its gateway listens and where its queues are.
+//! directory, or below it: where its gateway listens and where its queues are.
 //!
 //! `hookbus dev` writes `.hookbus/dev.json` once it listens and removes it
 //! when it stops. Without `REDIS_URL`, the operator commands read the queues
 //! of that `hookbus dev`: its Redis when it runs with `--redis`; when it keeps
 //! them in memory they cannot, and say where to look instead (rather than
 //! showing some other Redis's queues as if they were these). `hookbus send`
-//! posts to its gateway. A file left by a `hookbus dev` that was killed is
+//! posts to its gateway. A command looks in its own directory, then in each
+//! parent in turn, as git looks for `.git`, and takes the nearest `hookbus
+//! dev` still running. A file left by a `hookbus dev` that was killed is
 //! ignored: its gateway no longer answers.
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hookbus_config::{RedisSettings, Settings};
@@ -60,6 +62,13 @@ impl RunningDev {
         let dev = RunningDev::parse(&text)?;
         TcpStream::connect_timeout(&dev.address, ALIVE_WITHIN).ok()?;
         Some(dev)
+    }
+
+    /// The `hookbus dev` running in the current directory, or else in the
+    /// nearest of its parents where one runs, with that directory.
+    pub fn nearest() -> Option<(RunningDev, PathBuf)> {
+        let here = std::env::current_dir().ok()?;
+        here.ancestors().find_map(|dir| Some((RunningDev::find(&dir.join(DEV_STATE_FILE))?, dir.to_path_buf())))
     }
 
     fn parse(text: &str) -> Option<RunningDev> {

@@ -6,10 +6,20 @@ use std::process::ExitCode;
 
 use hookbus_config::{exit_on_error, Settings};
 
-use crate::running::{RunningDev, DEV_STATE_FILE};
+use crate::running::RunningDev;
 
 /// Where `hookbus dev` leaves the secret it generated.
 pub const DEV_SECRET_FILE: &str = ".hookbus/secret";
+
+/// The secret `hookbus dev` generated: the one of the running `dev_dir`, or
+/// else the nearest one in this directory or a parent.
+fn dev_secret(dev_dir: Option<&Path>) -> Option<String> {
+    let read = |dir: &Path| std::fs::read_to_string(dir.join(DEV_SECRET_FILE)).ok().map(|s| s.trim().to_string());
+    match dev_dir {
+        Some(dir) => read(dir),
+        None => std::env::current_dir().ok()?.ancestors().find_map(read),
+    }
+}
 
 pub async fn run(
     payload: &Path,
@@ -26,9 +36,12 @@ pub async fn run(
             return ExitCode::from(2);
         }
     };
+    // A `hookbus dev` running here or above: its secret, and its gateway
+    // unless a URL or a port is named.
+    let dev = RunningDev::nearest();
     let secret = secret
         .or_else(|| Some(settings.github.webhook_secret.expose().to_string()).filter(|s| !s.is_empty()))
-        .or_else(|| std::fs::read_to_string(DEV_SECRET_FILE).ok().map(|s| s.trim().to_string()));
+        .or_else(|| dev_secret(dev.as_ref().map(|(_, dir)| dir.as_path())));
     let Some(secret) = secret else {
         eprintln!(
             "hookbus: no secret to sign with: pass --secret, set HOOKBUS_GITHUB__WEBHOOK_SECRET, \
@@ -37,10 +50,9 @@ pub async fn run(
         return ExitCode::from(2);
     };
     let url = url.unwrap_or_else(|| {
-        // A `hookbus dev` running here, unless a port is named.
         let named = ["PORT", "HOOKBUS_GATEWAY__PORT"].iter().any(|name| std::env::var_os(name).is_some());
-        match RunningDev::find(Path::new(DEV_STATE_FILE)).filter(|_| !named) {
-            Some(dev) => format!("http://{}/webhooks/github", dev.address),
+        match dev.filter(|_| !named) {
+            Some((dev, _)) => format!("http://{}/webhooks/github", dev.address),
             None => format!("http://127.0.0.1:{}/webhooks/github", settings.gateway.port),
         }
     });

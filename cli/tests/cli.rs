@@ -336,15 +336,19 @@ fn dev_mode_turns_a_sent_sample_into_a_commit_by_its_author_once_and_stops_clean
 }
 
 #[test]
-fn operator_commands_read_the_redis_of_a_dev_mode_running_in_their_directory() {
+fn commands_below_a_running_dev_mode_use_its_redis_gateway_and_secret() {
     let server = RedisServer::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port().to_string();
     let _dev = Dev::start(dir.path(), &port, &["--redis", &server.url()]);
+    // Run from two levels down, as from a project's payloads folder: found
+    // as git finds `.git`.
+    let below = dir.path().join("payloads/issues");
+    std::fs::create_dir_all(&below).expect("subdirectory");
     let in_dir = |args: &[&str]| {
         Command::new(HOOKBUS)
             .args(args)
-            .current_dir(dir.path())
+            .current_dir(&below)
             .env_remove("REDIS_URL")
             .env_remove("HOOKBUS_REDIS__URL")
             .env_remove("PORT")
