@@ -372,6 +372,36 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The newest `n` entries of `journal`, newest first.
     async fn journal_recent(&self, journal: &str, n: usize) -> Result<Vec<serde_json::Value>, BusError>;
+
+    /// What in the store's own settings can lose messages it acknowledged,
+    /// one sentence each for an operator; empty when nothing can. Redis:
+    /// no append-only file, or an eviction policy other than `noeviction`.
+    async fn durability_risks(&self) -> Result<Vec<String>, BusError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Logs, once the store first answers, what in its settings can lose
+/// acknowledged messages (see [`Backend::durability_risks`]): every process
+/// says it at start, where an operator reading a deploy's logs sees it.
+/// Retries every 5 s while the store cannot be reached, until `shutdown`.
+pub async fn warn_of_durability_risks(backend: std::sync::Arc<dyn Backend>, shutdown: crate::Shutdown) {
+    loop {
+        match backend.durability_risks().await {
+            Ok(risks) => {
+                for risk in risks {
+                    tracing::warn!("redis can lose acknowledged messages: {risk}");
+                }
+                return;
+            }
+            Err(_) => {
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
 }
 
 /// A handle on one capped journal of a [`Backend`], for plugins that keep a

@@ -517,6 +517,51 @@ fn depths_reply(reply: Vec<redis::Value>) -> Result<DepthsReply, BusError> {
     }
 }
 
+/// Every text in an `INFO` reply: one string from a server, one per node
+/// (as a map) from a cluster.
+fn info_text(value: &redis::Value, out: &mut String) {
+    match value {
+        redis::Value::BulkString(bytes) => {
+            out.push_str(&String::from_utf8_lossy(bytes));
+            out.push('\n');
+        }
+        redis::Value::VerbatimString { text, .. } | redis::Value::SimpleString(text) => {
+            out.push_str(text);
+            out.push('\n');
+        }
+        redis::Value::Map(entries) => entries.iter().for_each(|(_, value)| info_text(value, out)),
+        redis::Value::Array(values) => values.iter().for_each(|value| info_text(value, out)),
+        _ => {}
+    }
+}
+
+/// What in `INFO persistence` and `INFO memory` output (of one or more
+/// servers) can lose acknowledged messages.
+pub fn durability_risks(info: &str) -> Vec<String> {
+    let fields = || info.lines().filter_map(|line| line.trim().split_once(':'));
+    let mut risks = Vec::new();
+    if fields().any(|(name, value)| name == "aof_enabled" && value == "0") {
+        risks.push(
+            "it keeps no append-only file (appendonly no), so a restart loses what was written since its last \
+             snapshot, webhooks already answered 202 among them; turn on appendonly yes (docs/operations.md)"
+                .to_string(),
+        );
+    }
+    let mut policies: Vec<&str> = fields()
+        .filter(|(name, value)| *name == "maxmemory_policy" && *value != "noeviction")
+        .map(|(_, value)| value)
+        .collect();
+    policies.sort_unstable();
+    policies.dedup();
+    for policy in policies {
+        risks.push(format!(
+            "its maxmemory-policy is {policy}, so when full it deletes keys, queued messages among them; set it to \
+             noeviction (docs/operations.md, \"When Redis is full\")"
+        ));
+    }
+    risks
+}
+
 async fn timed<T>(fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, BusError> {
     match tokio::time::timeout(CALL_TIMEOUT, fut).await {
         Ok(result) => result.map_err(BusError::from),
@@ -892,6 +937,18 @@ impl Backend for RedisBackend {
         )
         .await?;
         Ok(())
+    }
+
+    async fn durability_risks(&self) -> Result<Vec<String>, BusError> {
+        let mut conn = self.conn().await?;
+        // `INFO`, not `CONFIG GET`: Heroku Redis and other managed services
+        // refuse CONFIG. A cluster answers for each of its nodes.
+        let persistence: redis::Value = timed(redis::cmd("INFO").arg("persistence").query_async(&mut conn)).await?;
+        let memory: redis::Value = timed(redis::cmd("INFO").arg("memory").query_async(&mut conn)).await?;
+        let mut text = String::new();
+        info_text(&persistence, &mut text);
+        info_text(&memory, &mut text);
+        Ok(durability_risks(&text))
     }
 
     async fn journal_recent(&self, journal: &str, n: usize) -> Result<Vec<serde_json::Value>, BusError> {

@@ -62,6 +62,7 @@ pub async fn run_worker_with<P: Plugin>(
         Ok(plugin) => plugin,
         Err(err) => return fail(binary, err),
     };
+    tokio::spawn(crate::backend::warn_of_durability_risks(backend.clone(), shutdown.clone()));
     let options = RunnerOptions::from_settings(&settings.bus, plugin.input());
     match crate::run(backend, Arc::new(plugin), options, shutdown).await {
         Ok(_) => ExitCode::SUCCESS,

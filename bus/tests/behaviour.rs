@@ -744,3 +744,40 @@ async fn leases_of_a_dead_worker_of_the_previous_layout_go_back_in_order() {
     let left: bool = redis::cmd("EXISTS").arg(format!("hookbus:{{q}}:inflight:{old}")).query(&mut raw).expect("exists");
     assert!(!left, "the old in-flight hash is gone");
 }
+
+/// The Redis settings that can lose what the bus acknowledged are named,
+/// read from `INFO` (managed services refuse `CONFIG`): no append-only
+/// file, an eviction policy. A durable `noeviction` server names nothing,
+/// and a cluster answers for its nodes as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_settings_that_can_lose_acknowledged_messages_are_named() {
+    let plain = RedisServer::start();
+    let backend = RedisBackend::connect(&plain.url(), "hookbus", 2, false).expect("pool");
+    let risks = backend.durability_risks().await.expect("INFO");
+    assert_eq!(risks.len(), 1, "{risks:?}");
+    assert!(risks[0].contains("appendonly yes"), "{risks:?}");
+
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query(&mut plain.client())
+        .expect("CONFIG SET");
+    let risks = backend.durability_risks().await.expect("INFO");
+    assert_eq!(risks.len(), 2, "{risks:?}");
+    assert!(risks[1].contains("allkeys-lru") && risks[1].contains("noeviction"), "{risks:?}");
+
+    let durable = RedisServer::start_durable();
+    let backend = RedisBackend::connect(&durable.url(), "hookbus", 2, false).expect("pool");
+    assert_eq!(backend.durability_risks().await.expect("INFO"), Vec::<String>::new());
+
+    let cluster = RedisCluster::shared();
+    let backend =
+        RedisBackend::open(&RedisTarget::cluster(cluster.urls(), false), "risks", 2).expect("cluster backend");
+    let risks = backend.durability_risks().await.expect("INFO on a cluster");
+    assert_eq!(risks.len(), 1, "one sentence for the three nodes without AOF: {risks:?}");
+    assert!(risks[0].contains("appendonly yes"), "{risks:?}");
+
+    // The in-memory bus claims nothing of the kind.
+    assert!(MemoryBackend::new().durability_risks().await.expect("memory").is_empty());
+}

@@ -49,6 +49,9 @@ fn queues_prints_every_queue_with_its_depths() {
     for queue in ["normalise", "reconcile", "notify"] {
         assert!(text.lines().any(|l| l.starts_with(queue)), "{queue} missing in\n{text}");
     }
+    // This test server keeps no append-only file: said, on stderr.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("can lose acknowledged messages") && said.contains("appendonly yes"), "{said}");
 }
 
 #[test]

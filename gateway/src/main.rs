@@ -47,6 +47,12 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    match hookbus_bus::connect(&settings) {
+        Ok(backend) => {
+            tokio::spawn(hookbus_bus::backend::warn_of_durability_risks(backend, shutdown.clone()));
+        }
+        Err(err) => tracing::warn!(error = %err, "cannot check how redis keeps what it acknowledged"),
+    }
     let threads = settings.gateway.serving_threads();
     let grace = settings.gateway.grace_period();
     tracing::info!(%address, threads, "gateway listening");

@@ -812,4 +812,6 @@ fn sigterm_lets_an_in_flight_webhook_finish_then_exits_0() {
     let accepted = logs.lines().find(|line| line.contains("webhook accepted")).unwrap_or_default();
     assert!(accepted.contains("router-req-7f3a"), "{accepted}");
     assert!(!logs.contains('\u{1b}'), "terminal colour codes in a log that is no terminal: {logs}");
+    // This test's Redis keeps no append-only file: the gateway said so at start.
+    assert!(logs.contains("redis can lose acknowledged messages") && logs.contains("appendonly yes"), "{logs}");
 }
