@@ -289,7 +289,10 @@ async fn overview(State(gateway): State<Arc<Gateway>>) -> Response {
         Ok(commits) => commits,
         Err(err) => return unavailable("recent commits", err),
     };
-    Json(json!({ "now": now, "queues": queues, "processes": processes, "commits": commits })).into_response()
+    // Not worth failing the page for: without an answer, no warning.
+    let risks = gateway.bounded(gateway.backend.durability_risks()).await.unwrap_or_default();
+    Json(json!({ "now": now, "queues": queues, "processes": processes, "commits": commits, "risks": risks }))
+        .into_response()
 }
 
 /// One worker process as the page shows it: its report, whether it is

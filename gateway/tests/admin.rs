@@ -188,6 +188,9 @@ async fn admin_asks_for_basic_credentials_and_never_shows_secrets() {
     assert_eq!(queues, ["normalise", "reconcile", "commit", "notify"]);
     assert_eq!(overview["queues"][2]["depths"]["dead"], 1);
     assert_eq!(overview["queues"][2]["throughput"].as_array().map(Vec::len), Some(30));
+    // This test's Redis keeps no append-only file: the page says so.
+    let risks = overview["risks"].as_array().expect("risks");
+    assert!(risks.len() == 1 && risks[0].as_str().is_some_and(|r| r.contains("appendonly yes")), "{risks:?}");
     let dead: Value = admin.get("/admin/api/dead").send().await.expect("dead").json().await.expect("json");
     let letter = &dead["queues"][2]["letters"][0];
     assert_eq!(letter["id"], id.as_str());
@@ -418,6 +421,9 @@ async fn browser_operator_retries_a_dead_letter_and_sees_it_handled() {
         let shown = browser.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css(&letter)).await?;
         let text = shown.text().await?;
         assert!(text.contains("subscriber answered 410 Gone"), "the reason is shown: {text}");
+        // Rendered with the same overview: this Redis keeps no append-only file.
+        let risks = browser.find(Locator::Id("redis-risks")).await?.text().await?;
+        assert!(risks.contains("can lose acknowledged messages") && risks.contains("appendonly yes"), "{risks}");
         shown.find(Locator::Css("button.retry")).await?.click().await?;
         // The page refreshes by itself: the dead letter disappears...
         browser.wait().at_most(Duration::from_secs(20)).for_element(Locator::Id("no-dead")).await?;
