@@ -543,7 +543,8 @@ pub fn durability_risks(info: &str) -> Vec<String> {
     if fields().any(|(name, value)| name == "aof_enabled" && value == "0") {
         risks.push(
             "it keeps no append-only file (appendonly no), so a restart loses what was written since its last \
-             snapshot, webhooks already answered 202 among them; turn on appendonly yes (docs/operations.md)"
+             snapshot, webhooks already answered 202 among them; turn on appendonly yes, or where the service \
+             cannot, have a replica take over instead of an empty restart (docs/operations.md)"
                 .to_string(),
         );
     }
