@@ -537,7 +537,7 @@ fn info_text(value: &redis::Value, out: &mut String) {
 
 /// What in `INFO persistence` and `INFO memory` output (of one or more
 /// servers) can lose acknowledged messages.
-pub fn durability_risks(info: &str) -> Vec<String> {
+fn durability_risks(info: &str) -> Vec<String> {
     let fields = || info.lines().filter_map(|line| line.trim().split_once(':'));
     let mut risks = Vec::new();
     if fields().any(|(name, value)| name == "aof_enabled" && value == "0") {
