@@ -381,6 +381,10 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
+/// How every warning about [`Backend::durability_risks`] begins, in logs
+/// and in the operator commands alike.
+pub const DURABILITY_WARNING: &str = "redis can lose acknowledged messages";
+
 /// Logs, once the store first answers, what in its settings can lose
 /// acknowledged messages (see [`Backend::durability_risks`]): every process
 /// says it at start, where an operator reading a deploy's logs sees it.
@@ -390,7 +394,7 @@ pub async fn warn_of_durability_risks(backend: std::sync::Arc<dyn Backend>, shut
         match backend.durability_risks().await {
             Ok(risks) => {
                 for risk in risks {
-                    tracing::warn!("redis can lose acknowledged messages: {risk}");
+                    tracing::warn!("{DURABILITY_WARNING}: {risk}");
                 }
                 return;
             }

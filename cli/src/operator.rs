@@ -128,7 +128,7 @@ pub async fn queues() -> ExitCode {
     }
     // On stderr: the table stays the same for scripts reading it.
     for risk in backend.durability_risks().await.unwrap_or_default() {
-        eprintln!("warning: redis can lose acknowledged messages: {risk}");
+        eprintln!("warning: {}: {risk}", hookbus_bus::backend::DURABILITY_WARNING);
     }
     ExitCode::SUCCESS
 }
