@@ -4,6 +4,9 @@
 //!
 //! - [`client`]: an octocrab client on `github.api_url` with the token and
 //!   bounded timeouts;
+//! - [`App`] and [`app_client`]: the same, signed in as a GitHub App (a JWT
+//!   made from its private key for each request), for what only the App
+//!   itself may call, such as its own webhook's deliveries;
 //! - [`rate_limit`]: how long a 403/429 answer asks us to wait, so a worker
 //!   defers the message instead of spending its attempts;
 //! - [`error_message`]: what GitHub said went wrong, for a dead letter's
@@ -21,6 +24,61 @@ pub enum GithubError {
     BadUrl { url: String, reason: String },
     #[error("GitHub client: {0}")]
     Client(String),
+}
+
+/// A GitHub App's id and private key: what signs the JWTs that let a
+/// client act as the App itself.
+#[derive(Clone)]
+pub struct App {
+    id: u64,
+    key: octocrab::EncodingKey,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("id", &self.id).field("key", &"***").finish()
+    }
+}
+
+impl App {
+    /// From the App's id and its private key as GitHub hands it out (PEM,
+    /// PKCS#1 or PKCS#8). A key pasted where newlines cannot go, with `\n`
+    /// in their place, is read too. Signs one token at once, so a key that
+    /// cannot sign is refused here and not at the first call. The error says
+    /// what is wrong without showing the key.
+    pub fn new(id: u64, private_key_pem: &str) -> Result<Self, String> {
+        if id == 0 {
+            return Err("the App id is not set".into());
+        }
+        let pem = match private_key_pem.contains('\n') {
+            true => private_key_pem.trim().to_string(),
+            false => private_key_pem.trim().replace("\\n", "\n"),
+        };
+        let key = octocrab::EncodingKey::from_rsa_pem(pem.as_bytes())
+            .map_err(|err| format!("is not an RSA private key in PEM form ({err})"))?;
+        octocrab::auth::create_jwt(octocrab::models::AppId(id), &key)
+            .map_err(|err| format!("cannot sign a token with this key ({err})"))?;
+        Ok(App { id, key })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// An octocrab client for `api_url` signed in as `app`: each request
+/// carries a fresh JWT (valid for 9 minutes, issued a minute back to allow
+/// for clock drift, as GitHub asks).
+pub fn app_client(api_url: &str, app: &App, timeout: Duration) -> Result<octocrab::Octocrab, GithubError> {
+    octocrab::Octocrab::builder()
+        .base_uri(api_url)
+        .map_err(|e| GithubError::BadUrl { url: api_url.to_string(), reason: e.to_string() })?
+        .app(octocrab::models::AppId(app.id), app.key.clone())
+        .set_connect_timeout(Some(timeout))
+        .set_read_timeout(Some(timeout))
+        .set_write_timeout(Some(timeout))
+        .build()
+        .map_err(|e| GithubError::Client(e.to_string()))
 }
 
 /// An octocrab client for `api_url` (GitHub, GitHub Enterprise, or a local
@@ -109,6 +167,25 @@ mod tests {
         assert_eq!(rate_limit(429, None, None, None), Some(Duration::from_secs(60)));
         assert_eq!(rate_limit(500, Some("1".into()), None, None), None);
         assert_eq!(rate_limit(429, Some("999999".into()), None, None), Some(MAX_DEFER));
+    }
+
+    #[test]
+    fn an_app_key_is_read_as_github_hands_it_out_and_checked_at_once() {
+        use hookbus_testkit::github_app::{APP_ID, PRIVATE_KEY};
+        let app = App::new(APP_ID, PRIVATE_KEY).expect("the PEM file as it is");
+        assert_eq!(app.id(), APP_ID);
+        assert!(!format!("{app:?}").contains("MII"), "the key is never printed");
+        // Pasted into one line, with `\n` for each newline.
+        let one_line = PRIVATE_KEY.trim().replace('\n', "\\n");
+        assert!(!one_line.contains('\n'));
+        App::new(APP_ID, &one_line).expect("the key on one line");
+
+        let err = App::new(APP_ID, "ghp_0123456789").expect_err("a token is not a key");
+        assert!(err.contains("not an RSA private key"), "{err}");
+        let public = hookbus_testkit::github_app::PUBLIC_KEY;
+        assert!(App::new(APP_ID, public).is_err(), "a public key cannot sign");
+        let err = App::new(0, PRIVATE_KEY).expect_err("no id");
+        assert!(err.contains("App id"), "{err}");
     }
 
     #[test]

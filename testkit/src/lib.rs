@@ -1,11 +1,13 @@
 //! Test support shared by every crate's tests: real `redis-server` processes
 //! on free loopback ports, so tests run in parallel, can kill and restart
 //! their server, and never touch one somebody else started; and a headless
-//! Chromium behind `chromedriver` for the admin page's browser test.
+//! Chromium behind `chromedriver` for the admin page's browser test; and a
+//! GitHub App's test key pair ([`github_app`]).
 
 pub mod bench;
 mod browser;
 mod cluster;
+pub mod github_app;
 
 pub use browser::{ChromeDriver, BROWSER_HINT};
 pub use cluster::RedisCluster;
