@@ -59,8 +59,9 @@ enum Command {
     /// out or 5xx, never a 2xx, not stored since), as the gateway does every
     /// `github.redeliver_interval_ms`; now, and for the given hooks.
     Redeliver {
-        /// `repos/<owner>/<repo>/hooks/<id>` or `orgs/<org>/hooks/<id>`
-        /// (default: HOOKBUS_GITHUB__REDELIVER_HOOKS).
+        /// `repos/<owner>/<repo>/hooks/<id>`, `orgs/<org>/hooks/<id>` or
+        /// `app/hook`, a GitHub App's own webhook (default:
+        /// HOOKBUS_GITHUB__REDELIVER_HOOKS).
         hooks: Vec<String>,
         /// Only list what would be asked for.
         #[arg(long)]

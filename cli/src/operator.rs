@@ -6,7 +6,7 @@ use std::sync::Arc;
 use hookbus_bus::backend::DeadSelector;
 use hookbus_bus::{Backend, DeadContent, DeadLetter, Envelope, QUEUES};
 use hookbus_config::{exit_on_error, Secret, Settings};
-use hookbus_gateway::redeliver::Redeliverer;
+use hookbus_gateway::redeliver::{RedeliverError, Redeliverer};
 use hookbus_reconcile::store::{OperationStore, RedisStore};
 use serde_json::{json, Value};
 
@@ -241,7 +241,7 @@ fn utc(ms: i64) -> String {
 
 /// `hookbus redeliver [hook…] [--dry-run]`: one redelivery sweep now, over
 /// the given hooks or the configured ones; exit 1 if a hook could not be
-/// swept, 2 for a malformed hook or a missing token.
+/// swept, 2 for a malformed hook or missing or unusable credentials.
 pub async fn redeliver(hooks: Vec<String>, dry_run: bool) -> ExitCode {
     let mut settings = match operator_settings() {
         Ok(settings) => settings,
@@ -253,19 +253,17 @@ pub async fn redeliver(hooks: Vec<String>, dry_run: bool) -> ExitCode {
     let hooks = exit_on_error(settings.github.redeliver_hooks());
     if hooks.is_empty() {
         eprintln!(
-            "hookbus: no webhook to look at: name them (repos/<owner>/<repo>/hooks/<id>, orgs/<org>/hooks/<id>) \
-             or set HOOKBUS_GITHUB__REDELIVER_HOOKS"
-        );
-        return ExitCode::from(2);
-    }
-    if settings.github.token.is_empty() {
-        eprintln!(
-            "hookbus: github.token (HOOKBUS_GITHUB__TOKEN) is required: deliveries are read through the GitHub API"
+            "hookbus: no webhook to look at: name them (repos/<owner>/<repo>/hooks/<id>, orgs/<org>/hooks/<id>, \
+             app/hook) or set HOOKBUS_GITHUB__REDELIVER_HOOKS"
         );
         return ExitCode::from(2);
     }
     let redeliverer = match Redeliverer::for_hooks(&settings, hooks) {
         Ok(redeliverer) => redeliverer,
+        Err(err @ RedeliverError::Config(_)) => {
+            eprintln!("hookbus: {err}");
+            return ExitCode::from(2);
+        }
         Err(err) => {
             eprintln!("hookbus: {err}");
             return ExitCode::FAILURE;

@@ -154,6 +154,11 @@ fn redeliver_lists_then_asks_github_again_for_failed_deliveries() {
     assert!(stdout(&done).contains("asked for down\n"), "{done:?}");
     assert_eq!(*asked.lock().expect("lock"), vec![11], "the latest failed attempt of `down`, once");
 
+    // The App's own webhook is asked about as the App: without its id, exit 2 naming it.
+    let no_app = run(&["app/hook"]);
+    assert_eq!(no_app.status.code(), Some(2), "{no_app:?}");
+    assert!(String::from_utf8_lossy(&no_app.stderr).contains("HOOKBUS_GITHUB__APP_ID"), "{no_app:?}");
+
     let malformed = run(&["repos/octo"]);
     assert_eq!(malformed.status.code(), Some(2), "{malformed:?}");
     assert!(String::from_utf8_lossy(&malformed.stderr).contains("HOOKBUS_GITHUB__REDELIVER_HOOKS"), "{malformed:?}");

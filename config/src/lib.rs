@@ -363,8 +363,10 @@ pub struct GithubSettings {
     pub previous_webhook_secret: Secret,
     /// Webhooks whose failed deliveries the gateway asks GitHub to send
     /// again (GitHub never does by itself): `repos/<owner>/<repo>/hooks/<id>`
-    /// or `orgs/<org>/hooks/<id>`, comma-separated in
-    /// `HOOKBUS_GITHUB__REDELIVER_HOOKS`. Needs `github.token`.
+    /// or `orgs/<org>/hooks/<id>` (these need `github.token`), or `app/hook`,
+    /// the GitHub App's own webhook (it needs `github.app_id` and
+    /// `github.app_private_key`), comma-separated in
+    /// `HOOKBUS_GITHUB__REDELIVER_HOOKS`.
     pub redeliver_hooks: String,
     /// How often the failed deliveries are looked for, ms.
     pub redeliver_interval_ms: u64,
@@ -374,6 +376,13 @@ pub struct GithubSettings {
     pub redeliver_window_ms: u64,
     /// Token for the GitHub API: write-back, tie-break fetches, contents-API mode.
     pub token: Secret,
+    /// The GitHub App whose webhook is `app/hook` in `github.redeliver_hooks`:
+    /// its numeric App ID (`HOOKBUS_GITHUB__APP_ID`; 0 for none).
+    pub app_id: u64,
+    /// That App's private key, the PEM file GitHub generates
+    /// (`HOOKBUS_GITHUB__APP_PRIVATE_KEY`; `\n` may stand for its newlines).
+    /// It signs the JWTs that GitHub asks for on the App's own endpoints.
+    pub app_private_key: Secret,
     /// API base URL; GitHub Enterprise, or a local fake in tests.
     pub api_url: String,
 }
@@ -387,10 +396,15 @@ impl Default for GithubSettings {
             redeliver_interval_ms: 60_000,
             redeliver_window_ms: 24 * 3_600_000,
             token: Secret::default(),
+            app_id: 0,
+            app_private_key: Secret::default(),
             api_url: "https://api.github.com".into(),
         }
     }
 }
+
+/// In `github.redeliver_hooks`, the GitHub App's own webhook.
+pub const APP_HOOK: &str = "app/hook";
 
 impl GithubSettings {
     /// GitHub keeps (and redelivers) deliveries for 3 days.
@@ -408,17 +422,48 @@ impl GithubSettings {
             let fits = match parts.as_slice() {
                 ["repos", owner, repo, "hooks", n] => name(owner) && name(repo) && id(n),
                 ["orgs", org, "hooks", n] => name(org) && id(n),
+                ["app", "hook"] => true,
                 _ => false,
             };
             if !fits {
                 return Err(ConfigError::invalid(
                     setting,
-                    format!("`{hook}` is not repos/<owner>/<repo>/hooks/<id> or orgs/<org>/hooks/<id>"),
+                    format!("`{hook}` is not repos/<owner>/<repo>/hooks/<id>, orgs/<org>/hooks/<id> or app/hook"),
                 ));
             }
             hooks.push(hook.to_string());
         }
         Ok(hooks)
+    }
+
+    /// What asking GitHub about `hooks` (as [`GithubSettings::redeliver_hooks`]
+    /// gives them) needs: `github.token` for a repository's or an
+    /// organisation's webhook, the App's id and key for `app/hook`.
+    pub fn check_redeliver_credentials(&self, hooks: &[String]) -> Result<(), ConfigError> {
+        let needed = "deliveries are read and redelivered through the GitHub API";
+        if hooks.iter().any(|hook| hook != APP_HOOK) && self.token.is_empty() {
+            return Err(ConfigError::invalid(
+                "github.token (HOOKBUS_GITHUB__TOKEN)",
+                format!(
+                    "is required by a repository's or an organisation's webhook in github.redeliver_hooks: {needed}"
+                ),
+            ));
+        }
+        if hooks.iter().any(|hook| hook == APP_HOOK) {
+            if self.app_id == 0 {
+                return Err(ConfigError::invalid(
+                    "github.app_id (HOOKBUS_GITHUB__APP_ID)",
+                    format!("is required by app/hook in github.redeliver_hooks: {needed}, signed in as the App"),
+                ));
+            }
+            if self.app_private_key.is_empty() {
+                return Err(ConfigError::invalid(
+                    "github.app_private_key (HOOKBUS_GITHUB__APP_PRIVATE_KEY)",
+                    format!("is required by app/hook in github.redeliver_hooks: {needed}, signed in as the App"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The webhook secret, or the error a gateway outside dev mode stops with.
@@ -957,12 +1002,7 @@ impl Settings {
         }
         let hooks = self.github.redeliver_hooks()?;
         if !hooks.is_empty() {
-            if self.github.token.is_empty() {
-                return Err(ConfigError::invalid(
-                    "github.token (HOOKBUS_GITHUB__TOKEN)",
-                    "is required by github.redeliver_hooks: redeliveries are asked through the GitHub API",
-                ));
-            }
+            self.github.check_redeliver_credentials(&hooks)?;
             if self.github.redeliver_interval_ms < 10_000 {
                 return Err(ConfigError::invalid(
                     "github.redeliver_interval_ms (HOOKBUS_GITHUB__REDELIVER_INTERVAL_MS)",
@@ -1277,6 +1317,42 @@ mod tests {
             ],
             "HOOKBUS_GITHUB__REDELIVER_WINDOW_MS",
         );
+    }
+
+    #[test]
+    fn the_app_hook_needs_the_app_not_a_token() {
+        let key = "-----BEGIN RSA PRIVATE KEY-----\\nMIIE...\\n-----END RSA PRIVATE KEY-----";
+        let s = load(&[
+            ("HOOKBUS_GITHUB__REDELIVER_HOOKS", "app/hook"),
+            ("HOOKBUS_GITHUB__APP_ID", "123456"),
+            ("HOOKBUS_GITHUB__APP_PRIVATE_KEY", key),
+        ])
+        .expect("no token needed");
+        assert_eq!(s.github.redeliver_hooks().ok(), Some(vec![APP_HOOK.to_string()]));
+        assert_eq!(s.github.app_id, 123456);
+        assert!(!format!("{s:?}").contains("MIIE"), "the key is never printed");
+        let refused = |pairs: &[(&str, &str)], names: &str| {
+            let err = load(pairs).expect_err("refused").to_string();
+            assert!(err.contains(names), "{err}");
+        };
+        refused(
+            &[("HOOKBUS_GITHUB__REDELIVER_HOOKS", "app/hook"), ("HOOKBUS_GITHUB__APP_PRIVATE_KEY", key)],
+            "github.app_id (HOOKBUS_GITHUB__APP_ID)",
+        );
+        refused(
+            &[("HOOKBUS_GITHUB__REDELIVER_HOOKS", "/app/hook/"), ("HOOKBUS_GITHUB__APP_ID", "1")],
+            "github.app_private_key (HOOKBUS_GITHUB__APP_PRIVATE_KEY)",
+        );
+        // The App signs only for its own hook: a repository's still needs a token.
+        refused(
+            &[
+                ("HOOKBUS_GITHUB__REDELIVER_HOOKS", "app/hook,repos/octo/x/hooks/1"),
+                ("HOOKBUS_GITHUB__APP_ID", "1"),
+                ("HOOKBUS_GITHUB__APP_PRIVATE_KEY", key),
+            ],
+            "github.token (HOOKBUS_GITHUB__TOKEN)",
+        );
+        refused(&[("HOOKBUS_GITHUB__APP_ID", "my-app")], "app_id");
     }
 
     #[test]

@@ -42,6 +42,10 @@ async fn main() -> ExitCode {
             tokio::spawn(redeliverer.run(shutdown.clone()));
         }
         Ok(None) => {}
+        Err(err @ hookbus_gateway::redeliver::RedeliverError::Config(_)) => {
+            eprintln!("hookbus: {err}");
+            return ExitCode::from(2);
+        }
         Err(err) => {
             tracing::error!(error = %err, "cannot set up redeliveries");
             return ExitCode::FAILURE;

@@ -18,6 +18,11 @@
 //! - has had fewer than [`MAX_ATTEMPTS`] attempts (a delivery that keeps
 //!   failing is left to a person, logged once).
 //!
+//! A repository's or an organisation's webhook is asked about with
+//! `github.token`; a GitHub App's own webhook (`app/hook`, whose endpoints
+//! are `/app/hook/deliveries…`) only answers the App itself, so it is asked
+//! about with a JWT signed by the App's private key.
+//!
 //! One sweep per interval across every gateway process: whoever sets the
 //! `<prefix>:redeliver:lock` key runs it. A redelivery keeps the delivery
 //! id, so the gateway's marks make even a repeated one store nothing twice.
@@ -28,7 +33,7 @@ use std::time::Duration;
 
 use hookbus_bus::redis::{RedisConnection, RedisTarget};
 use hookbus_bus::Shutdown;
-use hookbus_config::Settings;
+use hookbus_config::{ConfigError, Settings, APP_HOOK};
 use serde::Deserialize;
 
 use crate::intake::{mark_key, Mark};
@@ -45,6 +50,9 @@ const REPORTED_KEPT: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedeliverError {
+    /// A setting is missing or wrong (exit 2, as for any bad configuration).
+    #[error("{0}")]
+    Config(#[from] ConfigError),
     #[error("{0}")]
     Setup(String),
     #[error("GitHub API {what}: {reason}")]
@@ -122,7 +130,10 @@ pub fn decide(attempts: &[Attempt]) -> Vec<Decision> {
 
 /// The sweeper of one gateway process.
 pub struct Redeliverer {
-    client: octocrab::Octocrab,
+    /// With `github.token`: for repositories' and organisations' webhooks.
+    token_client: Option<octocrab::Octocrab>,
+    /// Signed in as the App: for `app/hook`.
+    app_client: Option<octocrab::Octocrab>,
     hooks: Vec<String>,
     conn: RedisConnection,
     prefix: String,
@@ -142,15 +153,32 @@ impl Redeliverer {
         Self::for_hooks(settings, hooks).map(Some)
     }
 
-    /// For the given hooks (checked API paths), with the rest of `settings`.
+    /// For the given hooks (checked API paths), with the rest of `settings`:
+    /// the credentials they need must be there, and the App's key must sign.
     pub fn for_hooks(settings: &Settings, hooks: Vec<String>) -> Result<Self, RedeliverError> {
+        let github = &settings.github;
+        github.check_redeliver_credentials(&hooks)?;
         let timeout = Duration::from_secs(10);
-        let client = hookbus_github::client(&settings.github.api_url, settings.github.token.expose(), timeout)
-            .map_err(|e| RedeliverError::Setup(e.to_string()))?;
+        let setup = |e: hookbus_github::GithubError| RedeliverError::Setup(e.to_string());
+        let token_client = match hooks.iter().any(|hook| hook != APP_HOOK) {
+            true => Some(hookbus_github::client(&github.api_url, github.token.expose(), timeout).map_err(setup)?),
+            false => None,
+        };
+        let app_client = match hooks.iter().any(|hook| hook == APP_HOOK) {
+            true => {
+                let app =
+                    hookbus_github::App::new(github.app_id, github.app_private_key.expose()).map_err(|reason| {
+                        ConfigError::invalid("github.app_private_key (HOOKBUS_GITHUB__APP_PRIVATE_KEY)", reason)
+                    })?;
+                Some(hookbus_github::app_client(&github.api_url, &app, timeout).map_err(setup)?)
+            }
+            false => None,
+        };
         let conn = RedisConnection::open(&RedisTarget::from_settings(&settings.redis), timeout)
             .map_err(|e| RedeliverError::Setup(e.to_string()))?;
         Ok(Redeliverer {
-            client,
+            token_client,
+            app_client,
             hooks,
             conn,
             prefix: settings.bus.prefix.clone(),
@@ -295,15 +323,14 @@ impl Redeliverer {
         while let Some(route) = next.take() {
             pages += 1;
             let what = format!("GET {route}");
-            let response = self
-                .client
+            let client = self.client(hook)?;
+            let response = client
                 ._get(route.as_str())
                 .await
                 .map_err(|e| RedeliverError::Github { what: what.clone(), reason: e.to_string() })?;
             let status = response.status();
             let link = response.headers().get("link").and_then(|v| v.to_str().ok()).map(str::to_owned);
-            let text = self
-                .client
+            let text = client
                 .body_to_string(response)
                 .await
                 .map_err(|e| RedeliverError::Github { what: what.clone(), reason: e.to_string() })?;
@@ -329,11 +356,22 @@ impl Redeliverer {
         Ok(all)
     }
 
+    /// The client that may ask about `hook`: the App's for `app/hook`, the
+    /// token's for the others ([`Redeliverer::for_hooks`] made the ones its
+    /// hooks need).
+    fn client(&self, hook: &str) -> Result<&octocrab::Octocrab, RedeliverError> {
+        let client = match hook == APP_HOOK {
+            true => self.app_client.as_ref(),
+            false => self.token_client.as_ref(),
+        };
+        client.ok_or_else(|| RedeliverError::Setup(format!("no GitHub credentials for {hook}")))
+    }
+
     async fn redeliver(&self, hook: &str, attempt: u64) -> Result<(), RedeliverError> {
         let route = format!("/{hook}/deliveries/{attempt}/attempts");
         let what = format!("POST {route}");
-        let response = self
-            .client
+        let client = self.client(hook)?;
+        let response = client
             ._post(route.as_str(), None::<&()>)
             .await
             .map_err(|e| RedeliverError::Github { what: what.clone(), reason: e.to_string() })?;
@@ -341,7 +379,7 @@ impl Redeliverer {
         if status.is_success() {
             return Ok(());
         }
-        let text = self.client.body_to_string(response).await.unwrap_or_default();
+        let text = client.body_to_string(response).await.unwrap_or_default();
         Err(RedeliverError::Github {
             what,
             reason: format!("{} {}", status.as_u16(), hookbus_github::error_message(&text)),

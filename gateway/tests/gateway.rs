@@ -749,6 +749,24 @@ fn the_binary_refuses_to_start_without_a_webhook_secret() {
 }
 
 #[test]
+fn the_binary_refuses_to_start_with_an_app_key_that_cannot_sign() {
+    // Redeliveries for the App's own webhook, with its public key pasted
+    // where the private one belongs: exit 2 at start, not a 401 a minute on.
+    let redis = RedisServer::start();
+    let output = gateway_command(hookbus_testkit::free_port())
+        .env("REDIS_URL", redis.url())
+        .env("HOOKBUS_GITHUB__WEBHOOK_SECRET", SECRET)
+        .env("HOOKBUS_GITHUB__REDELIVER_HOOKS", "app/hook")
+        .env("HOOKBUS_GITHUB__APP_ID", hookbus_testkit::github_app::APP_ID.to_string())
+        .env("HOOKBUS_GITHUB__APP_PRIVATE_KEY", hookbus_testkit::github_app::PUBLIC_KEY)
+        .output()
+        .expect("run hookbus-gateway");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("HOOKBUS_GITHUB__APP_PRIVATE_KEY") && !stderr.contains("MII"), "{stderr}");
+}
+
+#[test]
 fn sigterm_lets_an_in_flight_webhook_finish_then_exits_0() {
     use std::io::{Read, Write};
     let redis = RedisServer::start();

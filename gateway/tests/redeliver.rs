@@ -10,9 +10,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hookbus_config::{Secret, Settings};
-use hookbus_gateway::redeliver::Redeliverer;
-use hookbus_testkit::RedisServer;
+use hookbus_config::{Secret, Settings, APP_HOOK};
+use hookbus_gateway::redeliver::{RedeliverError, Redeliverer};
+use hookbus_testkit::{github_app, RedisServer};
 use serde_json::{json, Value};
 
 const HOOK: &str = "repos/octo/repo/hooks/1";
@@ -22,9 +22,55 @@ const HOOK: &str = "repos/octo/repo/hooks/1";
 /// answered it.
 #[derive(Default)]
 struct Fake {
+    /// The hook's API path: `repos/…/hooks/<id>`, or `app/hook`, whose
+    /// endpoints answer only the App itself (a JWT it signed).
+    hook: String,
     attempts: Mutex<Vec<Value>>,
     asked: Mutex<Vec<u64>>,
     base: Mutex<String>,
+}
+
+/// The claims of a GitHub App's JWT.
+#[derive(Debug, serde::Deserialize)]
+struct AppClaims {
+    iss: u64,
+    iat: u64,
+    exp: u64,
+}
+
+/// What GitHub checks of a call to an App's own endpoint: a bearer JWT
+/// signed (RS256) with the App's key, issued by the App, not expired, and
+/// valid for at most 10 minutes.
+fn signed_by_the_app(headers: &HeaderMap) -> Result<(), String> {
+    use octocrab::jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or("no bearer token")?;
+    let key = DecodingKey::from_rsa_pem(github_app::PUBLIC_KEY.as_bytes()).map_err(|e| e.to_string())?;
+    let mut validation = Validation::new(Algorithm::RS256);
+    // `iss` is the App's id as a number, which the spec-claims check (text
+    // only) would not read: it is checked below, with `iat`.
+    validation.set_required_spec_claims(&["exp"]);
+    let claims = decode::<AppClaims>(token, &key, &validation).map_err(|e| e.to_string())?.claims;
+    if claims.iss != github_app::APP_ID {
+        return Err(format!("issued by App {}", claims.iss));
+    }
+    if claims.exp.saturating_sub(claims.iat) > 600 {
+        return Err("valid for more than 10 minutes".into());
+    }
+    Ok(())
+}
+
+/// GitHub's answer to an App endpoint called without the App's JWT.
+fn refused_unless_the_app(fake: &Fake, headers: &HeaderMap) -> Option<axum::response::Response> {
+    if fake.hook != APP_HOOK {
+        return None;
+    }
+    let reason = signed_by_the_app(headers).err()?;
+    let body = json!({ "message": format!("A JSON web token could not be decoded ({reason})") });
+    Some((StatusCode::UNAUTHORIZED, Json(body)).into_response())
 }
 
 fn ago(seconds: i64) -> String {
@@ -39,37 +85,51 @@ fn attempt(id: u64, guid: &str, status_code: u16, seconds_ago: i64) -> Value {
 }
 
 /// Two per page, so that a sweep must follow the cursor.
-async fn deliveries(State(fake): State<Arc<Fake>>, Query(query): Query<Vec<(String, String)>>) -> impl IntoResponse {
+async fn deliveries(
+    State(fake): State<Arc<Fake>>,
+    request_headers: HeaderMap,
+    Query(query): Query<Vec<(String, String)>>,
+) -> axum::response::Response {
+    if let Some(refused) = refused_unless_the_app(&fake, &request_headers) {
+        return refused;
+    }
     let cursor: usize = query.iter().find(|(k, _)| k == "cursor").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
     let all = fake.attempts.lock().expect("lock").clone();
     let page: Vec<Value> = all.iter().skip(cursor).take(2).cloned().collect();
     let mut headers = HeaderMap::new();
     if cursor + 2 < all.len() {
         let base = fake.base.lock().expect("lock").clone();
-        let link = format!("<{base}/{HOOK}/deliveries?per_page=100&cursor={}>; rel=\"next\"", cursor + 2);
+        let link = format!("<{base}/{}/deliveries?per_page=100&cursor={}>; rel=\"next\"", fake.hook, cursor + 2);
         headers.insert("link", link.parse().expect("header"));
     }
-    (headers, Json(page))
+    (headers, Json(page)).into_response()
 }
 
-async fn redeliver(State(fake): State<Arc<Fake>>, Path(id): Path<u64>) -> impl IntoResponse {
+async fn redeliver(State(fake): State<Arc<Fake>>, headers: HeaderMap, Path(id): Path<u64>) -> axum::response::Response {
+    if let Some(refused) = refused_unless_the_app(&fake, &headers) {
+        return refused;
+    }
     fake.asked.lock().expect("lock").push(id);
     let mut attempts = fake.attempts.lock().expect("lock");
     let Some(guid) = attempts.iter().find(|a| a["id"] == id).map(|a| a["guid"].clone()) else {
-        return StatusCode::NOT_FOUND;
+        return StatusCode::NOT_FOUND.into_response();
     };
     let next = attempts.iter().filter_map(|a| a["id"].as_u64()).max().unwrap_or(0) + 1;
     let mut redelivered = attempt(next, guid.as_str().unwrap_or_default(), 202, 0);
     redelivered["redelivery"] = json!(true);
     attempts.insert(0, redelivered);
-    StatusCode::ACCEPTED
+    StatusCode::ACCEPTED.into_response()
 }
 
 async fn fake_github(attempts: Vec<Value>) -> (Arc<Fake>, String) {
-    let fake = Arc::new(Fake { attempts: Mutex::new(attempts), ..Fake::default() });
+    fake_github_for(HOOK, attempts).await
+}
+
+async fn fake_github_for(hook: &str, attempts: Vec<Value>) -> (Arc<Fake>, String) {
+    let fake = Arc::new(Fake { hook: hook.to_string(), attempts: Mutex::new(attempts), ..Fake::default() });
     let app = Router::new()
-        .route("/repos/octo/repo/hooks/1/deliveries", get(deliveries))
-        .route("/repos/octo/repo/hooks/1/deliveries/{id}/attempts", post(redeliver))
+        .route(&format!("/{hook}/deliveries"), get(deliveries))
+        .route(&format!("/{hook}/deliveries/{{id}}/attempts"), post(redeliver))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("address"));
@@ -148,4 +208,68 @@ async fn a_hook_github_will_not_list_is_reported_with_the_call() {
     let failed = report.failed.join("\n");
     assert!(failed.contains(&format!("GET /{HOOK}/deliveries")) && failed.contains("404"), "{report:?}");
     assert!(report.redelivered.is_empty());
+}
+
+/// Settings for sweeping the App's own webhook: its id and key, no token.
+fn app_settings(redis: &RedisServer, api: &str, app_id: u64) -> Settings {
+    let mut settings = settings(redis, api, Duration::from_secs(60));
+    settings.github.token = Secret::default();
+    settings.github.redeliver_hooks = APP_HOOK.to_string();
+    settings.github.app_id = app_id;
+    settings.github.app_private_key = Secret::new(github_app::PRIVATE_KEY);
+    settings
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_apps_own_webhook_is_swept_signed_in_as_the_app() {
+    let redis = RedisServer::start();
+    let (fake, api) = fake_github_for(
+        APP_HOOK,
+        vec![
+            attempt(23, "ok", 202, 10),
+            attempt(22, "redis-was-down", 503, 20),
+            attempt(21, "timed-out", 0, 30),
+            attempt(20, "bad-signature", 401, 40),
+        ],
+    )
+    .await;
+    let redeliverer =
+        Redeliverer::from_settings(&app_settings(&redis, &api, github_app::APP_ID)).expect("set up").expect("hooks");
+    let report = redeliverer.sweep().await.expect("sweep");
+    assert!(report.ran && report.failed.is_empty(), "every call carried the App's JWT: {report:?}");
+    let mut redelivered = report.redelivered.clone();
+    redelivered.sort();
+    assert_eq!(redelivered, vec!["redis-was-down", "timed-out"], "{report:?}");
+    let mut asked = fake.asked.lock().expect("lock").clone();
+    asked.sort_unstable();
+    assert_eq!(asked, vec![21, 22]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_github_refuses_is_reported_with_the_call_and_nothing_is_asked() {
+    let redis = RedisServer::start();
+    let (fake, api) = fake_github_for(APP_HOOK, vec![attempt(5, "redis-was-down", 503, 20)]).await;
+    // The key signs, but for another App than the one GitHub knows it by.
+    let redeliverer = Redeliverer::from_settings(&app_settings(&redis, &api, github_app::APP_ID + 1))
+        .expect("set up")
+        .expect("hooks");
+    let report = redeliverer.sweep().await.expect("a sweep, with the hook's failure in it");
+    let failed = report.failed.join("\n");
+    assert!(failed.contains("GET /app/hook/deliveries") && failed.contains("401"), "{report:?}");
+    assert!(failed.contains("JSON web token"), "GitHub's reason is kept: {report:?}");
+    assert!(report.redelivered.is_empty() && fake.asked.lock().expect("lock").is_empty());
+}
+
+#[tokio::test]
+async fn an_app_key_that_cannot_sign_is_bad_configuration_naming_the_setting() {
+    let redis = RedisServer::start();
+    let mut settings = app_settings(&redis, "http://127.0.0.1:9", github_app::APP_ID);
+    settings.github.app_private_key = Secret::new(github_app::PUBLIC_KEY);
+    let err = match Redeliverer::from_settings(&settings) {
+        Err(err @ RedeliverError::Config(_)) => err.to_string(),
+        Err(other) => panic!("not a configuration error: {other}"),
+        Ok(_) => panic!("a public key was taken for the App's private key"),
+    };
+    assert!(err.contains("github.app_private_key (HOOKBUS_GITHUB__APP_PRIVATE_KEY)"), "{err}");
+    assert!(!err.contains("MII"), "the key is not shown: {err}");
 }
