@@ -44,7 +44,7 @@ fn plugins(
     let normalise = Normalise::new(registry, settings.normalise.repositories.clone());
     let reconcile = match operations {
         None => Reconcile::from_settings(settings).map_err(|e| e.to_string())?,
-        Some(store) => Reconcile::new(store, tie_breaker(settings)),
+        Some(store) => Reconcile::new(store, tie_breaker(settings).map_err(|e| e.to_string())?),
     };
     let commit = CommitPlugin::from_settings(settings).map_err(|e| e.to_string())?.with_journal(Journal::new(
         backend.clone(),

@@ -376,13 +376,19 @@ pub struct GithubSettings {
     pub redeliver_window_ms: u64,
     /// Token for the GitHub API: write-back, tie-break fetches, contents-API mode.
     pub token: Secret,
-    /// The GitHub App whose webhook is `app/hook` in `github.redeliver_hooks`:
-    /// its numeric App ID (`HOOKBUS_GITHUB__APP_ID`; 0 for none).
+    /// A GitHub App: its numeric App ID (`HOOKBUS_GITHUB__APP_ID`; 0 for
+    /// none). For `app/hook` in `github.redeliver_hooks`, and with
+    /// `github.installation_id` for the API in place of a token.
     pub app_id: u64,
     /// That App's private key, the PEM file GitHub generates
     /// (`HOOKBUS_GITHUB__APP_PRIVATE_KEY`; `\n` may stand for its newlines).
     /// It signs the JWTs that GitHub asks for on the App's own endpoints.
     pub app_private_key: Secret,
+    /// The App's installation (on an organisation or an account) that the
+    /// workers act as, instead of `github.token`
+    /// (`HOOKBUS_GITHUB__INSTALLATION_ID`; 0 for none): tokens are minted
+    /// from the App's key, an hour each, and minted again before they end.
+    pub installation_id: u64,
     /// API base URL; GitHub Enterprise, or a local fake in tests.
     pub api_url: String,
 }
@@ -398,6 +404,7 @@ impl Default for GithubSettings {
             token: Secret::default(),
             app_id: 0,
             app_private_key: Secret::default(),
+            installation_id: 0,
             api_url: "https://api.github.com".into(),
         }
     }
@@ -441,27 +448,56 @@ impl GithubSettings {
     /// organisation's webhook, the App's id and key for `app/hook`.
     pub fn check_redeliver_credentials(&self, hooks: &[String]) -> Result<(), ConfigError> {
         let needed = "deliveries are read and redelivered through the GitHub API";
-        if hooks.iter().any(|hook| hook != APP_HOOK) && self.token.is_empty() {
+        if hooks.iter().any(|hook| hook != APP_HOOK) && !self.has_api_credentials() {
             return Err(ConfigError::invalid(
                 "github.token (HOOKBUS_GITHUB__TOKEN)",
                 format!(
-                    "is required by a repository's or an organisation's webhook in github.redeliver_hooks: {needed}"
+                    "or github.installation_id is required by a repository's or an organisation's webhook in \
+                     github.redeliver_hooks: {needed}"
                 ),
             ));
         }
         if hooks.iter().any(|hook| hook == APP_HOOK) {
-            if self.app_id == 0 {
-                return Err(ConfigError::invalid(
-                    "github.app_id (HOOKBUS_GITHUB__APP_ID)",
-                    format!("is required by app/hook in github.redeliver_hooks: {needed}, signed in as the App"),
-                ));
-            }
-            if self.app_private_key.is_empty() {
-                return Err(ConfigError::invalid(
-                    "github.app_private_key (HOOKBUS_GITHUB__APP_PRIVATE_KEY)",
-                    format!("is required by app/hook in github.redeliver_hooks: {needed}, signed in as the App"),
-                ));
-            }
+            self.check_app(&format!("app/hook in github.redeliver_hooks ({needed}, signed in as the App)"))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the workers can call the GitHub API: a token, or an App's
+    /// installation.
+    pub fn has_api_credentials(&self) -> bool {
+        !self.token.is_empty() || self.installation_id != 0
+    }
+
+    /// The API credentials make sense: an installation comes with its App,
+    /// and there is one kind, not two.
+    fn check_credentials(&self) -> Result<(), ConfigError> {
+        if self.installation_id == 0 {
+            return Ok(());
+        }
+        if !self.token.is_empty() {
+            return Err(ConfigError::invalid(
+                "github.installation_id (HOOKBUS_GITHUB__INSTALLATION_ID)",
+                "and github.token (HOOKBUS_GITHUB__TOKEN) are both set: the workers act as one of them; unset the other",
+            ));
+        }
+        self.check_app("github.installation_id (the App's installation signs in with the App's key)")
+    }
+
+    /// The App's id and key are there (whether the key signs is checked
+    /// where it is used: `hookbus_github::App`).
+    fn check_app(&self, needed_by: &str) -> Result<(), ConfigError> {
+        if self.app_id == 0 {
+            return Err(ConfigError::invalid(
+                "github.app_id (HOOKBUS_GITHUB__APP_ID)",
+                format!("is required by {needed_by}"),
+            ));
+        }
+        if self.app_private_key.is_empty() {
+            return Err(ConfigError::invalid(
+                "github.app_private_key (HOOKBUS_GITHUB__APP_PRIVATE_KEY)",
+                format!("is required by {needed_by}"),
+            ));
         }
         Ok(())
     }
@@ -1000,6 +1036,7 @@ impl Settings {
                 ));
             }
         }
+        self.github.check_credentials()?;
         let hooks = self.github.redeliver_hooks()?;
         if !hooks.is_empty() {
             self.github.check_redeliver_credentials(&hooks)?;
@@ -1353,6 +1390,35 @@ mod tests {
             "github.token (HOOKBUS_GITHUB__TOKEN)",
         );
         refused(&[("HOOKBUS_GITHUB__APP_ID", "my-app")], "app_id");
+    }
+
+    #[test]
+    fn an_installation_of_the_app_stands_in_for_the_token() {
+        let key = "-----BEGIN RSA PRIVATE KEY-----\\nMIIE...\\n-----END RSA PRIVATE KEY-----";
+        let app = [("HOOKBUS_GITHUB__APP_ID", "123456"), ("HOOKBUS_GITHUB__APP_PRIVATE_KEY", key)];
+        let with = |more: &[(&'static str, &'static str)]| [&app[..], more].concat();
+        let s = load(&with(&[("HOOKBUS_GITHUB__INSTALLATION_ID", "987")])).expect("loads");
+        assert_eq!(s.github.installation_id, 987);
+        assert!(s.github.has_api_credentials());
+        // Repository webhooks can be swept with the installation.
+        load(&with(&[
+            ("HOOKBUS_GITHUB__INSTALLATION_ID", "987"),
+            ("HOOKBUS_GITHUB__REDELIVER_HOOKS", "repos/octo/x/hooks/1,app/hook"),
+        ]))
+        .expect("the installation reads the repository's hook, the App its own");
+        let refused = |pairs: &[(&str, &str)], names: &str| {
+            let err = load(pairs).expect_err("refused").to_string();
+            assert!(err.contains(names), "{err}");
+        };
+        refused(&[("HOOKBUS_GITHUB__INSTALLATION_ID", "987")], "github.app_id (HOOKBUS_GITHUB__APP_ID)");
+        refused(
+            &[("HOOKBUS_GITHUB__INSTALLATION_ID", "987"), ("HOOKBUS_GITHUB__APP_ID", "1")],
+            "github.app_private_key (HOOKBUS_GITHUB__APP_PRIVATE_KEY)",
+        );
+        refused(
+            &with(&[("HOOKBUS_GITHUB__INSTALLATION_ID", "987"), ("HOOKBUS_GITHUB__TOKEN", "t")]),
+            "HOOKBUS_GITHUB__INSTALLATION_ID",
+        );
     }
 
     #[test]

@@ -18,8 +18,9 @@
 //! - has had fewer than [`MAX_ATTEMPTS`] attempts (a delivery that keeps
 //!   failing is left to a person, logged once).
 //!
-//! A repository's or an organisation's webhook is asked about with
-//! `github.token`; a GitHub App's own webhook (`app/hook`, whose endpoints
+//! A repository's or an organisation's webhook is asked about with the
+//! workers' credentials (`github.token`, or the App's installation); a
+//! GitHub App's own webhook (`app/hook`, whose endpoints
 //! are `/app/hook/deliveries…`) only answers the App itself, so it is asked
 //! about with a JWT signed by the App's private key.
 //!
@@ -130,7 +131,8 @@ pub fn decide(attempts: &[Attempt]) -> Vec<Decision> {
 
 /// The sweeper of one gateway process.
 pub struct Redeliverer {
-    /// With `github.token`: for repositories' and organisations' webhooks.
+    /// With the workers' credentials: for repositories' and organisations'
+    /// webhooks.
     token_client: Option<octocrab::Octocrab>,
     /// Signed in as the App: for `app/hook`.
     app_client: Option<octocrab::Octocrab>,
@@ -160,9 +162,11 @@ impl Redeliverer {
         github.check_redeliver_credentials(&hooks)?;
         let timeout = Duration::from_secs(10);
         let setup = |e: hookbus_github::GithubError| RedeliverError::Setup(e.to_string());
-        let token_client = match hooks.iter().any(|hook| hook != APP_HOOK) {
-            true => Some(hookbus_github::client(&github.api_url, github.token.expose(), timeout).map_err(setup)?),
-            false => None,
+        let token_client = match hookbus_github::Credentials::from_settings(github)? {
+            Some(credentials) if hooks.iter().any(|hook| hook != APP_HOOK) => {
+                Some(hookbus_github::client(&github.api_url, &credentials, timeout).map_err(setup)?)
+            }
+            _ => None,
         };
         let app_client = match hooks.iter().any(|hook| hook == APP_HOOK) {
             true => {

@@ -30,45 +30,13 @@ struct Fake {
     base: Mutex<String>,
 }
 
-/// The claims of a GitHub App's JWT.
-#[derive(Debug, serde::Deserialize)]
-struct AppClaims {
-    iss: u64,
-    iat: u64,
-    exp: u64,
-}
-
-/// What GitHub checks of a call to an App's own endpoint: a bearer JWT
-/// signed (RS256) with the App's key, issued by the App, not expired, and
-/// valid for at most 10 minutes.
-fn signed_by_the_app(headers: &HeaderMap) -> Result<(), String> {
-    use octocrab::jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or("no bearer token")?;
-    let key = DecodingKey::from_rsa_pem(github_app::PUBLIC_KEY.as_bytes()).map_err(|e| e.to_string())?;
-    let mut validation = Validation::new(Algorithm::RS256);
-    // `iss` is the App's id as a number, which the spec-claims check (text
-    // only) would not read: it is checked below, with `iat`.
-    validation.set_required_spec_claims(&["exp"]);
-    let claims = decode::<AppClaims>(token, &key, &validation).map_err(|e| e.to_string())?.claims;
-    if claims.iss != github_app::APP_ID {
-        return Err(format!("issued by App {}", claims.iss));
-    }
-    if claims.exp.saturating_sub(claims.iat) > 600 {
-        return Err("valid for more than 10 minutes".into());
-    }
-    Ok(())
-}
-
 /// GitHub's answer to an App endpoint called without the App's JWT.
 fn refused_unless_the_app(fake: &Fake, headers: &HeaderMap) -> Option<axum::response::Response> {
     if fake.hook != APP_HOOK {
         return None;
     }
-    let reason = signed_by_the_app(headers).err()?;
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let reason = github_app::check_app_jwt(authorization).err()?;
     let body = json!({ "message": format!("A JSON web token could not be decoded ({reason})") });
     Some((StatusCode::UNAUTHORIZED, Json(body)).into_response())
 }

@@ -2,17 +2,20 @@
 //! reconcile (same-second tie fetches), commit-to-git (contents-API mode)
 //! and notify (write-back).
 //!
-//! - [`client`]: an octocrab client on `github.api_url` with the token and
-//!   bounded timeouts;
-//! - [`App`] and [`app_client`]: the same, signed in as a GitHub App (a JWT
+//! - [`Credentials`] and [`client`]: who the workers act as — a token, or
+//!   a GitHub App's installation — and an octocrab client on
+//!   `github.api_url` signed in with them, with bounded timeouts;
+//! - [`App`] and [`app_client`]: signed in as the GitHub App itself (a JWT
 //!   made from its private key for each request), for what only the App
-//!   itself may call, such as its own webhook's deliveries;
+//!   may call, such as its own webhook's deliveries;
 //! - [`rate_limit`]: how long a 403/429 answer asks us to wait, so a worker
 //!   defers the message instead of spending its attempts;
 //! - [`error_message`]: what GitHub said went wrong, for a dead letter's
 //!   reason.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hookbus_config::{ConfigError, GithubSettings};
 
 /// The longest a rate limit may defer one message.
 pub const MAX_DEFER: Duration = Duration::from_secs(3_600);
@@ -70,30 +73,143 @@ impl App {
 /// carries a fresh JWT (valid for 9 minutes, issued a minute back to allow
 /// for clock drift, as GitHub asks).
 pub fn app_client(api_url: &str, app: &App, timeout: Duration) -> Result<octocrab::Octocrab, GithubError> {
-    octocrab::Octocrab::builder()
-        .base_uri(api_url)
-        .map_err(|e| GithubError::BadUrl { url: api_url.to_string(), reason: e.to_string() })?
+    builder(api_url, timeout)?
         .app(octocrab::models::AppId(app.id), app.key.clone())
-        .set_connect_timeout(Some(timeout))
-        .set_read_timeout(Some(timeout))
-        .set_write_timeout(Some(timeout))
         .build()
         .map_err(|e| GithubError::Client(e.to_string()))
 }
 
+/// Who the workers act as on the GitHub API.
+#[derive(Clone)]
+pub enum Credentials {
+    /// `github.token`: a personal or fine-grained token, or any token
+    /// GitHub takes as a bearer.
+    Token(String),
+    /// `github.installation_id`: an installation of the App, whose tokens
+    /// (an hour each) are minted from the App's key when first needed and
+    /// again before they run out.
+    Installation { app: App, installation: u64 },
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Token(_) => f.write_str("Token(***)"),
+            Credentials::Installation { app, installation } => {
+                f.debug_struct("Installation").field("app", app).field("installation", installation).finish()
+            }
+        }
+    }
+}
+
+impl Credentials {
+    /// The ones the settings give: the token, or the App's installation;
+    /// `None` with neither (configuration has made sure it is not both). An
+    /// App key that cannot sign is bad configuration, naming its variable.
+    pub fn from_settings(github: &GithubSettings) -> Result<Option<Self>, ConfigError> {
+        let token = github.token.expose().trim();
+        if !token.is_empty() {
+            return Ok(Some(Credentials::Token(token.to_string())));
+        }
+        if github.installation_id == 0 {
+            return Ok(None);
+        }
+        let app = App::new(github.app_id, github.app_private_key.expose()).map_err(|reason| {
+            ConfigError::invalid("github.app_private_key (HOOKBUS_GITHUB__APP_PRIVATE_KEY)", reason)
+        })?;
+        Ok(Some(Credentials::Installation { app, installation: github.installation_id }))
+    }
+
+    /// The settings to look at when GitHub refuses them.
+    pub fn settings(&self) -> &'static str {
+        match self {
+            Credentials::Token(_) => "HOOKBUS_GITHUB__TOKEN",
+            Credentials::Installation { .. } => {
+                "the App's installation (HOOKBUS_GITHUB__INSTALLATION_ID, HOOKBUS_GITHUB__APP_ID, \
+                 HOOKBUS_GITHUB__APP_PRIVATE_KEY)"
+            }
+        }
+    }
+}
+
 /// An octocrab client for `api_url` (GitHub, GitHub Enterprise, or a local
-/// fake in tests) authenticated with `token`. `timeout` bounds connecting,
+/// fake in tests) signed in with `credentials`. `timeout` bounds connecting,
 /// reading and writing.
-pub fn client(api_url: &str, token: &str, timeout: Duration) -> Result<octocrab::Octocrab, GithubError> {
-    octocrab::Octocrab::builder()
+pub fn client(api_url: &str, credentials: &Credentials, timeout: Duration) -> Result<octocrab::Octocrab, GithubError> {
+    match credentials {
+        Credentials::Token(token) => builder(api_url, timeout)?
+            .personal_token(token.clone())
+            .build()
+            .map_err(|e| GithubError::Client(e.to_string())),
+        Credentials::Installation { app, installation } => app_client(api_url, app, timeout)?
+            .installation(octocrab::models::InstallationId(*installation))
+            .map_err(|e| GithubError::Client(e.to_string())),
+    }
+}
+
+fn builder(
+    api_url: &str,
+    timeout: Duration,
+) -> Result<
+    octocrab::OctocrabBuilder<
+        octocrab::NoSvc,
+        octocrab::DefaultOctocrabBuilderConfig,
+        octocrab::NoAuth,
+        octocrab::NotLayerReady,
+    >,
+    GithubError,
+> {
+    Ok(octocrab::Octocrab::builder()
         .base_uri(api_url)
         .map_err(|e| GithubError::BadUrl { url: api_url.to_string(), reason: e.to_string() })?
-        .personal_token(token.to_string())
         .set_connect_timeout(Some(timeout))
         .set_read_timeout(Some(timeout))
-        .set_write_timeout(Some(timeout))
-        .build()
-        .map_err(|e| GithubError::Client(e.to_string()))
+        .set_write_timeout(Some(timeout)))
+}
+
+/// The password for git over https as `x-access-token`: the token, or the
+/// installation's current token (minted anew when less than half a minute
+/// of it is left). `client` is the one [`client`] made from `credentials`.
+pub async fn git_password(client: &octocrab::Octocrab, credentials: &Credentials) -> Result<String, GithubError> {
+    match credentials {
+        Credentials::Token(token) => Ok(token.clone()),
+        Credentials::Installation { .. } => {
+            use octocrab::secrecy::ExposeSecret;
+            let token = client.installation_token().await.map_err(|e| GithubError::Client(e.to_string()))?;
+            Ok(token.expose_secret().to_string())
+        }
+    }
+}
+
+/// The login GitHub shows as the author of what `credentials` create: the
+/// token's user (`GET /user`), or the App's bot, `<slug>[bot]` (`GET /app`,
+/// as the App). `None` when GitHub will not say (a token refused `GET
+/// /user`); an error for what may pass (network, 5xx, a rate limit).
+pub async fn acting_login(
+    api_url: &str,
+    credentials: &Credentials,
+    client: &octocrab::Octocrab,
+) -> Result<Option<String>, GithubError> {
+    let (client, route, field) = match credentials {
+        Credentials::Token(_) => (client.clone(), "/user", "login"),
+        Credentials::Installation { app, .. } => (app_client(api_url, app, Duration::from_secs(10))?, "/app", "slug"),
+    };
+    let response = client._get(route).await.map_err(|e| GithubError::Client(format!("GET {route}: {e}")))?;
+    let status = response.status();
+    let exhausted = response.headers().get("x-ratelimit-remaining").is_some_and(|v| v.as_bytes() == b"0");
+    let text = client.body_to_string(response).await.map_err(|e| GithubError::Client(format!("GET {route}: {e}")))?;
+    if matches!(status.as_u16(), 401 | 404) || (status.as_u16() == 403 && !exhausted) {
+        return Ok(None);
+    }
+    if !status.is_success() {
+        return Err(GithubError::Client(format!("GET {route}: {} {}", status.as_u16(), error_message(&text))));
+    }
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let name = answer[field].as_str().map(str::to_owned);
+    Ok(match credentials {
+        Credentials::Token(_) => name,
+        Credentials::Installation { .. } => name.map(|slug| format!("{slug}[bot]")),
+    })
 }
 
 /// How long GitHub asks us to wait, if this answer is a rate limit: a 403

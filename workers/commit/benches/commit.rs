@@ -67,7 +67,7 @@ async fn main() {
         remote: remote.path().display().to_string(),
         branch: "main".into(),
         workdir: workdir.path().to_path_buf(),
-        token: None,
+        login: hookbus_commit::RemoteLogin::Anonymous,
         committer_name: "hookbus".into(),
         committer_email: "hookbus@bench.invalid".into(),
     };

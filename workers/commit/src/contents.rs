@@ -28,7 +28,7 @@ pub const CONFLICT_RETRIES: u32 = 4;
 pub struct ContentsTarget {
     /// `github.api_url`.
     pub api_url: String,
-    pub token: String,
+    pub credentials: hookbus_github::Credentials,
     /// `owner/name`.
     pub repository: String,
     pub branch: String,
@@ -75,7 +75,7 @@ enum Written {
 
 impl ContentsApi {
     pub fn new(target: ContentsTarget) -> Result<Self, crate::CommitError> {
-        let client = hookbus_github::client(&target.api_url, &target.token, Duration::from_secs(30))
+        let client = hookbus_github::client(&target.api_url, &target.credentials, Duration::from_secs(30))
             .map_err(|e| crate::CommitError::Config(e.to_string()))?;
         Ok(ContentsApi { client, target })
     }
@@ -229,7 +229,8 @@ impl ContentsApi {
         let message = error_message(&body);
         Err(match status {
             401 | 403 => HandlerError::Permanent(format!(
-                "GitHub refused the token ({status}) on {what}: {message} — check HOOKBUS_GITHUB__TOKEN (it needs contents write access to {})",
+                "GitHub refused the credentials ({status}) on {what}: {message} — check {} (it needs contents write access to {})",
+                self.target.credentials.settings(),
                 self.target.repository
             )),
             408 | 500..=599 => HandlerError::Transient(format!("GitHub answered {status} on {what}: {message}")),

@@ -16,8 +16,10 @@ pub enum CommitError {
     /// A file in the repository is not what hookbus writes.
     #[error("{0}")]
     Record(String),
-    #[error("push to {remote} refused: authentication failed — check HOOKBUS_GITHUB__TOKEN (it needs write access to the repository)")]
-    AuthRefused { remote: String },
+    #[error(
+        "push to {remote} refused: authentication failed — check {check} (it needs write access to the repository)"
+    )]
+    AuthRefused { remote: String, check: &'static str },
     #[error("remote {remote} does not exist — check HOOKBUS_GIT__REMOTE")]
     RemoteMissing { remote: String },
     #[error("push to {remote} rejected: the branch moved again after each of {tries} re-applications")]

@@ -41,7 +41,7 @@ use hookbus_config::{GitMode, Settings};
 
 pub use contents::{ContentsApi, ContentsTarget};
 pub use error::CommitError;
-pub use workdir::GitTarget;
+pub use workdir::{GitTarget, RemoteLogin};
 
 use crate::push::PushGroup;
 use crate::wire::{
@@ -73,9 +73,12 @@ pub struct PushBatching {
     pub max: usize,
 }
 
+/// Git mode's workdir, its batch pusher, and the remote's login.
+type GitParts = (Arc<Mutex<Workdir>>, Arc<PushGroup>, Arc<RemoteLogin>);
+
 /// The commit-to-git stage.
 pub struct CommitPlugin {
-    git: Option<(Arc<Mutex<Workdir>>, Arc<PushGroup>)>,
+    git: Option<GitParts>,
     contents: Option<ContentsApi>,
     /// Where pushed commits are recorded for people, if anywhere.
     journal: Option<Journal>,
@@ -83,9 +86,10 @@ pub struct CommitPlugin {
 
 impl CommitPlugin {
     pub fn new(target: GitTarget, batching: PushBatching) -> Result<Self, CommitError> {
+        let login = Arc::new(target.login.clone());
         let workdir = Arc::new(Mutex::new(Workdir::open(target)?));
-        let group = PushGroup::new(Arc::clone(&workdir), batching.window, batching.max.max(1));
-        Ok(CommitPlugin { git: Some((workdir, group)), contents: None, journal: None })
+        let group = PushGroup::new(Arc::clone(&workdir), Arc::clone(&login), batching.window, batching.max.max(1));
+        Ok(CommitPlugin { git: Some((workdir, group, login)), contents: None, journal: None })
     }
 
     /// Contents-API mode: one GitHub contents-API request per record.
@@ -132,19 +136,23 @@ impl CommitPlugin {
         }
     }
 
-    /// The plugin the settings describe (`git.*`, `github.token`).
+    /// The plugin the settings describe (`git.*`, and `github.token` or the
+    /// App's installation).
     pub fn from_settings(settings: &Settings) -> Result<Self, CommitError> {
         let git = &settings.git;
+        let credentials = hookbus_github::Credentials::from_settings(&settings.github)
+            .map_err(|e| CommitError::Config(e.to_string()))?;
         if git.mode == GitMode::ContentsApi {
-            let token = settings.github.token.expose().to_string();
-            if token.trim().is_empty() {
+            let Some(credentials) = credentials else {
                 return Err(CommitError::Config(
-                    "github.token (HOOKBUS_GITHUB__TOKEN) is required when git.mode is contents_api".into(),
+                    "github.token (HOOKBUS_GITHUB__TOKEN) or github.installation_id (HOOKBUS_GITHUB__INSTALLATION_ID) \
+                     is required when git.mode is contents_api"
+                        .into(),
                 ));
-            }
+            };
             return Self::contents_api(ContentsTarget {
                 api_url: settings.github.api_url.clone(),
-                token,
+                credentials,
                 repository: git.contents_repository.trim().to_string(),
                 branch: git.branch.clone(),
                 committer_name: git.committer_name.clone(),
@@ -152,12 +160,11 @@ impl CommitPlugin {
             });
         }
         let remote = git.require_remote().map_err(|e| CommitError::Config(e.to_string()))?;
-        let token = Some(settings.github.token.expose().to_string()).filter(|t| !t.is_empty());
         let target = GitTarget {
             remote: remote.to_string(),
             branch: git.branch.clone(),
             workdir: git.workdir.clone(),
-            token,
+            login: RemoteLogin::from_credentials(&settings.github.api_url, credentials)?,
             committer_name: git.committer_name.clone(),
             committer_email: git.committer_email.clone(),
         };
@@ -166,18 +173,24 @@ impl CommitPlugin {
 
     /// How many batch pushes have run.
     pub fn push_batches(&self) -> u64 {
-        self.git.as_ref().map_or(0, |(_, group)| group.flushes())
+        self.git.as_ref().map_or(0, |(_, group, _)| group.flushes())
     }
 
     /// Runs `f` on the workdir on a blocking thread (git2 blocks, and the
-    /// repository is used by one thread at a time).
+    /// repository is used by one thread at a time), with the remote's
+    /// current password.
     async fn with_workdir<T: Send + 'static>(
         workdir: &Arc<Mutex<Workdir>>,
+        login: &RemoteLogin,
         f: impl FnOnce(&mut Workdir) -> Result<T, CommitError> + Send + 'static,
     ) -> Result<T, CommitError> {
         let workdir = Arc::clone(workdir);
+        let password = login.current_password().await?;
         tokio::task::spawn_blocking(move || {
             let mut workdir = workdir.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(password) = password {
+                workdir.set_password(password);
+            }
             f(&mut workdir)
         })
         .await
@@ -186,7 +199,7 @@ impl CommitPlugin {
 
     async fn apply(&self, op: ApplyPayload, out: &mut Outbox) -> Result<(), HandlerError> {
         let result = match (&self.git, &self.contents) {
-            (Some((workdir, group)), _) => Self::apply_git(workdir, group, &op).await?,
+            (Some((workdir, group, login)), _) => Self::apply_git(workdir, group, login, &op).await?,
             (None, Some(contents)) => contents.apply(&op).await?,
             (None, None) => return Err(HandlerError::permanent("commit has no target")),
         };
@@ -203,11 +216,12 @@ impl CommitPlugin {
     async fn apply_git(
         workdir: &Arc<Mutex<Workdir>>,
         group: &Arc<PushGroup>,
+        login: &RemoteLogin,
         op: &ApplyPayload,
     ) -> Result<Synced, CommitError> {
         let operation = op.clone();
         let committing = group.committing();
-        let applied = Self::with_workdir(workdir, move |workdir| workdir.apply(&operation)).await;
+        let applied = Self::with_workdir(workdir, login, move |workdir| workdir.apply(&operation)).await;
         drop(committing);
         let applied = applied?;
         let result = match applied {
@@ -224,7 +238,9 @@ impl CommitPlugin {
                 let commit = group.pushed(&op.operation).await?;
                 let read_path = path.clone();
                 let content = match commit {
-                    Some(commit) => Self::with_workdir(workdir, move |w| Ok(w.file_at(commit, &read_path))).await?,
+                    Some(commit) => {
+                        Self::with_workdir(workdir, login, move |w| Ok(w.file_at(commit, &read_path))).await?
+                    }
                     None => None,
                 };
                 let reason = commit.is_none().then(|| "unchanged on the remote's newer tip: no commit".to_string());

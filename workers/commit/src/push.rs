@@ -12,7 +12,7 @@ use git2::Oid;
 use tokio::sync::{oneshot, Notify};
 
 use crate::error::CommitError;
-use crate::workdir::Workdir;
+use crate::workdir::{RemoteLogin, Workdir};
 
 /// The pushed commit carrying a waiter's operation; `None` when, re-applied
 /// on the remote's newer tip, the operation changed nothing.
@@ -20,6 +20,9 @@ type PushResult = Result<Option<Oid>, CommitError>;
 
 pub struct PushGroup {
     workdir: Arc<Mutex<Workdir>>,
+    /// The remote's login: its current password is looked up before each
+    /// push.
+    login: Arc<RemoteLogin>,
     window: Duration,
     batch_max: usize,
     batch: Mutex<Batch>,
@@ -51,9 +54,10 @@ struct Batch {
 }
 
 impl PushGroup {
-    pub fn new(workdir: Arc<Mutex<Workdir>>, window: Duration, batch_max: usize) -> Arc<Self> {
+    pub fn new(workdir: Arc<Mutex<Workdir>>, login: Arc<RemoteLogin>, window: Duration, batch_max: usize) -> Arc<Self> {
         Arc::new(PushGroup {
             workdir,
+            login,
             window,
             batch_max,
             batch: Mutex::new(Batch::default()),
@@ -113,8 +117,12 @@ impl PushGroup {
         let workdir = Arc::clone(&self.workdir);
         let operations: Vec<String> = waiters.iter().map(|(op, _)| op.clone()).collect();
         let started = std::time::Instant::now();
+        let password = self.login.current_password().await;
         let outcome = tokio::task::spawn_blocking(move || {
             let mut workdir = workdir.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(password) = password? {
+                workdir.set_password(password);
+            }
             workdir.push()?;
             Ok::<_, CommitError>(operations.iter().map(|op| workdir.commit_of(op)).collect::<Vec<_>>())
         })

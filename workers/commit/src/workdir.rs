@@ -45,10 +45,77 @@ pub struct GitTarget {
     pub remote: String,
     pub branch: String,
     pub workdir: PathBuf,
-    /// Password for `https://` remotes (GitHub accepts a token for any user).
-    pub token: Option<String>,
+    /// Who to say we are to an `https://` remote.
+    pub login: RemoteLogin,
     pub committer_name: String,
     pub committer_email: String,
+}
+
+/// What an `https://` remote is told when it asks who we are: a token as
+/// the password of `x-access-token` (GitHub accepts one for any user).
+#[derive(Clone, Default)]
+pub enum RemoteLogin {
+    /// Nothing: a local remote, or one that asks nobody.
+    #[default]
+    Anonymous,
+    /// `github.token`.
+    Token(String),
+    /// The App's installation: its current token, looked up before each
+    /// time the remote is contacted (octocrab keeps it until a minute before
+    /// its hour is up, then mints the next).
+    Installation { client: Box<octocrab::Octocrab>, credentials: hookbus_github::Credentials },
+}
+
+impl std::fmt::Debug for RemoteLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RemoteLogin::Anonymous => "Anonymous",
+            RemoteLogin::Token(_) => "Token(***)",
+            RemoteLogin::Installation { .. } => "Installation",
+        })
+    }
+}
+
+impl RemoteLogin {
+    /// The login for `credentials` (none: anonymous).
+    pub fn from_credentials(
+        api_url: &str,
+        credentials: Option<hookbus_github::Credentials>,
+    ) -> Result<Self, CommitError> {
+        Ok(match credentials {
+            None => RemoteLogin::Anonymous,
+            Some(hookbus_github::Credentials::Token(token)) => RemoteLogin::Token(token),
+            Some(credentials) => {
+                let client = hookbus_github::client(api_url, &credentials, std::time::Duration::from_secs(30))
+                    .map_err(|e| CommitError::Config(e.to_string()))?;
+                RemoteLogin::Installation { client: Box::new(client), credentials }
+            }
+        })
+    }
+
+    /// The password to use from now on, when it is one that changes (an
+    /// installation's); `None` keeps the one the workdir has.
+    pub async fn current_password(&self) -> Result<Option<String>, CommitError> {
+        match self {
+            RemoteLogin::Installation { client, credentials } => {
+                let password =
+                    hookbus_github::git_password(client, credentials).await.map_err(|err| CommitError::Batch {
+                        permanent: false,
+                        reason: format!("cannot get a token for the App's installation: {err}"),
+                    })?;
+                Ok(Some(password))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The settings to check when the remote refuses us.
+    fn settings(&self) -> &'static str {
+        match self {
+            RemoteLogin::Installation { credentials, .. } => credentials.settings(),
+            _ => "HOOKBUS_GITHUB__TOKEN",
+        }
+    }
 }
 
 impl GitTarget {
@@ -104,6 +171,9 @@ pub struct Workdir {
     pending: HashMap<Oid, ApplyPayload>,
     /// Whether the remote has been read since the workdir was opened.
     synced: bool,
+    /// The password for an `https://` remote, if it asks: the token, or the
+    /// installation's token last looked up ([`Workdir::set_password`]).
+    password: Option<String>,
 }
 
 impl Workdir {
@@ -143,8 +213,13 @@ impl Workdir {
         let branch_ref = format!("refs/heads/{}", target.branch);
         let tracking_ref = format!("refs/remotes/{REMOTE}/{}", target.branch);
         let tip = repo.refname_to_id(&branch_ref).ok();
+        let password = match &target.login {
+            RemoteLogin::Token(token) => Some(token.clone()),
+            _ => None,
+        };
         let mut workdir = Workdir {
             repo,
+            password,
             target,
             branch_ref,
             tracking_ref,
@@ -157,6 +232,12 @@ impl Workdir {
         };
         workdir.committed = workdir.scan(workdir.local_tip());
         Ok(workdir)
+    }
+
+    /// Replaces the password (the installation's current token) before the
+    /// remote is contacted again.
+    pub fn set_password(&mut self, password: String) {
+        self.password = Some(password);
     }
 
     /// Commits `op` on the local branch unless it is already there or
@@ -392,7 +473,7 @@ impl Workdir {
     /// listing of an empty remote is unsound.
     fn fetch(&mut self) -> Result<Option<Oid>, CommitError> {
         let mut remote = self.repo.find_remote(REMOTE).map_err(CommitError::git("find remote"))?;
-        let auth = Auth::new(self.target.token.as_deref());
+        let auth = Auth::new(self.password.as_deref());
         let mut options = FetchOptions::new();
         options.remote_callbacks(auth.callbacks());
         let refspec = format!("+{}:{}", self.branch_ref, self.tracking_ref);
@@ -556,7 +637,7 @@ impl Workdir {
 
     fn push_refspec(&self, refspec: &str) -> Result<bool, CommitError> {
         let mut remote = self.repo.find_remote(REMOTE).map_err(CommitError::git("find remote"))?;
-        let auth = Auth::new(self.target.token.as_deref());
+        let auth = Auth::new(self.password.as_deref());
         let rejected: RefCell<Option<String>> = RefCell::new(None);
         let result = {
             let mut callbacks = auth.callbacks();
@@ -581,7 +662,7 @@ impl Workdir {
     fn classify(&self, action: &'static str, err: git2::Error, auth: &Auth) -> CommitError {
         let remote = self.target.remote.clone();
         if err.code() == git2::ErrorCode::Auth || auth.refused() {
-            return CommitError::AuthRefused { remote };
+            return CommitError::AuthRefused { remote, check: self.target.login.settings() };
         }
         if self.target.local_path().is_some_and(|p| !p.exists()) {
             return CommitError::RemoteMissing { remote };

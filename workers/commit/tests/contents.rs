@@ -122,7 +122,7 @@ async fn fake_github() -> (Shared, CommitPlugin) {
     tokio::spawn(async move { axum::serve(listener, app).await });
     let plugin = CommitPlugin::contents_api(ContentsTarget {
         api_url: format!("http://127.0.0.1:{port}"),
-        token: "t0ken".into(),
+        credentials: hookbus_github::Credentials::Token("t0ken".into()),
         repository: "acme/records".into(),
         branch: "main".into(),
         committer_name: "hookbus".into(),
@@ -300,4 +300,24 @@ fn contents_api_mode_without_a_token_is_a_configuration_error_naming_it() {
     let err = CommitPlugin::from_settings(&settings).err().expect("no token");
     assert!(err.is_permanent());
     assert!(err.to_string().contains("HOOKBUS_GITHUB__TOKEN"), "{err}");
+}
+
+#[tokio::test]
+async fn an_apps_installation_stands_in_for_the_token_and_its_key_must_sign() {
+    use hookbus_testkit::github_app::{APP_ID, PRIVATE_KEY, PUBLIC_KEY};
+    let load = |key: &str| {
+        let vars = [
+            ("HOOKBUS_GIT__MODE", "contents_api"),
+            ("HOOKBUS_GIT__CONTENTS_REPOSITORY", "acme/records"),
+            ("HOOKBUS_GITHUB__APP_ID", &APP_ID.to_string()),
+            ("HOOKBUS_GITHUB__APP_PRIVATE_KEY", key),
+            ("HOOKBUS_GITHUB__INSTALLATION_ID", "31"),
+        ];
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        hookbus_config::Settings::load_from(&vars, None).expect("loads")
+    };
+    CommitPlugin::from_settings(&load(PRIVATE_KEY)).expect("contents-API mode as the App's installation");
+    let err = CommitPlugin::from_settings(&load(PUBLIC_KEY)).err().expect("a public key cannot sign");
+    assert!(err.is_permanent(), "{err}");
+    assert!(err.to_string().contains("HOOKBUS_GITHUB__APP_PRIVATE_KEY") && !err.to_string().contains("MII"), "{err}");
 }

@@ -453,7 +453,7 @@ async fn a_missing_remote_is_permanent_and_says_what_to_fix() {
         remote: unused_path().display().to_string(),
         branch: "main".into(),
         workdir: wd.path().to_path_buf(),
-        token: None,
+        login: hookbus_commit::RemoteLogin::Anonymous,
         committer_name: "hookbus".into(),
         committer_email: "hookbus@test.invalid".into(),
     };

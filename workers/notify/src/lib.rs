@@ -66,7 +66,8 @@ pub struct Notify {
     effects: Arc<dyn EffectLog>,
     alert_webhook: Option<Secret>,
     alert_window: Duration,
-    /// None without `github.token`: write-backs go dead saying so.
+    /// None without credentials (`github.token` or the App's
+    /// installation): write-backs go dead saying so.
     github: Option<GitHub>,
 }
 
@@ -108,10 +109,9 @@ impl Notify {
             .user_agent(concat!("hookbus-notify/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| NotifyError::Setup(format!("HTTP client: {e}")))?;
-        let token = settings.github.token.expose().trim();
-        let github = match token.is_empty() {
-            true => None,
-            false => Some(GitHub::new(&settings.github.api_url, token, REMOTE_TIMEOUT)?),
+        let github = match hookbus_github::Credentials::from_settings(&settings.github)? {
+            None => None,
+            Some(credentials) => Some(GitHub::new(&settings.github.api_url, credentials, REMOTE_TIMEOUT)?),
         };
         Ok(Notify {
             subscribers: settings.notify.subscribers.clone(),
@@ -177,7 +177,8 @@ impl Notify {
         self.once(&effects::writeback(&change.operation), async {
             let Some(github) = &self.github else {
                 return Err(HandlerError::Permanent(format!(
-                    "cannot write back operation {}: no GitHub token, set HOOKBUS_GITHUB__TOKEN",
+                    "cannot write back operation {}: no GitHub credentials, set HOOKBUS_GITHUB__TOKEN (or \
+                     HOOKBUS_GITHUB__INSTALLATION_ID with the App's id and key)",
                     change.operation
                 )));
             };

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use hookbus_bus::{run_worker, SetupError};
-use hookbus_notify::Notify;
+use hookbus_notify::{Notify, NotifyError};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -11,7 +11,10 @@ async fn main() -> ExitCode {
         if settings.notify.subscribers.is_empty() {
             tracing::info!("no subscribers configured (notify.subscribers): events go to the events channel only");
         }
-        Notify::from_settings(settings).map_err(SetupError::failed)
+        Notify::from_settings(settings).map_err(|err| match err {
+            NotifyError::Config(err) => SetupError::Config(err),
+            err => SetupError::failed(err),
+        })
     })
     .await
 }

@@ -21,11 +21,13 @@ const ISSUE_FIELDS: [&str; 7] = ["title", "body", "state", "state_reason", "labe
 /// Release fields written back (GitHub's names, the record's too).
 const RELEASE_FIELDS: [&str; 5] = ["tag_name", "name", "body", "draft", "prerelease"];
 
-/// The GitHub API with the configured token.
+/// The GitHub API with the configured credentials.
 pub struct GitHub {
     client: octocrab::Octocrab,
-    /// The token's own login (`GET /user`), once known; `None` inside when
-    /// GitHub will not say (an app installation's token).
+    api_url: String,
+    credentials: hookbus_github::Credentials,
+    /// The login the credentials act as, once known: the token's user, or
+    /// the App's bot; `None` inside when GitHub will not say.
     login: tokio::sync::OnceCell<Option<String>>,
 }
 
@@ -46,9 +48,14 @@ pub enum Method {
 }
 
 impl GitHub {
-    pub fn new(api_url: &str, token: &str, timeout: Duration) -> Result<Self, NotifyError> {
-        let client = hookbus_github::client(api_url, token, timeout).map_err(|e| NotifyError::Setup(e.to_string()))?;
-        Ok(GitHub { client, login: tokio::sync::OnceCell::new() })
+    pub fn new(
+        api_url: &str,
+        credentials: hookbus_github::Credentials,
+        timeout: Duration,
+    ) -> Result<Self, NotifyError> {
+        let client =
+            hookbus_github::client(api_url, &credentials, timeout).map_err(|e| NotifyError::Setup(e.to_string()))?;
+        Ok(GitHub { client, api_url: api_url.to_string(), credentials, login: tokio::sync::OnceCell::new() })
     }
 
     /// Applies one change; the error says whether to retry, defer or give up.
@@ -87,20 +94,14 @@ impl GitHub {
         Ok(None)
     }
 
-    /// The login the token acts as, asked once. A personal token has one;
-    /// an app installation's token is refused `GET /user` and has none to
-    /// compare. A failure that may pass (network, 5xx) is not remembered.
+    /// The login the credentials act as, asked once: a token's user
+    /// (`GET /user`; a token GitHub will not tell it to has none to
+    /// compare), or an installation's App bot, `<slug>[bot]` (`GET /app`, as
+    /// the App). A failure that may pass (network, 5xx) is not remembered.
     async fn own_login(&self) -> Option<String> {
         let asked = self
             .login
-            .get_or_try_init(|| async {
-                let call = Call { method: Method::Get, route: "/user".into(), body: None };
-                match self.send(&call, "(whoami)").await {
-                    Ok(user) => Ok(user["login"].as_str().map(str::to_owned)),
-                    Err(HandlerError::Permanent(_)) => Ok(None),
-                    Err(err) => Err(err),
-                }
-            })
+            .get_or_try_init(|| hookbus_github::acting_login(&self.api_url, &self.credentials, &self.client))
             .await;
         asked.ok().cloned().flatten()
     }
@@ -136,7 +137,8 @@ impl GitHub {
         let message = hookbus_github::error_message(&text.unwrap_or_default());
         Err(match status {
             401 => HandlerError::Permanent(format!(
-                "GitHub refused the token (401) on {what}: check HOOKBUS_GITHUB__TOKEN"
+                "GitHub refused the credentials (401) on {what}: check {}",
+                self.credentials.settings()
             )),
             408 | 500..=599 => HandlerError::Transient(format!("GitHub answered {status} on {what}: {message}")),
             _ => HandlerError::Permanent(format!("GitHub answered {status} on {what}: {message}")),

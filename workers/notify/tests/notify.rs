@@ -696,17 +696,47 @@ fn rfc3339(at: SystemTime) -> String {
     at.format(&time::format_description::well_known::Rfc3339).unwrap()
 }
 
+/// A GitHub App's installation, as the fake knows it: its token, and the
+/// login of its bot.
+const INSTALLATION: u64 = 31;
+const INSTALLATION_TOKEN: &str = "ghs_installation_token";
+const APP_BOT: &str = "hookbus-test[bot]";
+
 impl FakeComments {
     async fn start(first: FirstCreate, existing: Vec<Value>) -> FakeComments {
+        Self::serve(first, existing, false).await
+    }
+
+    /// As [`FakeComments::start`], for a GitHub App's installation: the
+    /// comments answer only its token (minted at
+    /// `/app/installations/<id>/access_tokens` for the App's JWT), and what
+    /// it creates is by the App's bot.
+    async fn start_for_app(first: FirstCreate, existing: Vec<Value>) -> FakeComments {
+        Self::serve(first, existing, true).await
+    }
+
+    async fn serve(first: FirstCreate, existing: Vec<Value>, app: bool) -> FakeComments {
         use axum::extract::{Query, State};
+        use axum::http::HeaderMap;
         use std::collections::HashMap;
         use std::sync::atomic::{AtomicUsize, Ordering};
         let port = free_port();
         let comments = Arc::new(Mutex::new(existing));
         let (posts, lists) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        type Shared = (Arc<Mutex<Vec<Value>>>, Arc<AtomicUsize>, Arc<AtomicUsize>, FirstCreate);
-        let state: Shared = (comments.clone(), posts.clone(), lists.clone(), first);
-        let list = |State((comments, _, lists, _)): State<Shared>, Query(query): Query<HashMap<String, String>>| async move {
+        type Shared = (Arc<Mutex<Vec<Value>>>, Arc<AtomicUsize>, Arc<AtomicUsize>, FirstCreate, bool);
+        let state: Shared = (comments.clone(), posts.clone(), lists.clone(), first, app);
+        let refused = |app: bool, headers: &HeaderMap| {
+            let given = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            (app && given != format!("Bearer {INSTALLATION_TOKEN}")).then(|| {
+                (StatusCode::UNAUTHORIZED, axum::Json(json!({ "message": "Bad credentials" }))).into_response()
+            })
+        };
+        let list = move |State((comments, _, lists, _, app)): State<Shared>,
+                         headers: HeaderMap,
+                         Query(query): Query<HashMap<String, String>>| async move {
+            if let Some(refused) = refused(app, &headers) {
+                return refused;
+            }
             lists.fetch_add(1, Ordering::SeqCst);
             let since = query.get("since").cloned().unwrap_or_default();
             let number = |name: &str, default: usize| query.get(name).and_then(|v| v.parse().ok()).unwrap_or(default);
@@ -723,7 +753,10 @@ impl FakeComments {
                 .collect();
             axum::Json(Value::Array(shown)).into_response()
         };
-        let create = |State((comments, posts, _, first)): State<Shared>, body: Bytes| async move {
+        let create = move |State((comments, posts, _, first, app)): State<Shared>, headers: HeaderMap, body: Bytes| async move {
+            if let Some(refused) = refused(app, &headers) {
+                return refused;
+            }
             let n = posts.fetch_add(1, Ordering::SeqCst);
             let asked: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             if n == 0 && first == FirstCreate::Failed {
@@ -732,9 +765,10 @@ impl FakeComments {
             let now = rfc3339(SystemTime::now());
             let comment = {
                 let mut comments = comments.lock().unwrap();
+                let author = if app { APP_BOT } else { "hookbus-bot" };
                 let comment = json!({
                     "id": 9_000 + comments.len(), "body": asked["body"], "created_at": now, "updated_at": now,
-                    "user": { "login": "hookbus-bot" },
+                    "user": { "login": author },
                 });
                 comments.push(comment.clone());
                 comment
@@ -748,9 +782,33 @@ impl FakeComments {
                 _ => (StatusCode::CREATED, axum::Json(comment)).into_response(),
             }
         };
+        let jwt = |headers: &HeaderMap| {
+            let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+            hookbus_testkit::github_app::check_app_jwt(authorization)
+        };
+        let mint = move |headers: HeaderMap, axum::extract::Path(id): axum::extract::Path<u64>| async move {
+            if let Err(reason) = jwt(&headers).and_then(|()| match id == INSTALLATION {
+                true => Ok(()),
+                false => Err(format!("no installation {id}")),
+            }) {
+                return (StatusCode::UNAUTHORIZED, axum::Json(json!({ "message": reason }))).into_response();
+            }
+            let expires_at = rfc3339(SystemTime::now() + Duration::from_secs(3_600));
+            let token = json!({ "token": INSTALLATION_TOKEN, "expires_at": expires_at,
+                                "permissions": { "issues": "write" }, "repository_selection": "all" });
+            (StatusCode::CREATED, axum::Json(token)).into_response()
+        };
+        let the_app = move |headers: HeaderMap| async move {
+            match jwt(&headers) {
+                Ok(()) => axum::Json(json!({ "slug": "hookbus-test" })).into_response(),
+                Err(reason) => (StatusCode::UNAUTHORIZED, axum::Json(json!({ "message": reason }))).into_response(),
+            }
+        };
         let app = axum::Router::new()
             .route(COMMENTS, axum::routing::get(list).post(create))
             .route("/user", axum::routing::get(|| async { axum::Json(json!({ "login": "hookbus-bot" })) }))
+            .route("/app/installations/{id}/access_tokens", axum::routing::post(mint))
+            .route("/app", axum::routing::get(the_app))
             .with_state(state);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind fake GitHub");
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -792,7 +850,10 @@ fn with_fake_github(mut s: Settings, github: &FakeComments) -> Settings {
 /// notify in this process over the memory bus, writing back to `github`
 /// (three attempts per message).
 fn notify_against(github: &FakeComments) -> (Arc<dyn Backend>, Shutdown) {
-    let s = with_fake_github(settings(3, vec![]), github);
+    notify_with(with_fake_github(settings(3, vec![]), github))
+}
+
+fn notify_with(s: Settings) -> (Arc<dyn Backend>, Shutdown) {
     let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
     let shutdown = run(backend.clone(), Notify::in_memory(&s).expect("notify").0, &s);
     (backend, shutdown)
@@ -853,6 +914,32 @@ async fn a_comment_whose_create_failed_is_made_on_the_retry_even_beside_identica
     assert_eq!(github.bodies(), vec!["+1", "+1", "+1"], "the two others and this operation's");
     assert_eq!((github.posts(), github.lists()), (2, 1));
     assert!(dead_reasons(&backend).await.is_empty(), "{:?}", dead_reasons(&backend).await);
+    shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_a_github_apps_installation_the_write_back_uses_its_token_and_knows_its_own_comments_by_its_bot() {
+    // The first create failed without making anything; meanwhile mona wrote
+    // the same words. Only a comment by the App's bot is this operation's,
+    // so the retry creates it: had the author been unknown (as for a token
+    // GitHub will not name), mona's would have passed for it.
+    let now = rfc3339(SystemTime::now());
+    let by_mona = json!({ "id": 2, "body": "+1", "created_at": now, "updated_at": now, "user": { "login": "mona" } });
+    let github = FakeComments::start_for_app(FirstCreate::Failed, vec![by_mona]).await;
+    let mut s = settings(3, vec![]);
+    s.github.api_url = github.url.clone();
+    s.github.app_id = hookbus_testkit::github_app::APP_ID;
+    s.github.app_private_key = Secret::new(hookbus_testkit::github_app::PRIVATE_KEY);
+    s.github.installation_id = INSTALLATION;
+    let (backend, shutdown) = notify_with(s);
+    backend.push("notify", &[comment_create("op-as-the-app", "+1")]).await.expect("push");
+
+    assert!(until(Duration::from_secs(10), || async { github.posts() >= 2 }).await, "created on the retry");
+    assert!(drained(&backend).await, "notify never drained");
+    assert!(dead_reasons(&backend).await.is_empty(), "{:?}", dead_reasons(&backend).await);
+    let comments = github.comments.lock().unwrap().clone();
+    let authors: Vec<&str> = comments.iter().filter_map(|c| c["user"]["login"].as_str()).collect();
+    assert_eq!(authors, vec!["mona", APP_BOT], "mona's and the App's, once");
     shutdown.trigger();
 }
 

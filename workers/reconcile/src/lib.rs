@@ -22,11 +22,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use hookbus_bus::envelope::now_ms;
-use hookbus_bus::{Envelope, HandlerError, Outbox, Plugin};
-use hookbus_config::Settings;
+use hookbus_bus::{Envelope, HandlerError, Outbox, Plugin, SetupError};
+use hookbus_config::{ConfigError, Settings};
 
 use crate::book::{Book, Change, OperationState};
-use crate::store::{OperationStore, RedisStore, StoreError};
+use crate::store::{OperationStore, RedisStore};
 use crate::tiebreak::{GitHubTieBreaker, LaterArrivalWins, TieBreaker};
 use crate::wire::{Outcome, OutcomeKind, SyncOperation, APPLY_KIND, OPERATION_KIND, OUTCOME_KIND};
 
@@ -49,9 +49,10 @@ impl Reconcile {
     }
 
     /// As the `hookbus-reconcile` binary wires it: records in Redis, ties
-    /// to GitHub when a token is configured.
-    pub fn from_settings(settings: &Settings) -> Result<Self, StoreError> {
-        Ok(Self::new(Arc::new(RedisStore::from_settings(settings)?), tie_breaker(settings)))
+    /// to GitHub when credentials are configured.
+    pub fn from_settings(settings: &Settings) -> Result<Self, SetupError> {
+        let store = RedisStore::from_settings(settings).map_err(SetupError::failed)?;
+        Ok(Self::new(Arc::new(store), tie_breaker(settings)?))
     }
 
     pub fn store(&self) -> Arc<dyn OperationStore> {
@@ -141,19 +142,20 @@ impl Reconcile {
     }
 }
 
-/// GitHub when a token is configured, otherwise the later arrival wins.
-pub fn tie_breaker(settings: &Settings) -> Arc<dyn TieBreaker> {
-    let token = settings.github.token.expose();
-    if token.is_empty() {
-        return Arc::new(LaterArrivalWins);
-    }
-    match GitHubTieBreaker::new(&settings.github.api_url, token) {
+/// GitHub when credentials are configured (a token or the App's
+/// installation), otherwise the later arrival wins.
+/// An App key that cannot sign is bad configuration.
+pub fn tie_breaker(settings: &Settings) -> Result<Arc<dyn TieBreaker>, ConfigError> {
+    let Some(credentials) = hookbus_github::Credentials::from_settings(&settings.github)? else {
+        return Ok(Arc::new(LaterArrivalWins));
+    };
+    Ok(match GitHubTieBreaker::new(&settings.github.api_url, &credentials) {
         Ok(github) => Arc::new(github),
         Err(err) => {
             tracing::warn!(error = %err, "cannot use the GitHub API for ties; the later arrival wins");
             Arc::new(LaterArrivalWins)
         }
-    }
+    })
 }
 
 #[async_trait]

@@ -2,10 +2,10 @@
 
 use std::process::ExitCode;
 
-use hookbus_bus::{run_worker, SetupError};
+use hookbus_bus::run_worker;
 use hookbus_reconcile::Reconcile;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    run_worker("hookbus-reconcile", |settings| Reconcile::from_settings(settings).map_err(SetupError::failed)).await
+    run_worker("hookbus-reconcile", Reconcile::from_settings).await
 }

@@ -20,7 +20,7 @@ pub enum TieError {
     Api(String),
 }
 
-/// No token: the later arrival — the operation being decided — wins.
+/// No credentials: the later arrival — the operation being decided — wins.
 pub struct LaterArrivalWins;
 
 #[async_trait]
@@ -36,8 +36,8 @@ pub struct GitHubTieBreaker {
 }
 
 impl GitHubTieBreaker {
-    pub fn new(api_url: &str, token: &str) -> Result<Self, TieError> {
-        let client = hookbus_github::client(api_url, token, std::time::Duration::from_secs(10))
+    pub fn new(api_url: &str, credentials: &hookbus_github::Credentials) -> Result<Self, TieError> {
+        let client = hookbus_github::client(api_url, credentials, std::time::Duration::from_secs(10))
             .map_err(|e| TieError::Api(e.to_string()))?;
         Ok(GitHubTieBreaker { client })
     }

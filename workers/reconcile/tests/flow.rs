@@ -200,8 +200,13 @@ async fn a_same_second_tie_is_settled_by_what_github_says_now() {
     for (github_has, winner, loser_state) in
         [("second", "t2", OperationState::Queued), ("first", "t1", OperationState::Dropped)]
     {
-        let ties: Arc<dyn TieBreaker> =
-            Arc::new(GitHubTieBreaker::new(&fake_github(github_has).await, "test-token").expect("client"));
+        let ties: Arc<dyn TieBreaker> = Arc::new(
+            GitHubTieBreaker::new(
+                &fake_github(github_has).await,
+                &hookbus_github::Credentials::Token("test-token".into()),
+            )
+            .expect("client"),
+        );
         let store: Arc<dyn OperationStore> = Arc::new(MemoryStore::default());
         let reconcile = Reconcile::new(store.clone(), ties);
         handle(&reconcile, operation(1, "t1", 1_000, "first")).await;

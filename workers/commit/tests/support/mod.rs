@@ -119,7 +119,7 @@ pub fn target(remote: &BareRemote, workdir: &Path) -> GitTarget {
         remote: remote.url(),
         branch: "main".into(),
         workdir: workdir.to_path_buf(),
-        token: None,
+        login: hookbus_commit::RemoteLogin::Anonymous,
         committer_name: "hookbus".into(),
         committer_email: "hookbus@test.invalid".into(),
     }
