@@ -1227,6 +1227,12 @@ mod tests {
         })
     }
 
+    /// Loading `pairs` fails, naming `names`.
+    fn refused(pairs: &[(&str, &str)], names: &str) {
+        let err = load(pairs).expect_err("refused").to_string();
+        assert!(err.contains(names), "{err}");
+    }
+
     #[test]
     fn defaults_match_the_spec() {
         let s = load(&[]).expect("defaults load");
@@ -1337,10 +1343,6 @@ mod tests {
             s.github.redeliver_hooks().ok(),
             Some(vec!["repos/octo/hello-world/hooks/12".into(), "orgs/octo/hooks/7".into()])
         );
-        let refused = |pairs: &[(&str, &str)], names: &str| {
-            let err = load(pairs).expect_err("refused").to_string();
-            assert!(err.contains(names), "{err}");
-        };
         refused(&[("HOOKBUS_GITHUB__REDELIVER_HOOKS", "repos/octo/x/hooks/1")], "github.token (HOOKBUS_GITHUB__TOKEN)");
         refused(
             &[("HOOKBUS_GITHUB__REDELIVER_HOOKS", "repos/octo/hooks/1"), ("HOOKBUS_GITHUB__TOKEN", "t")],
@@ -1368,10 +1370,6 @@ mod tests {
         assert_eq!(s.github.redeliver_hooks().ok(), Some(vec![APP_HOOK.to_string()]));
         assert_eq!(s.github.app_id, 123456);
         assert!(!format!("{s:?}").contains("MIIE"), "the key is never printed");
-        let refused = |pairs: &[(&str, &str)], names: &str| {
-            let err = load(pairs).expect_err("refused").to_string();
-            assert!(err.contains(names), "{err}");
-        };
         refused(
             &[("HOOKBUS_GITHUB__REDELIVER_HOOKS", "app/hook"), ("HOOKBUS_GITHUB__APP_PRIVATE_KEY", key)],
             "github.app_id (HOOKBUS_GITHUB__APP_ID)",
@@ -1406,10 +1404,6 @@ mod tests {
             ("HOOKBUS_GITHUB__REDELIVER_HOOKS", "repos/octo/x/hooks/1,app/hook"),
         ]))
         .expect("the installation reads the repository's hook, the App its own");
-        let refused = |pairs: &[(&str, &str)], names: &str| {
-            let err = load(pairs).expect_err("refused").to_string();
-            assert!(err.contains(names), "{err}");
-        };
         refused(&[("HOOKBUS_GITHUB__INSTALLATION_ID", "987")], "github.app_id (HOOKBUS_GITHUB__APP_ID)");
         refused(
             &[("HOOKBUS_GITHUB__INSTALLATION_ID", "987"), ("HOOKBUS_GITHUB__APP_ID", "1")],
