@@ -177,15 +177,18 @@ impl CommitPlugin {
     }
 
     /// Runs `f` on the workdir on a blocking thread (git2 blocks, and the
-    /// repository is used by one thread at a time), with the remote's
-    /// current password.
+    /// repository is used by one thread at a time); with `remote`, when `f`
+    /// may contact the remote, with its current password.
     async fn with_workdir<T: Send + 'static>(
         workdir: &Arc<Mutex<Workdir>>,
-        login: &RemoteLogin,
+        remote: Option<&RemoteLogin>,
         f: impl FnOnce(&mut Workdir) -> Result<T, CommitError> + Send + 'static,
     ) -> Result<T, CommitError> {
         let workdir = Arc::clone(workdir);
-        let password = login.current_password().await?;
+        let password = match remote {
+            Some(login) => login.current_password().await?,
+            None => None,
+        };
         tokio::task::spawn_blocking(move || {
             let mut workdir = workdir.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(password) = password {
@@ -221,7 +224,7 @@ impl CommitPlugin {
     ) -> Result<Synced, CommitError> {
         let operation = op.clone();
         let committing = group.committing();
-        let applied = Self::with_workdir(workdir, login, move |workdir| workdir.apply(&operation)).await;
+        let applied = Self::with_workdir(workdir, Some(login), move |workdir| workdir.apply(&operation)).await;
         drop(committing);
         let applied = applied?;
         let result = match applied {
@@ -239,7 +242,7 @@ impl CommitPlugin {
                 let read_path = path.clone();
                 let content = match commit {
                     Some(commit) => {
-                        Self::with_workdir(workdir, login, move |w| Ok(w.file_at(commit, &read_path))).await?
+                        Self::with_workdir(workdir, None, move |w| Ok(w.file_at(commit, &read_path))).await?
                     }
                     None => None,
                 };

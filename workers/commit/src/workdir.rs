@@ -61,8 +61,8 @@ pub enum RemoteLogin {
     /// `github.token`.
     Token(String),
     /// The App's installation: its current token, looked up before each
-    /// time the remote is contacted (octocrab keeps it until a minute before
-    /// its hour is up, then mints the next).
+    /// time the remote may be contacted (octocrab keeps it until half a
+    /// minute before its hour is up, then mints the next).
     Installation { client: Box<octocrab::Octocrab>, credentials: hookbus_github::Credentials },
 }
 
