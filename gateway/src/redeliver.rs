@@ -170,10 +170,7 @@ impl Redeliverer {
         };
         let app_client = match hooks.iter().any(|hook| hook == APP_HOOK) {
             true => {
-                let app =
-                    hookbus_github::App::new(github.app_id, github.app_private_key.expose()).map_err(|reason| {
-                        ConfigError::invalid("github.app_private_key (HOOKBUS_GITHUB__APP_PRIVATE_KEY)", reason)
-                    })?;
+                let app = hookbus_github::App::from_settings(github)?;
                 Some(hookbus_github::app_client(&github.api_url, &app, timeout).map_err(setup)?)
             }
             false => None,

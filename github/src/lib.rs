@@ -64,6 +64,13 @@ impl App {
         Ok(App { id, key })
     }
 
+    /// The App the settings name (`github.app_id`, `github.app_private_key`);
+    /// a key that cannot sign is bad configuration, naming its variable.
+    pub fn from_settings(github: &GithubSettings) -> Result<Self, ConfigError> {
+        App::new(github.app_id, github.app_private_key.expose())
+            .map_err(|reason| ConfigError::invalid("github.app_private_key (HOOKBUS_GITHUB__APP_PRIVATE_KEY)", reason))
+    }
+
     pub fn id(&self) -> u64 {
         self.id
     }
@@ -114,10 +121,7 @@ impl Credentials {
         if github.installation_id == 0 {
             return Ok(None);
         }
-        let app = App::new(github.app_id, github.app_private_key.expose()).map_err(|reason| {
-            ConfigError::invalid("github.app_private_key (HOOKBUS_GITHUB__APP_PRIVATE_KEY)", reason)
-        })?;
-        Ok(Some(Credentials::Installation { app, installation: github.installation_id }))
+        Ok(Some(Credentials::Installation { app: App::from_settings(github)?, installation: github.installation_id }))
     }
 
     /// The settings to look at when GitHub refuses them.
