@@ -27,6 +27,18 @@
 //! One sweep per interval across every gateway process: whoever sets the
 //! `<prefix>:redeliver:lock` key runs it. A redelivery keeps the delivery
 //! id, so the gateway's marks make even a repeated one store nothing twice.
+//!
+//! A sweep reads only what is new: the attempts after the newest one the
+//! last sweep examined (`<prefix>:{redeliver}:seen:<hook>`), usually one
+//! page. When there is more than [`MAX_PAGES`] of it — the gateway was down
+//! while a busy webhook kept failing — the sweep remembers where it stopped
+//! (`<prefix>:{redeliver}:resume:<hook>`) and the next sweeps read on from
+//! there, down to what was examined before, until nothing in the window is
+//! left unread. How often hookbus asked for each delivery is counted
+//! (`<prefix>:{redeliver}:asked:<delivery>`), so that a delivery whose
+//! redeliveries keep failing stops at [`MAX_ATTEMPTS`] however many sweeps
+//! saw it. `hookbus redeliver` reads the whole window instead (up to the
+//! same page limit) and leaves where the sweeps are alone.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
@@ -35,7 +47,7 @@ use std::time::Duration;
 use hookbus_bus::redis::{RedisConnection, RedisTarget};
 use hookbus_bus::Shutdown;
 use hookbus_config::{ConfigError, Settings, APP_HOOK};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::intake::{mark_key, Mark};
 
@@ -43,8 +55,9 @@ use crate::intake::{mark_key, Mark};
 /// left alone.
 pub const MAX_ATTEMPTS: usize = 5;
 /// Pages of 100 attempts read per hook and sweep at most: a sweep a
-/// minute then costs at most 600 of the token's 5,000 requests an hour.
-const MAX_PAGES: usize = 10;
+/// minute then costs at most 600 of the token's 5,000 requests an hour
+/// (in practice one page a minute: only what is new is read).
+pub const MAX_PAGES: usize = 10;
 /// Deliveries remembered as already logged as left alone; past it the
 /// memory starts again (and each is logged once more).
 const REPORTED_KEPT: usize = 10_000;
@@ -226,17 +239,22 @@ impl Redeliverer {
         if won.is_none() {
             return Ok(SweepReport::default());
         }
-        Ok(self.sweep_now(false).await)
+        Ok(self.sweep_hooks(false, true).await)
     }
 
-    /// One sweep now, whoever swept last (an operator's `hookbus
-    /// redeliver`); with `dry_run`, only what it would ask for.
+    /// One sweep now over the whole window, whoever swept last (an
+    /// operator's `hookbus redeliver`); with `dry_run`, only what it would
+    /// ask for.
     pub async fn sweep_now(&self, dry_run: bool) -> SweepReport {
+        self.sweep_hooks(dry_run, false).await
+    }
+
+    async fn sweep_hooks(&self, dry_run: bool, incremental: bool) -> SweepReport {
         let mut report = SweepReport { ran: true, dry_run, ..SweepReport::default() };
         for hook in &self.hooks {
             // One hook GitHub will not list (a typo, a token without access)
             // does not keep the others from being swept.
-            if let Err(err) = self.sweep_hook(hook, &mut report).await {
+            if let Err(err) = self.sweep_hook(hook, incremental, &mut report).await {
                 tracing::warn!(hook = %hook, error = %err, "redelivery sweep of a hook failed; trying again next interval");
                 report.failed.push(format!("{hook}: {err}"));
             }
@@ -244,32 +262,71 @@ impl Redeliverer {
         report
     }
 
-    async fn sweep_hook(&self, hook: &str, report: &mut SweepReport) -> Result<(), RedeliverError> {
-        let decisions = decide(&self.attempts(hook).await?);
-        // Which candidates were stored after all: one MGET of their marks
-        // (all in the `{normalise}` slot).
-        let marks: Vec<String> = decisions
+    fn key(&self, what: &str, name: &str) -> String {
+        format!("{}:{{redeliver}}:{what}:{name}", self.prefix)
+    }
+
+    async fn sweep_hook(&self, hook: &str, incremental: bool, report: &mut SweepReport) -> Result<(), RedeliverError> {
+        let mut conn = self.conn.clone();
+        let (seen_key, resume_key) = (self.key("seen", hook), self.key("resume", hook));
+        let (seen, resume): (Option<u64>, Option<String>) = match incremental {
+            true => redis::cmd("MGET").arg(&seen_key).arg(&resume_key).query_async(&mut conn).await?,
+            false => (None, None),
+        };
+        let gaps: Vec<Gap> = resume.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or_default();
+        let read = self.attempts(hook, seen, gaps).await?;
+        let decisions = decide(&read.attempts);
+        // Which candidates were stored after all (one MGET of their marks,
+        // all in the `{normalise}` slot), and how often each was asked for.
+        let candidates: Vec<&str> = decisions
             .iter()
             .filter_map(|decision| match decision {
-                Decision::Redeliver { guid, .. } => Some(mark_key(&self.prefix, &Mark::Delivery(guid.clone()))),
+                Decision::Redeliver { guid, .. } => Some(guid.as_str()),
                 _ => None,
             })
             .collect();
-        let mut stored: Vec<Option<String>> = Vec::new();
-        if !marks.is_empty() {
-            let mut conn = self.conn.clone();
+        let (mut stored, mut asked): (Vec<Option<String>>, Vec<Option<usize>>) = (Vec::new(), Vec::new());
+        if !candidates.is_empty() {
+            let marks: Vec<String> =
+                candidates.iter().map(|guid| mark_key(&self.prefix, &Mark::Delivery(guid.to_string()))).collect();
+            let counts: Vec<String> = candidates.iter().map(|guid| self.key("asked", guid)).collect();
             stored = redis::cmd("MGET").arg(&marks).query_async(&mut conn).await?;
+            asked = redis::cmd("MGET").arg(&counts).query_async(&mut conn).await?;
         }
-        let mut stored = stored.into_iter();
+        let (mut stored, mut asked) = (stored.into_iter(), asked.into_iter());
+        let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX).max(1);
         for decision in decisions {
-            match decision {
+            let decision = match decision {
                 Decision::Redeliver { guid, attempt } => {
-                    if stored.next().flatten().is_some() {
+                    let (mark, times) = (stored.next().flatten(), asked.next().flatten().unwrap_or(0));
+                    if mark.is_some() {
                         report.skipped += 1;
                         continue;
                     }
+                    match times + 1 >= MAX_ATTEMPTS {
+                        // Asked for so often that, with the first delivery,
+                        // it has had its attempts.
+                        true => Decision::OutOfAttempts { guid, attempts: times + 1 },
+                        false => Decision::Redeliver { guid, attempt },
+                    }
+                }
+                other => other,
+            };
+            match decision {
+                Decision::Redeliver { guid, attempt } => {
                     if !report.dry_run {
                         self.redeliver(hook, attempt).await?;
+                        let count = self.key("asked", &guid);
+                        let _: () = redis::pipe()
+                            .cmd("INCR")
+                            .arg(&count)
+                            .ignore()
+                            .cmd("PEXPIRE")
+                            .arg(&count)
+                            .arg(window_ms)
+                            .ignore()
+                            .query_async(&mut conn)
+                            .await?;
                         tracing::info!(delivery = %guid, attempt, hook, "asked GitHub to redeliver a failed webhook");
                         crate::metrics::redelivery("asked");
                     }
@@ -301,6 +358,27 @@ impl Redeliverer {
                 }
             }
         }
+        // Only now, every redelivery asked for: a sweep cut short reads
+        // the same attempts again.
+        if incremental && !report.dry_run {
+            let mut remember = redis::pipe();
+            if let Some(newest) = read.newest {
+                remember.cmd("SET").arg(&seen_key).arg(newest).arg("PX").arg(window_ms).ignore();
+            }
+            match read.gaps.is_empty() {
+                true => remember.cmd("DEL").arg(&resume_key).ignore(),
+                false => {
+                    let gaps = serde_json::to_string(&read.gaps).unwrap_or_default();
+                    tracing::info!(
+                        hook,
+                        gaps = read.gaps.len(),
+                        "redelivery sweep read its page limit; the next sweeps read on where it stopped"
+                    );
+                    remember.cmd("SET").arg(&resume_key).arg(gaps).arg("PX").arg(window_ms).ignore()
+                }
+            };
+            let _: () = remember.query_async(&mut conn).await?;
+        }
         Ok(())
     }
 
@@ -314,15 +392,45 @@ impl Redeliverer {
         }
     }
 
-    /// The hook's attempts within the window, following GitHub's cursor
-    /// pagination (newest first).
-    async fn attempts(&self, hook: &str) -> Result<Vec<Attempt>, RedeliverError> {
+    /// The hook's attempts within the window that no sweep examined yet:
+    /// those newer than `seen` (all of the window without it), then the
+    /// `gaps` earlier sweeps left, newest first, at most [`MAX_PAGES`] pages
+    /// in all.
+    async fn attempts(&self, hook: &str, seen: Option<u64>, gaps: Vec<Gap>) -> Result<Read, RedeliverError> {
         let since = time::OffsetDateTime::now_utc() - self.window;
-        let mut all = Vec::new();
-        let mut next = Some(format!("/{hook}/deliveries?per_page=100"));
-        let mut pages = 0;
+        let mut pages = MAX_PAGES;
+        let first = Gap { next: format!("/{hook}/deliveries?per_page=100"), until: seen, below: None };
+        let mut read = Read { attempts: Vec::new(), newest: seen, gaps: Vec::new() };
+        for gap in std::iter::once(first).chain(gaps) {
+            if pages == 0 {
+                read.gaps.push(gap);
+                continue;
+            }
+            if let Some(rest) = self.read_gap(hook, gap, since, &mut pages, &mut read.attempts).await? {
+                read.gaps.push(rest);
+            }
+        }
+        read.newest = read.attempts.iter().map(|attempt| attempt.id).chain(seen).max();
+        Ok(read)
+    }
+
+    /// Reads `gap` from its page down to its end (or the window's), while
+    /// `pages` last; what is left of it, if they ran out.
+    async fn read_gap(
+        &self,
+        hook: &str,
+        gap: Gap,
+        since: time::OffsetDateTime,
+        pages: &mut usize,
+        all: &mut Vec<Attempt>,
+    ) -> Result<Option<Gap>, RedeliverError> {
+        let mut next = Some(gap.next);
+        let mut below = gap.below;
         while let Some(route) = next.take() {
-            pages += 1;
+            if *pages == 0 {
+                return Ok(Some(Gap { next: route, until: gap.until, below }));
+            }
+            *pages -= 1;
             let what = format!("GET {route}");
             let client = self.client(hook)?;
             let response = client
@@ -343,18 +451,26 @@ impl Redeliverer {
                 what: what.clone(),
                 reason: format!("unexpected answer: {e}"),
             })?;
-            let mut older = false;
+            let mut done = false;
             for attempt in page {
+                // Read already, before the cut: a cursor that counts
+                // positions shows it again once newer attempts came.
+                if below.is_some_and(|below| attempt.id >= below) {
+                    continue;
+                }
+                below = Some(attempt.id);
+                let examined = gap.until.is_some_and(|until| attempt.id <= until);
                 match delivered_at(&attempt.delivered_at) {
-                    Some(at) if at < since => older = true,
+                    Some(at) if at < since => done = true,
+                    _ if examined => done = true,
                     _ => all.push(attempt),
                 }
             }
-            if !older && pages < MAX_PAGES {
+            if !done {
                 next = link.as_deref().and_then(next_page);
             }
         }
-        Ok(all)
+        Ok(None)
     }
 
     /// The client that may ask about `hook`: the App's for `app/hook`, the
@@ -386,6 +502,26 @@ impl Redeliverer {
             reason: format!("{} {}", status.as_u16(), hookbus_github::error_message(&text)),
         })
     }
+}
+
+/// Attempts not read yet: from the page `next` down to the attempt
+/// `until` (exclusive; `None`: the window's start), older than `below`
+/// (the last one read before the cut).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Gap {
+    next: String,
+    until: Option<u64>,
+    #[serde(default)]
+    below: Option<u64>,
+}
+
+/// What a sweep read of a hook.
+struct Read {
+    attempts: Vec<Attempt>,
+    /// The newest attempt examined, this sweep or before.
+    newest: Option<u64>,
+    /// What is left unread, newest first.
+    gaps: Vec<Gap>,
 }
 
 fn delivered_at(text: &str) -> Option<time::OffsetDateTime> {

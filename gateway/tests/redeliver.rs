@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hookbus_config::{Secret, Settings, APP_HOOK};
-use hookbus_gateway::redeliver::{RedeliverError, Redeliverer};
+use hookbus_gateway::redeliver::{RedeliverError, Redeliverer, SweepReport};
 use hookbus_testkit::{github_app, RedisServer};
 use serde_json::{json, Value};
 
@@ -27,6 +27,10 @@ struct Fake {
     hook: String,
     attempts: Mutex<Vec<Value>>,
     asked: Mutex<Vec<u64>>,
+    /// Deliveries whose redeliveries fail too (503).
+    keeps_failing: Mutex<Vec<String>>,
+    /// Pages listed so far.
+    pages: std::sync::atomic::AtomicUsize,
     base: Mutex<String>,
 }
 
@@ -52,7 +56,9 @@ fn attempt(id: u64, guid: &str, status_code: u16, seconds_ago: i64) -> Value {
             "event": "issues", "action": "opened" })
 }
 
-/// Two per page, so that a sweep must follow the cursor.
+/// Two per page, so that a sweep must follow the cursor. The cursor names
+/// the attempt a page starts at, as GitHub's does: new attempts (at the
+/// head) do not move the pages after it.
 async fn deliveries(
     State(fake): State<Arc<Fake>>,
     request_headers: HeaderMap,
@@ -61,13 +67,15 @@ async fn deliveries(
     if let Some(refused) = refused_unless_the_app(&fake, &request_headers) {
         return refused;
     }
-    let cursor: usize = query.iter().find(|(k, _)| k == "cursor").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+    fake.pages.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let cursor: u64 = query.iter().find(|(k, _)| k == "cursor").and_then(|(_, v)| v.parse().ok()).unwrap_or(u64::MAX);
     let all = fake.attempts.lock().expect("lock").clone();
-    let page: Vec<Value> = all.iter().skip(cursor).take(2).cloned().collect();
+    let from = all.iter().position(|a| a["id"].as_u64().is_some_and(|id| id <= cursor)).unwrap_or(all.len());
+    let page: Vec<Value> = all.iter().skip(from).take(2).cloned().collect();
     let mut headers = HeaderMap::new();
-    if cursor + 2 < all.len() {
+    if let Some(next) = all.get(from + 2).and_then(|a| a["id"].as_u64()) {
         let base = fake.base.lock().expect("lock").clone();
-        let link = format!("<{base}/{}/deliveries?per_page=100&cursor={}>; rel=\"next\"", fake.hook, cursor + 2);
+        let link = format!("<{base}/{}/deliveries?per_page=100&cursor={next}>; rel=\"next\"", fake.hook);
         headers.insert("link", link.parse().expect("header"));
     }
     (headers, Json(page)).into_response()
@@ -83,7 +91,12 @@ async fn redeliver(State(fake): State<Arc<Fake>>, headers: HeaderMap, Path(id): 
         return StatusCode::NOT_FOUND.into_response();
     };
     let next = attempts.iter().filter_map(|a| a["id"].as_u64()).max().unwrap_or(0) + 1;
-    let mut redelivered = attempt(next, guid.as_str().unwrap_or_default(), 202, 0);
+    let guid = guid.as_str().unwrap_or_default();
+    let status = match fake.keeps_failing.lock().expect("lock").iter().any(|g| g == guid) {
+        true => 503,
+        false => 202,
+    };
+    let mut redelivered = attempt(next, guid, status, 0);
     redelivered["redelivery"] = json!(true);
     attempts.insert(0, redelivered);
     StatusCode::ACCEPTED.into_response()
@@ -240,4 +253,64 @@ async fn an_app_key_that_cannot_sign_is_bad_configuration_naming_the_setting() {
     };
     assert!(err.contains("github.app_private_key (HOOKBUS_GITHUB__APP_PRIVATE_KEY)"), "{err}");
     assert!(!err.contains("MII"), "the key is not shown: {err}");
+}
+
+/// Sweeps (ending the interval's lock before each) until one asks for
+/// nothing and leaves nothing unread, at most `limit`; the reports.
+async fn sweep_until_quiet(redeliverer: &Redeliverer, redis: &RedisServer, limit: usize) -> Vec<SweepReport> {
+    let mut conn = redis.client();
+    let mut reports = Vec::new();
+    for _ in 0..limit {
+        let _: () = redis::cmd("DEL").arg("hookbus:redeliver:lock").query(&mut conn).expect("DEL");
+        let report = redeliverer.sweep().await.expect("sweep");
+        assert!(report.ran && report.failed.is_empty(), "{report:?}");
+        let resume: Option<String> =
+            redis::cmd("GET").arg(format!("hookbus:{{redeliver}}:resume:{HOOK}")).query(&mut conn).expect("GET");
+        let quiet = report.redelivered.is_empty() && resume.is_none();
+        reports.push(report);
+        if quiet {
+            break;
+        }
+    }
+    reports
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_more_failures_than_a_sweep_reads_the_next_sweeps_read_on_until_each_was_asked_for_once() {
+    // 30 failed deliveries, two to a page: 15 pages, more than one sweep's
+    // MAX_PAGES (the gateway was down while GitHub kept failing).
+    let redis = RedisServer::start();
+    let failed: Vec<Value> = (1..=30u64).rev().map(|id| attempt(id, &format!("down-{id}"), 503, 60)).collect();
+    let (fake, api) = fake_github(failed).await;
+    let redeliverer =
+        Redeliverer::from_settings(&settings(&redis, &api, Duration::from_secs(60))).expect("set up").expect("hooks");
+
+    let reports = sweep_until_quiet(&redeliverer, &redis, 6).await;
+    assert!(reports.len() >= 3, "read on over more than one sweep: {reports:?}");
+    assert_eq!(reports[0].redelivered.len(), 2 * hookbus_gateway::redeliver::MAX_PAGES, "the newest pages first");
+    let mut asked = fake.asked.lock().expect("lock").clone();
+    asked.sort_unstable();
+    assert_eq!(asked, (1..=30).collect::<Vec<u64>>(), "every failed delivery, once");
+
+    // Caught up, a sweep reads what is new: one page.
+    let before = fake.pages.load(std::sync::atomic::Ordering::SeqCst);
+    let quiet = sweep_until_quiet(&redeliverer, &redis, 1).await;
+    assert!(quiet[0].redelivered.is_empty());
+    assert_eq!(fake.pages.load(std::sync::atomic::Ordering::SeqCst) - before, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_redeliveries_keep_failing_is_asked_for_until_it_has_had_its_attempts() {
+    let redis = RedisServer::start();
+    let (fake, api) = fake_github(vec![attempt(1, "still-down", 503, 60)]).await;
+    fake.keeps_failing.lock().expect("lock").push("still-down".into());
+    let redeliverer =
+        Redeliverer::from_settings(&settings(&redis, &api, Duration::from_secs(60))).expect("set up").expect("hooks");
+
+    // Each sweep sees only the newest (failed) attempt; the count of what
+    // was asked for stops it at MAX_ATTEMPTS in all.
+    let reports = sweep_until_quiet(&redeliverer, &redis, 2 * hookbus_gateway::redeliver::MAX_ATTEMPTS).await;
+    assert_eq!(fake.asked.lock().expect("lock").len(), hookbus_gateway::redeliver::MAX_ATTEMPTS - 1, "{reports:?}");
+    let last = reports.last().expect("a sweep");
+    assert!(last.redelivered.is_empty() && last.skipped == 1, "left to a person: {last:?}");
 }
