@@ -452,8 +452,8 @@ impl GithubSettings {
             return Err(ConfigError::invalid(
                 "github.token (HOOKBUS_GITHUB__TOKEN)",
                 format!(
-                    "or github.installation_id is required by a repository's or an organisation's webhook in \
-                     github.redeliver_hooks: {needed}"
+                    "or a GitHub App (github.app_id, github.app_private_key) is required by a repository's or an \
+                     organisation's webhook in github.redeliver_hooks: {needed}"
                 ),
             ));
         }
@@ -463,10 +463,11 @@ impl GithubSettings {
         Ok(())
     }
 
-    /// Whether the workers can call the GitHub API: a token, or an App's
-    /// installation.
+    /// Whether the workers can call the GitHub API: a token, an App's
+    /// installation, or the App (through its installation on each
+    /// repository).
     pub fn has_api_credentials(&self) -> bool {
-        !self.token.is_empty() || self.installation_id != 0
+        !self.token.is_empty() || self.installation_id != 0 || (self.app_id != 0 && !self.app_private_key.is_empty())
     }
 
     /// The API credentials make sense: an installation comes with its App,
@@ -1378,15 +1379,13 @@ mod tests {
             &[("HOOKBUS_GITHUB__REDELIVER_HOOKS", "/app/hook/"), ("HOOKBUS_GITHUB__APP_ID", "1")],
             "github.app_private_key (HOOKBUS_GITHUB__APP_PRIVATE_KEY)",
         );
-        // The App signs only for its own hook: a repository's still needs a token.
-        refused(
-            &[
-                ("HOOKBUS_GITHUB__REDELIVER_HOOKS", "app/hook,repos/octo/x/hooks/1"),
-                ("HOOKBUS_GITHUB__APP_ID", "1"),
-                ("HOOKBUS_GITHUB__APP_PRIVATE_KEY", key),
-            ],
-            "github.token (HOOKBUS_GITHUB__TOKEN)",
-        );
+        // A repository's hook too, through the App's installation there.
+        load(&[
+            ("HOOKBUS_GITHUB__REDELIVER_HOOKS", "app/hook,repos/octo/x/hooks/1"),
+            ("HOOKBUS_GITHUB__APP_ID", "1"),
+            ("HOOKBUS_GITHUB__APP_PRIVATE_KEY", key),
+        ])
+        .expect("the App reads the repository's hook through its installation");
         refused(&[("HOOKBUS_GITHUB__APP_ID", "my-app")], "app_id");
     }
 

@@ -146,9 +146,9 @@ pub fn decide(attempts: &[Attempt]) -> Vec<Decision> {
 pub struct Redeliverer {
     /// With the workers' credentials: for repositories' and organisations'
     /// webhooks.
-    token_client: Option<octocrab::Octocrab>,
+    api: Option<hookbus_github::Github>,
     /// Signed in as the App: for `app/hook`.
-    app_client: Option<octocrab::Octocrab>,
+    app_client: Option<std::sync::Arc<octocrab::Octocrab>>,
     hooks: Vec<String>,
     conn: RedisConnection,
     prefix: String,
@@ -175,23 +175,23 @@ impl Redeliverer {
         github.check_redeliver_credentials(&hooks)?;
         let timeout = Duration::from_secs(10);
         let setup = |e: hookbus_github::GithubError| RedeliverError::Setup(e.to_string());
-        let token_client = match hookbus_github::Credentials::from_settings(github)? {
+        let api = match hookbus_github::Credentials::from_settings(github)? {
             Some(credentials) if hooks.iter().any(|hook| hook != APP_HOOK) => {
-                Some(hookbus_github::client(&github.api_url, &credentials, timeout).map_err(setup)?)
+                Some(hookbus_github::Github::new(&github.api_url, credentials, timeout).map_err(setup)?)
             }
             _ => None,
         };
         let app_client = match hooks.iter().any(|hook| hook == APP_HOOK) {
             true => {
                 let app = hookbus_github::App::from_settings(github)?;
-                Some(hookbus_github::app_client(&github.api_url, &app, timeout).map_err(setup)?)
+                Some(std::sync::Arc::new(hookbus_github::app_client(&github.api_url, &app, timeout).map_err(setup)?))
             }
             false => None,
         };
         let conn = RedisConnection::open(&RedisTarget::from_settings(&settings.redis), timeout)
             .map_err(|e| RedeliverError::Setup(e.to_string()))?;
         Ok(Redeliverer {
-            token_client,
+            api,
             app_client,
             hooks,
             conn,
@@ -432,7 +432,7 @@ impl Redeliverer {
             }
             *pages -= 1;
             let what = format!("GET {route}");
-            let client = self.client(hook)?;
+            let client = self.client(hook).await?;
             let response = client
                 ._get(route.as_str())
                 .await
@@ -473,21 +473,24 @@ impl Redeliverer {
         Ok(None)
     }
 
-    /// The client that may ask about `hook`: the App's for `app/hook`, the
-    /// token's for the others ([`Redeliverer::for_hooks`] made the ones its
-    /// hooks need).
-    fn client(&self, hook: &str) -> Result<&octocrab::Octocrab, RedeliverError> {
-        let client = match hook == APP_HOOK {
-            true => self.app_client.as_ref(),
-            false => self.token_client.as_ref(),
-        };
-        client.ok_or_else(|| RedeliverError::Setup(format!("no GitHub credentials for {hook}")))
+    /// The client that may ask about `hook`: the App's for `app/hook`; for
+    /// the others, the workers' credentials' (the App's installation on
+    /// the repository or organisation, when signed in as the App).
+    async fn client(&self, hook: &str) -> Result<std::sync::Arc<octocrab::Octocrab>, RedeliverError> {
+        let missing = || RedeliverError::Setup(format!("no GitHub credentials for {hook}"));
+        if hook == APP_HOOK {
+            return self.app_client.clone().ok_or_else(missing);
+        }
+        let api = self.api.as_ref().ok_or_else(missing)?;
+        api.for_route(&format!("/{hook}/deliveries"))
+            .await
+            .map_err(|e| RedeliverError::Github { what: format!("the installation for {hook}"), reason: e.to_string() })
     }
 
     async fn redeliver(&self, hook: &str, attempt: u64) -> Result<(), RedeliverError> {
         let route = format!("/{hook}/deliveries/{attempt}/attempts");
         let what = format!("POST {route}");
-        let client = self.client(hook)?;
+        let client = self.client(hook).await?;
         let response = client
             ._post(route.as_str(), None::<&()>)
             .await

@@ -2,9 +2,10 @@
 //! reconcile (same-second tie fetches), commit-to-git (contents-API mode)
 //! and notify (write-back).
 //!
-//! - [`Credentials`] and [`client`]: who the workers act as — a token, or
-//!   a GitHub App's installation — and an octocrab client on
-//!   `github.api_url` signed in with them, with bounded timeouts;
+//! - [`Credentials`] and [`Github`]: who the workers act as — a token, a
+//!   GitHub App's installation, or the App through whichever installation
+//!   holds a repository — and the octocrab clients on `github.api_url`
+//!   signed in with them, with bounded timeouts;
 //! - [`App`] and [`app_client`]: signed in as the GitHub App itself (a JWT
 //!   made from its private key for each request), for what only the App
 //!   may call, such as its own webhook's deliveries;
@@ -27,6 +28,17 @@ pub enum GithubError {
     BadUrl { url: String, reason: String },
     #[error("GitHub client: {0}")]
     Client(String),
+    /// Signed in as the App, which has no installation on `owner`.
+    #[error("the GitHub App is not installed on {owner}: install it there, or set HOOKBUS_GITHUB__INSTALLATION_ID")]
+    NotInstalled { owner: String },
+}
+
+impl GithubError {
+    /// Whether trying again cannot help: the App is not installed where a
+    /// call goes, or the client could not be made at all.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, GithubError::NotInstalled { .. } | GithubError::BadUrl { .. })
+    }
 }
 
 /// A GitHub App's id and private key: what signs the JWTs that let a
@@ -96,6 +108,10 @@ pub enum Credentials {
     /// (an hour each) are minted from the App's key when first needed and
     /// again before they run out.
     Installation { app: App, installation: u64 },
+    /// The App's id and key alone: each call goes through whichever of the
+    /// App's installations holds the repository or organisation it is
+    /// about (an App installed on several organisations has one each).
+    App(App),
 }
 
 impl std::fmt::Debug for Credentials {
@@ -105,23 +121,30 @@ impl std::fmt::Debug for Credentials {
             Credentials::Installation { app, installation } => {
                 f.debug_struct("Installation").field("app", app).field("installation", installation).finish()
             }
+            Credentials::App(app) => f.debug_tuple("App").field(app).finish(),
         }
     }
 }
 
 impl Credentials {
-    /// The ones the settings give: the token, or the App's installation;
-    /// `None` with neither (configuration has made sure it is not both). An
-    /// App key that cannot sign is bad configuration, naming its variable.
+    /// The ones the settings give: the token; or the App's installation;
+    /// or the App, through its installations; `None` with none of them
+    /// (configuration has made sure a token and an installation are not
+    /// both set). An App key that cannot sign is bad configuration, naming
+    /// its variable.
     pub fn from_settings(github: &GithubSettings) -> Result<Option<Self>, ConfigError> {
         let token = github.token.expose().trim();
         if !token.is_empty() {
             return Ok(Some(Credentials::Token(token.to_string())));
         }
-        if github.installation_id == 0 {
-            return Ok(None);
+        if github.installation_id != 0 {
+            let app = App::from_settings(github)?;
+            return Ok(Some(Credentials::Installation { app, installation: github.installation_id }));
         }
-        Ok(Some(Credentials::Installation { app: App::from_settings(github)?, installation: github.installation_id }))
+        if github.app_id != 0 && !github.app_private_key.is_empty() {
+            return Ok(Some(Credentials::App(App::from_settings(github)?)));
+        }
+        Ok(None)
     }
 
     /// The settings to look at when GitHub refuses them.
@@ -132,22 +155,166 @@ impl Credentials {
                 "the App's installation (HOOKBUS_GITHUB__INSTALLATION_ID, HOOKBUS_GITHUB__APP_ID, \
                  HOOKBUS_GITHUB__APP_PRIVATE_KEY)"
             }
+            Credentials::App(_) => {
+                "the GitHub App (HOOKBUS_GITHUB__APP_ID, HOOKBUS_GITHUB__APP_PRIVATE_KEY) and its installation on \
+                 the repository"
+            }
         }
     }
 }
 
-/// An octocrab client for `api_url` (GitHub, GitHub Enterprise, or a local
-/// fake in tests) signed in with `credentials`. `timeout` bounds connecting,
-/// reading and writing.
-pub fn client(api_url: &str, credentials: &Credentials, timeout: Duration) -> Result<octocrab::Octocrab, GithubError> {
-    match credentials {
-        Credentials::Token(token) => builder(api_url, timeout)?
-            .personal_token(token.clone())
-            .build()
-            .map_err(|e| GithubError::Client(e.to_string())),
-        Credentials::Installation { app, installation } => app_client(api_url, app, timeout)?
-            .installation(octocrab::models::InstallationId(*installation))
-            .map_err(|e| GithubError::Client(e.to_string())),
+/// The GitHub API as `credentials` reach it, on `github.api_url` (GitHub,
+/// GitHub Enterprise, or a local fake in tests), every request bounded by
+/// the timeout. Cheap to clone.
+#[derive(Clone)]
+pub struct Github {
+    inner: std::sync::Arc<GithubInner>,
+}
+
+struct GithubInner {
+    credentials: Credentials,
+    /// The client of a token or of a fixed installation. Shared, not
+    /// cloned: a clone of an installation's client starts with a copy of
+    /// its token cache, and would mint tokens of its own.
+    fixed: Option<std::sync::Arc<octocrab::Octocrab>>,
+    /// Signed in as the App itself (a JWT per request).
+    app: Option<octocrab::Octocrab>,
+    /// With [`Credentials::App`]: the installation of each owner (account
+    /// or organisation, lowercase), once looked up.
+    owners: tokio::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<octocrab::Octocrab>>>,
+}
+
+/// Who a call is about, by its route.
+enum Owner<'a> {
+    Repository(&'a str, &'a str),
+    Organisation(&'a str),
+}
+
+fn owner_of(route: &str) -> Option<Owner<'_>> {
+    let path = route.split('?').next().unwrap_or(route).trim_start_matches('/');
+    let mut parts = path.split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("repos"), Some(owner), Some(repo)) if !owner.is_empty() && !repo.is_empty() => {
+            Some(Owner::Repository(owner, repo))
+        }
+        (Some("orgs"), Some(org), _) if !org.is_empty() => Some(Owner::Organisation(org)),
+        _ => None,
+    }
+}
+
+impl Github {
+    /// Builds the clients (octocrab needs a Tokio runtime for it).
+    pub fn new(api_url: &str, credentials: Credentials, timeout: Duration) -> Result<Self, GithubError> {
+        let (fixed, app) = match &credentials {
+            Credentials::Token(token) => {
+                let client = builder(api_url, timeout)?
+                    .personal_token(token.clone())
+                    .build()
+                    .map_err(|e| GithubError::Client(e.to_string()))?;
+                (Some(std::sync::Arc::new(client)), None)
+            }
+            Credentials::Installation { app, installation } => {
+                let app = app_client(api_url, app, timeout)?;
+                let installation = app
+                    .installation(octocrab::models::InstallationId(*installation))
+                    .map_err(|e| GithubError::Client(e.to_string()))?;
+                (Some(std::sync::Arc::new(installation)), Some(app))
+            }
+            Credentials::App(app) => (None, Some(app_client(api_url, app, timeout)?)),
+        };
+        let owners = tokio::sync::Mutex::new(std::collections::HashMap::new());
+        Ok(Github { inner: std::sync::Arc::new(GithubInner { credentials, fixed, app, owners }) })
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.inner.credentials
+    }
+
+    /// The client for a call to `route` (`/repos/<owner>/<repo>/…`,
+    /// `/orgs/<org>/…`): the token's or the fixed installation's; with
+    /// [`Credentials::App`], the installation that holds the repository or
+    /// organisation (`GET /repos/<owner>/<repo>/installation` or `GET
+    /// /orgs/<org>/installation` as the App, once per owner).
+    pub async fn for_route(&self, route: &str) -> Result<std::sync::Arc<octocrab::Octocrab>, GithubError> {
+        if let Some(fixed) = &self.inner.fixed {
+            return Ok(fixed.clone());
+        }
+        let Some(app) = &self.inner.app else { return Err(GithubError::Client("no GitHub credentials".into())) };
+        let (lookup, owner) = match owner_of(route) {
+            Some(Owner::Repository(owner, repo)) => (format!("/repos/{owner}/{repo}/installation"), owner),
+            Some(Owner::Organisation(org)) => (format!("/orgs/{org}/installation"), org),
+            None => {
+                return Err(GithubError::Client(format!(
+                    "{route}: signed in as the App, a call must be about a repository or an organisation"
+                )))
+            }
+        };
+        let mut owners = self.inner.owners.lock().await;
+        if let Some(client) = owners.get(&owner.to_ascii_lowercase()) {
+            return Ok(client.clone());
+        }
+        let failed = |reason: String| GithubError::Client(format!("GET {lookup}: {reason}"));
+        let response = app._get(lookup.as_str()).await.map_err(|e| failed(e.to_string()))?;
+        let status = response.status().as_u16();
+        let text = app.body_to_string(response).await.map_err(|e| failed(e.to_string()))?;
+        if status == 404 {
+            return Err(GithubError::NotInstalled { owner: owner.to_string() });
+        }
+        if !(200..300).contains(&status) {
+            return Err(failed(format!("{status} {}", error_message(&text))));
+        }
+        let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let id = answer["id"].as_u64().ok_or_else(|| failed("no installation id in the answer".into()))?;
+        let client = std::sync::Arc::new(
+            app.installation(octocrab::models::InstallationId(id)).map_err(|e| GithubError::Client(e.to_string()))?,
+        );
+        owners.insert(owner.to_ascii_lowercase(), client.clone());
+        Ok(client)
+    }
+
+    /// The password for git over https to `repository` (`owner/name`) as
+    /// `x-access-token`: the token, or the installation's current token
+    /// (minted anew when less than half a minute of it is left).
+    pub async fn git_password(&self, repository: &str) -> Result<String, GithubError> {
+        match &self.inner.credentials {
+            Credentials::Token(token) => Ok(token.clone()),
+            Credentials::Installation { .. } | Credentials::App(_) => {
+                use octocrab::secrecy::ExposeSecret;
+                let client = self.for_route(&format!("/repos/{repository}")).await?;
+                let token = client.installation_token().await.map_err(|e| GithubError::Client(e.to_string()))?;
+                Ok(token.expose_secret().to_string())
+            }
+        }
+    }
+
+    /// The login GitHub shows as the author of what these credentials
+    /// create: the token's user (`GET /user`), or the App's bot,
+    /// `<slug>[bot]` (`GET /app`, as the App). `None` when GitHub will not
+    /// say (a token refused `GET /user`); an error for what may pass
+    /// (network, 5xx, a rate limit).
+    pub async fn acting_login(&self) -> Result<Option<String>, GithubError> {
+        let (client, route, field) = match (&self.inner.credentials, &self.inner.fixed, &self.inner.app) {
+            (Credentials::Token(_), Some(fixed), _) => (fixed.as_ref(), "/user", "login"),
+            (_, _, Some(app)) => (app, "/app", "slug"),
+            _ => return Ok(None),
+        };
+        let failed = |reason: String| GithubError::Client(format!("GET {route}: {reason}"));
+        let response = client._get(route).await.map_err(|e| failed(e.to_string()))?;
+        let status = response.status();
+        let exhausted = response.headers().get("x-ratelimit-remaining").is_some_and(|v| v.as_bytes() == b"0");
+        let text = client.body_to_string(response).await.map_err(|e| failed(e.to_string()))?;
+        if matches!(status.as_u16(), 401 | 404) || (status.as_u16() == 403 && !exhausted) {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(failed(format!("{} {}", status.as_u16(), error_message(&text))));
+        }
+        let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let name = answer[field].as_str().map(str::to_owned);
+        Ok(match &self.inner.credentials {
+            Credentials::Token(_) => name,
+            _ => name.map(|slug| format!("{slug}[bot]")),
+        })
     }
 }
 
@@ -169,51 +336,6 @@ fn builder(
         .set_connect_timeout(Some(timeout))
         .set_read_timeout(Some(timeout))
         .set_write_timeout(Some(timeout)))
-}
-
-/// The password for git over https as `x-access-token`: the token, or the
-/// installation's current token (minted anew when less than half a minute
-/// of it is left). `client` is the one [`client`] made from `credentials`.
-pub async fn git_password(client: &octocrab::Octocrab, credentials: &Credentials) -> Result<String, GithubError> {
-    match credentials {
-        Credentials::Token(token) => Ok(token.clone()),
-        Credentials::Installation { .. } => {
-            use octocrab::secrecy::ExposeSecret;
-            let token = client.installation_token().await.map_err(|e| GithubError::Client(e.to_string()))?;
-            Ok(token.expose_secret().to_string())
-        }
-    }
-}
-
-/// The login GitHub shows as the author of what `credentials` create: the
-/// token's user (`GET /user`), or the App's bot, `<slug>[bot]` (`GET /app`,
-/// as the App). `None` when GitHub will not say (a token refused `GET
-/// /user`); an error for what may pass (network, 5xx, a rate limit).
-pub async fn acting_login(
-    api_url: &str,
-    credentials: &Credentials,
-    client: &octocrab::Octocrab,
-) -> Result<Option<String>, GithubError> {
-    let (client, route, field) = match credentials {
-        Credentials::Token(_) => (client.clone(), "/user", "login"),
-        Credentials::Installation { app, .. } => (app_client(api_url, app, Duration::from_secs(10))?, "/app", "slug"),
-    };
-    let response = client._get(route).await.map_err(|e| GithubError::Client(format!("GET {route}: {e}")))?;
-    let status = response.status();
-    let exhausted = response.headers().get("x-ratelimit-remaining").is_some_and(|v| v.as_bytes() == b"0");
-    let text = client.body_to_string(response).await.map_err(|e| GithubError::Client(format!("GET {route}: {e}")))?;
-    if matches!(status.as_u16(), 401 | 404) || (status.as_u16() == 403 && !exhausted) {
-        return Ok(None);
-    }
-    if !status.is_success() {
-        return Err(GithubError::Client(format!("GET {route}: {} {}", status.as_u16(), error_message(&text))));
-    }
-    let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    let name = answer[field].as_str().map(str::to_owned);
-    Ok(match credentials {
-        Credentials::Token(_) => name,
-        Credentials::Installation { .. } => name.map(|slug| format!("{slug}[bot]")),
-    })
 }
 
 /// How long GitHub asks us to wait, if this answer is a rate limit: a 403

@@ -1,7 +1,8 @@
-//! Signing in as a GitHub App's installation, against a local fake of
-//! GitHub's App endpoints (real HTTP): the installation's token is minted
-//! with the App's JWT, used as the bearer of API calls and as the git
-//! password, and minted again before it runs out.
+//! Signing in as a GitHub App, against a local fake of GitHub's App
+//! endpoints (real HTTP): an installation's token is minted with the App's
+//! JWT, used as the bearer of API calls and as the git password, and
+//! minted again before it runs out; signed in as the App alone, each call
+//! goes through the installation on its repository's owner.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,11 +13,18 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hookbus_github::{acting_login, client, git_password, App, Credentials};
+use hookbus_github::{App, Credentials, Github, GithubError};
 use hookbus_testkit::github_app::{check_app_jwt, APP_ID, PRIVATE_KEY};
 use serde_json::json;
 
-const INSTALLATION: u64 = 77;
+/// The App's installations, by owner.
+fn installation_of(owner: &str) -> Option<u64> {
+    match owner.to_ascii_lowercase().as_str() {
+        "octo" => Some(77),
+        "acme" => Some(88),
+        _ => None,
+    }
+}
 
 struct Fake {
     /// How long a minted token lives.
@@ -24,6 +32,8 @@ struct Fake {
     minted: AtomicUsize,
     /// The `Authorization` of each repository call.
     calls: Mutex<Vec<String>>,
+    /// Installation lookups asked for.
+    lookups: AtomicUsize,
 }
 
 fn authorization(headers: &HeaderMap) -> Option<&str> {
@@ -38,7 +48,7 @@ async fn access_tokens(State(fake): State<Arc<Fake>>, Path(id): Path<u64>, heade
     if let Err(reason) = check_app_jwt(authorization(&headers)) {
         return refused(reason);
     }
-    if id != INSTALLATION {
+    if ![77, 88].contains(&id) {
         return (StatusCode::NOT_FOUND, Json(json!({ "message": "Not Found" }))).into_response();
     }
     let n = fake.minted.fetch_add(1, Ordering::SeqCst) + 1;
@@ -50,7 +60,7 @@ async fn access_tokens(State(fake): State<Arc<Fake>>, Path(id): Path<u64>, heade
     (
         StatusCode::CREATED,
         Json(json!({
-            "token": format!("ghs_{n}"),
+            "token": format!("ghs_{id}_{n}"),
             "expires_at": expires_at,
             "permissions": { "issues": "write", "contents": "write" },
             "repository_selection": "all",
@@ -59,12 +69,31 @@ async fn access_tokens(State(fake): State<Arc<Fake>>, Path(id): Path<u64>, heade
         .into_response()
 }
 
-async fn repository(State(fake): State<Arc<Fake>>, headers: HeaderMap) -> Response {
+/// `GET /repos/{owner}/{repo}/installation` and `GET /orgs/{org}/installation`.
+async fn installation(State(fake): State<Arc<Fake>>, Path(parts): Path<Vec<String>>, headers: HeaderMap) -> Response {
+    if let Err(reason) = check_app_jwt(authorization(&headers)) {
+        return refused(reason);
+    }
+    fake.lookups.fetch_add(1, Ordering::SeqCst);
+    match parts.first().and_then(|owner| installation_of(owner)) {
+        Some(id) => Json(json!({ "id": id, "app_id": APP_ID })).into_response(),
+        None => (StatusCode::NOT_FOUND, Json(json!({ "message": "Not Found" }))).into_response(),
+    }
+}
+
+/// A repository answers only a token of its owner's installation.
+async fn repository(
+    State(fake): State<Arc<Fake>>,
+    Path((owner, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
     let given = authorization(&headers).unwrap_or_default().to_string();
     fake.calls.lock().expect("lock").push(given.clone());
-    let minted = fake.minted.load(Ordering::SeqCst);
-    match given.strip_prefix("Bearer ghs_").and_then(|n| n.parse::<usize>().ok()) {
-        Some(n) if (1..=minted).contains(&n) => Json(json!({ "full_name": "octo/repo" })).into_response(),
+    let expected = installation_of(&owner).map(|id| format!("Bearer ghs_{id}_"));
+    match expected {
+        Some(prefix) if given.starts_with(&prefix) => {
+            Json(json!({ "full_name": format!("{owner}/{repo}") })).into_response()
+        }
         _ => refused("Bad credentials".into()),
     }
 }
@@ -84,10 +113,17 @@ async fn the_user(headers: HeaderMap) -> Response {
 }
 
 async fn fake_github(lifetime: time::Duration) -> (Arc<Fake>, String) {
-    let fake = Arc::new(Fake { lifetime, minted: AtomicUsize::new(0), calls: Mutex::new(Vec::new()) });
+    let fake = Arc::new(Fake {
+        lifetime,
+        minted: AtomicUsize::new(0),
+        calls: Mutex::new(Vec::new()),
+        lookups: AtomicUsize::new(0),
+    });
     let app = Router::new()
         .route("/app/installations/{id}/access_tokens", post(access_tokens))
-        .route("/repos/octo/repo", get(repository))
+        .route("/repos/{owner}/{repo}/installation", get(installation))
+        .route("/orgs/{org}/installation", get(installation))
+        .route("/repos/{owner}/{repo}", get(repository))
         .route("/app", get(the_app))
         .route("/user", get(the_user))
         .with_state(fake.clone());
@@ -97,52 +133,81 @@ async fn fake_github(lifetime: time::Duration) -> (Arc<Fake>, String) {
     (fake, base)
 }
 
-fn installation() -> Credentials {
-    Credentials::Installation { app: App::new(APP_ID, PRIVATE_KEY).expect("key"), installation: INSTALLATION }
+fn app() -> App {
+    App::new(APP_ID, PRIVATE_KEY).expect("key")
+}
+
+async fn status_of(github: &Github, route: &str) -> u16 {
+    let client = github.for_route(route).await.expect("client");
+    client._get(route).await.expect("call").status().as_u16()
 }
 
 #[tokio::test]
 async fn an_installation_acts_with_the_token_its_app_minted() {
     let (fake, api) = fake_github(time::Duration::hours(1)).await;
-    let credentials = installation();
-    let github = client(&api, &credentials, Duration::from_secs(10)).expect("client");
+    let github = Github::new(&api, Credentials::Installation { app: app(), installation: 77 }, Duration::from_secs(10))
+        .expect("client");
 
-    let answer = github._get("/repos/octo/repo").await.expect("call");
-    assert_eq!(answer.status(), 200, "{:?}", fake.calls.lock().expect("lock"));
-    let again = github._get("/repos/octo/repo").await.expect("call");
-    assert_eq!(again.status(), 200);
-    assert_eq!(*fake.calls.lock().expect("lock"), vec!["Bearer ghs_1", "Bearer ghs_1"], "one token, kept");
+    assert_eq!(status_of(&github, "/repos/octo/repo").await, 200, "{:?}", fake.calls.lock().expect("lock"));
+    assert_eq!(status_of(&github, "/repos/octo/repo").await, 200);
+    assert_eq!(*fake.calls.lock().expect("lock"), vec!["Bearer ghs_77_1", "Bearer ghs_77_1"], "one token, kept");
     assert_eq!(fake.minted.load(Ordering::SeqCst), 1);
+    assert_eq!(fake.lookups.load(Ordering::SeqCst), 0, "a fixed installation is not looked up");
 
     // git over https gets the same token as its password.
-    assert_eq!(git_password(&github, &credentials).await.expect("password"), "ghs_1");
+    assert_eq!(github.git_password("octo/records").await.expect("password"), "ghs_77_1");
     assert_eq!(fake.minted.load(Ordering::SeqCst), 1);
 
     // What it creates shows the App's bot as author.
-    let login = acting_login(&api, &credentials, &github).await.expect("login");
-    assert_eq!(login.as_deref(), Some("hookbus-test[bot]"));
+    assert_eq!(github.acting_login().await.expect("login").as_deref(), Some("hookbus-test[bot]"));
 }
 
 #[tokio::test]
 async fn a_token_about_to_run_out_is_minted_again_before_use() {
     // Tokens that end within half a minute: each use needs a new one.
     let (fake, api) = fake_github(time::Duration::seconds(20)).await;
-    let credentials = installation();
-    let github = client(&api, &credentials, Duration::from_secs(10)).expect("client");
-    assert_eq!(git_password(&github, &credentials).await.expect("password"), "ghs_1");
-    assert_eq!(git_password(&github, &credentials).await.expect("password"), "ghs_2");
+    let github = Github::new(&api, Credentials::Installation { app: app(), installation: 77 }, Duration::from_secs(10))
+        .expect("client");
+    assert_eq!(github.git_password("octo/records").await.expect("password"), "ghs_77_1");
+    assert_eq!(github.git_password("octo/records").await.expect("password"), "ghs_77_2");
     assert_eq!(fake.minted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn signed_in_as_the_app_each_owner_is_reached_through_its_own_installation() {
+    let (fake, api) = fake_github(time::Duration::hours(1)).await;
+    let github = Github::new(&api, Credentials::App(app()), Duration::from_secs(10)).expect("client");
+
+    assert_eq!(status_of(&github, "/repos/octo/repo").await, 200);
+    assert_eq!(status_of(&github, "/repos/octo/other?per_page=1").await, 200);
+    assert_eq!(status_of(&github, "/repos/acme/tools").await, 200);
+    assert_eq!(status_of(&github, "/repos/Octo/repo").await, 200, "owners are not case sensitive");
+    let calls = fake.calls.lock().expect("lock").clone();
+    assert!(calls[..2].iter().all(|c| c.starts_with("Bearer ghs_77_")), "{calls:?}");
+    assert!(calls[2].starts_with("Bearer ghs_88_"), "{calls:?}");
+    assert_eq!(fake.lookups.load(Ordering::SeqCst), 2, "one lookup per owner");
+    assert_eq!(github.git_password("acme/records").await.expect("password"), calls[2].trim_start_matches("Bearer "));
+
+    // An organisation's own routes go through its installation too.
+    github.for_route("/orgs/acme/hooks/7/deliveries").await.expect("acme's installation");
+    assert_eq!(fake.lookups.load(Ordering::SeqCst), 2, "acme's is known already");
+
+    // Where the App is not installed, the error says so and is permanent.
+    let err = github.for_route("/repos/nobody/repo").await.expect_err("not installed");
+    assert!(matches!(&err, GithubError::NotInstalled { owner } if owner == "nobody"), "{err}");
+    assert!(err.is_permanent() && err.to_string().contains("not installed on nobody"), "{err}");
+    // A call about no repository has no installation to go through.
+    assert!(github.for_route("/user").await.is_err());
+    assert_eq!(github.acting_login().await.expect("login").as_deref(), Some("hookbus-test[bot]"));
 }
 
 #[tokio::test]
 async fn a_token_acts_as_its_user() {
     let (fake, api) = fake_github(time::Duration::hours(1)).await;
-    let credentials = Credentials::Token("ghp_person".into());
-    let github = client(&api, &credentials, Duration::from_secs(10)).expect("client");
-    assert_eq!(acting_login(&api, &credentials, &github).await.expect("login").as_deref(), Some("octocat"));
-    assert_eq!(git_password(&github, &credentials).await.expect("password"), "ghp_person");
-    let refused = Credentials::Token("ghp_nobody".into());
-    let github = client(&api, &refused, Duration::from_secs(10)).expect("client");
-    assert_eq!(acting_login(&api, &refused, &github).await.expect("an answer"), None, "GitHub will not say");
+    let github = Github::new(&api, Credentials::Token("ghp_person".into()), Duration::from_secs(10)).expect("client");
+    assert_eq!(github.acting_login().await.expect("login").as_deref(), Some("octocat"));
+    assert_eq!(github.git_password("octo/records").await.expect("password"), "ghp_person");
+    let refused = Github::new(&api, Credentials::Token("ghp_nobody".into()), Duration::from_secs(10)).expect("client");
+    assert_eq!(refused.acting_login().await.expect("an answer"), None, "GitHub will not say");
     assert_eq!(fake.minted.load(Ordering::SeqCst), 0, "no App involved");
 }

@@ -38,7 +38,7 @@ pub struct ContentsTarget {
 
 /// The GitHub contents API for one repository and branch.
 pub struct ContentsApi {
-    client: octocrab::Octocrab,
+    github: hookbus_github::Github,
     target: ContentsTarget,
 }
 
@@ -75,9 +75,9 @@ enum Written {
 
 impl ContentsApi {
     pub fn new(target: ContentsTarget) -> Result<Self, crate::CommitError> {
-        let client = hookbus_github::client(&target.api_url, &target.credentials, Duration::from_secs(30))
+        let github = hookbus_github::Github::new(&target.api_url, target.credentials.clone(), Duration::from_secs(30))
             .map_err(|e| crate::CommitError::Config(e.to_string()))?;
-        Ok(ContentsApi { client, target })
+        Ok(ContentsApi { github, target })
     }
 
     /// Applies one operation: where it ended up, or why not.
@@ -134,11 +134,22 @@ impl ContentsApi {
         format!("/repos/{}/contents/{path}", self.target.repository)
     }
 
+    /// The client for the repository (its App installation's, when signed
+    /// in as the App).
+    async fn client(&self, what: &str) -> Result<std::sync::Arc<octocrab::Octocrab>, HandlerError> {
+        let route = self.route("");
+        self.github.for_route(&route).await.map_err(|e| match e.is_permanent() {
+            true => HandlerError::Permanent(format!("{what}: {e}")),
+            false => HandlerError::Transient(format!("{what}: {e}")),
+        })
+    }
+
     async fn get(&self, path: &str) -> Result<Option<Current>, HandlerError> {
         let route = format!("{}?ref={}", self.route(path), encode(&self.target.branch));
         let what = format!("GET {route}");
-        let response = self.client._get(route.as_str()).await.map_err(|e| network(&what, e))?;
-        let answer = read_answer!(self.client, response, &what);
+        let client = self.client(&what).await?;
+        let response = client._get(route.as_str()).await.map_err(|e| network(&what, e))?;
+        let answer = read_answer!(client, response, &what);
         if answer.status == 404 {
             return Ok(None);
         }
@@ -188,15 +199,16 @@ impl ContentsApi {
             body["sha"] = json!(sha);
         }
         let route = self.route(path);
+        let client = self.client(&format!("write {route}")).await?;
         let (what, sent) = match bytes {
             Some(bytes) => {
                 body["content"] = json!(STANDARD.encode(bytes));
-                (format!("PUT {route}"), self.client._put(route.as_str(), Some(&body)).await)
+                (format!("PUT {route}"), client._put(route.as_str(), Some(&body)).await)
             }
-            None => (format!("DELETE {route}"), self.client._delete(route.as_str(), Some(&body)).await),
+            None => (format!("DELETE {route}"), client._delete(route.as_str(), Some(&body)).await),
         };
         let response = sent.map_err(|e| network(&what, e))?;
-        let answer = read_answer!(self.client, response, &what);
+        let answer = read_answer!(client, response, &what);
         if answer.status == 409 {
             return Ok(Written::Conflict);
         }

@@ -164,7 +164,7 @@ impl CommitPlugin {
             remote: remote.to_string(),
             branch: git.branch.clone(),
             workdir: git.workdir.clone(),
-            login: RemoteLogin::from_credentials(&settings.github.api_url, credentials)?,
+            login: RemoteLogin::from_credentials(&settings.github.api_url, credentials, remote)?,
             committer_name: git.committer_name.clone(),
             committer_email: git.committer_email.clone(),
         };

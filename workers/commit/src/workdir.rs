@@ -60,10 +60,11 @@ pub enum RemoteLogin {
     Anonymous,
     /// `github.token`.
     Token(String),
-    /// The App's installation: its current token, looked up before each
-    /// time the remote may be contacted (octocrab keeps it until half a
-    /// minute before its hour is up, then mints the next).
-    Installation { client: Box<octocrab::Octocrab>, credentials: hookbus_github::Credentials },
+    /// A GitHub App's installation (fixed, or the one on `repository`):
+    /// its current token, looked up before each time the remote may be
+    /// contacted (octocrab keeps it until half a minute before its hour is
+    /// up, then mints the next).
+    Installation { github: Box<hookbus_github::Github>, repository: String },
 }
 
 impl std::fmt::Debug for RemoteLogin {
@@ -77,18 +78,21 @@ impl std::fmt::Debug for RemoteLogin {
 }
 
 impl RemoteLogin {
-    /// The login for `credentials` (none: anonymous).
+    /// The login for `credentials` (none: anonymous) at `remote`, an
+    /// `https://<host>/<owner>/<repo>[.git]` URL (or a local one, which
+    /// asks nobody).
     pub fn from_credentials(
         api_url: &str,
         credentials: Option<hookbus_github::Credentials>,
+        remote: &str,
     ) -> Result<Self, CommitError> {
         Ok(match credentials {
             None => RemoteLogin::Anonymous,
             Some(hookbus_github::Credentials::Token(token)) => RemoteLogin::Token(token),
             Some(credentials) => {
-                let client = hookbus_github::client(api_url, &credentials, std::time::Duration::from_secs(30))
+                let github = hookbus_github::Github::new(api_url, credentials, std::time::Duration::from_secs(30))
                     .map_err(|e| CommitError::Config(e.to_string()))?;
-                RemoteLogin::Installation { client: Box::new(client), credentials }
+                RemoteLogin::Installation { github: Box::new(github), repository: repository_of(remote) }
             }
         })
     }
@@ -97,12 +101,11 @@ impl RemoteLogin {
     /// installation's); `None` keeps the one the workdir has.
     pub async fn current_password(&self) -> Result<Option<String>, CommitError> {
         match self {
-            RemoteLogin::Installation { client, credentials } => {
-                let password =
-                    hookbus_github::git_password(client, credentials).await.map_err(|err| CommitError::Batch {
-                        permanent: false,
-                        reason: format!("cannot get a token for the App's installation: {err}"),
-                    })?;
+            RemoteLogin::Installation { github, repository } => {
+                let password = github.git_password(repository).await.map_err(|err| CommitError::Batch {
+                    permanent: err.is_permanent(),
+                    reason: format!("cannot get a token for the App's installation: {err}"),
+                })?;
                 Ok(Some(password))
             }
             _ => Ok(None),
@@ -112,10 +115,19 @@ impl RemoteLogin {
     /// The settings to check when the remote refuses us.
     fn settings(&self) -> &'static str {
         match self {
-            RemoteLogin::Installation { credentials, .. } => credentials.settings(),
+            RemoteLogin::Installation { github, .. } => github.credentials().settings(),
             _ => "HOOKBUS_GITHUB__TOKEN",
         }
     }
+}
+
+/// `owner/repo` of an `https://<host>/<owner>/<repo>[.git]` remote (its last
+/// two path segments).
+fn repository_of(remote: &str) -> String {
+    let path = remote.split_once("://").map_or(remote, |(_, rest)| rest);
+    let mut segments: Vec<&str> = path.trim_end_matches('/').rsplit('/').take(2).collect();
+    segments.reverse();
+    segments.join("/").trim_end_matches(".git").to_string()
 }
 
 impl GitTarget {

@@ -30,7 +30,7 @@ use support::*;
 const INSTALLATION: u64 = 5;
 
 struct Remote {
-    /// Where `records.git` (bare) lives.
+    /// Where `octo/records.git` (bare) lives.
     root: PathBuf,
     /// Passwords the remote takes for `x-access-token`.
     accepted: Mutex<HashSet<String>>,
@@ -126,10 +126,24 @@ async fn mint(State(remote): State<Arc<Remote>>, Path(id): Path<u64>, headers: H
     (StatusCode::CREATED, Json(answer)).into_response()
 }
 
-/// The remote (an empty `records.git`) and GitHub's API, on one loopback port.
+/// The App's installation on `octo`, as `GET /repos/octo/{repo}/installation` tells the App.
+async fn installation(Path((owner, _repo)): Path<(String, String)>, headers: HeaderMap) -> Response {
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+    if let Err(reason) = check_app_jwt(authorization) {
+        return (StatusCode::UNAUTHORIZED, Json(json!({ "message": reason }))).into_response();
+    }
+    match owner.as_str() {
+        "octo" => Json(json!({ "id": INSTALLATION })).into_response(),
+        _ => (StatusCode::NOT_FOUND, Json(json!({ "message": "Not Found" }))).into_response(),
+    }
+}
+
+/// The remote (an empty `octo/records.git`) and GitHub's API, on one
+/// loopback port.
 async fn serve(accepted: &[&str]) -> (Arc<Remote>, tempfile::TempDir, String) {
     let root = tempfile::tempdir().expect("temp dir");
-    git(&root.path().join("records.git"), &["init", "--bare", "--quiet", "--initial-branch=main"]);
+    std::fs::create_dir_all(root.path().join("octo/records.git")).expect("remote dir");
+    git(&root.path().join("octo/records.git"), &["init", "--bare", "--quiet", "--initial-branch=main"]);
     let remote = Arc::new(Remote {
         root: root.path().to_path_buf(),
         accepted: Mutex::new(accepted.iter().map(|s| s.to_string()).collect()),
@@ -138,6 +152,7 @@ async fn serve(accepted: &[&str]) -> (Arc<Remote>, tempfile::TempDir, String) {
     });
     let app = Router::new()
         .route("/app/installations/{id}/access_tokens", post(mint))
+        .route("/repos/{owner}/{repo}/installation", axum::routing::get(installation))
         .fallback(git_http)
         .with_state(remote.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -148,7 +163,7 @@ async fn serve(accepted: &[&str]) -> (Arc<Remote>, tempfile::TempDir, String) {
 
 fn plugin_for(base: &str, login: RemoteLogin, workdir: &tempfile::TempDir) -> CommitPlugin {
     let target = GitTarget {
-        remote: format!("{base}/records.git"),
+        remote: format!("{base}/octo/records.git"),
         branch: "main".into(),
         workdir: workdir.path().to_path_buf(),
         login,
@@ -159,7 +174,7 @@ fn plugin_for(base: &str, login: RemoteLogin, workdir: &tempfile::TempDir) -> Co
 }
 
 fn pushed_titles(root: &tempfile::TempDir) -> Vec<String> {
-    git_out(&root.path().join("records.git"), &["log", "--format=%s", "main"]).lines().map(str::to_owned).collect()
+    git_out(&root.path().join("octo/records.git"), &["log", "--format=%s", "main"]).lines().map(str::to_owned).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,10 +198,20 @@ async fn a_token_is_the_password_of_an_https_remote_and_a_refused_one_is_permane
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn as_an_apps_installation_each_contact_uses_a_token_it_minted_and_a_fresh_one_once_it_runs_out() {
-    let (remote, root, base) = serve(&[]).await;
     let credentials =
         Credentials::Installation { app: App::new(APP_ID, PRIVATE_KEY).expect("key"), installation: INSTALLATION };
-    let login = RemoteLogin::from_credentials(&base, Some(credentials)).expect("login");
+    pushes_with_fresh_installation_tokens(credentials).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_the_app_alone_the_remote_is_reached_through_the_installation_on_its_owner() {
+    pushes_with_fresh_installation_tokens(Credentials::App(App::new(APP_ID, PRIVATE_KEY).expect("key"))).await;
+}
+
+async fn pushes_with_fresh_installation_tokens(credentials: Credentials) {
+    let (remote, root, base) = serve(&[]).await;
+    let login =
+        RemoteLogin::from_credentials(&base, Some(credentials), &format!("{base}/octo/records.git")).expect("login");
     let workdir = workdir();
     let plugin = plugin_for(&base, login, &workdir);
     handle(&plugin, &issue_op("gh-1", 12, "One")).await.expect("first");

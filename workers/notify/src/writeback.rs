@@ -23,9 +23,7 @@ const RELEASE_FIELDS: [&str; 5] = ["tag_name", "name", "body", "draft", "prerele
 
 /// The GitHub API with the configured credentials.
 pub struct GitHub {
-    client: octocrab::Octocrab,
-    api_url: String,
-    credentials: hookbus_github::Credentials,
+    github: hookbus_github::Github,
     /// The login the credentials act as, once known: the token's user, or
     /// the App's bot; `None` inside when GitHub will not say.
     login: tokio::sync::OnceCell<Option<String>>,
@@ -53,9 +51,9 @@ impl GitHub {
         credentials: hookbus_github::Credentials,
         timeout: Duration,
     ) -> Result<Self, NotifyError> {
-        let client =
-            hookbus_github::client(api_url, &credentials, timeout).map_err(|e| NotifyError::Setup(e.to_string()))?;
-        Ok(GitHub { client, api_url: api_url.to_string(), credentials, login: tokio::sync::OnceCell::new() })
+        let github = hookbus_github::Github::new(api_url, credentials, timeout)
+            .map_err(|e| NotifyError::Setup(e.to_string()))?;
+        Ok(GitHub { github, login: tokio::sync::OnceCell::new() })
     }
 
     /// Applies one change; the error says whether to retry, defer or give up.
@@ -99,10 +97,7 @@ impl GitHub {
     /// compare), or an installation's App bot, `<slug>[bot]` (`GET /app`, as
     /// the App). A failure that may pass (network, 5xx) is not remembered.
     async fn own_login(&self) -> Option<String> {
-        let asked = self
-            .login
-            .get_or_try_init(|| hookbus_github::acting_login(&self.api_url, &self.credentials, &self.client))
-            .await;
+        let asked = self.login.get_or_try_init(|| self.github.acting_login()).await;
         asked.ok().cloned().flatten()
     }
 
@@ -110,13 +105,17 @@ impl GitHub {
     /// the error that says whether to retry, defer or give up.
     async fn send(&self, call: &Call, operation: &str) -> Result<Value, HandlerError> {
         let body = call.body.as_ref();
-        let sent = match call.method {
-            Method::Get => self.client._get(call.route.as_str()).await,
-            Method::Post => self.client._post(call.route.as_str(), body).await,
-            Method::Patch => self.client._patch(call.route.as_str(), body).await,
-            Method::Delete => self.client._delete(call.route.as_str(), None::<&()>).await,
-        };
         let what = format!("{:?} {} for operation {operation}", call.method, call.route);
+        let client = self.github.for_route(&call.route).await.map_err(|e| match e.is_permanent() {
+            true => HandlerError::Permanent(format!("GitHub API {what}: {e}")),
+            false => HandlerError::Transient(format!("GitHub API {what}: {e}")),
+        })?;
+        let sent = match call.method {
+            Method::Get => client._get(call.route.as_str()).await,
+            Method::Post => client._post(call.route.as_str(), body).await,
+            Method::Patch => client._patch(call.route.as_str(), body).await,
+            Method::Delete => client._delete(call.route.as_str(), None::<&()>).await,
+        };
         let response = sent.map_err(|e| HandlerError::Transient(format!("GitHub API {what}: {e}")))?;
         let status = response.status().as_u16();
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -125,7 +124,7 @@ impl GitHub {
         if status == 404 && call.method == Method::Delete {
             return Ok(Value::Null);
         }
-        let text = self.client.body_to_string(response).await;
+        let text = client.body_to_string(response).await;
         if (200..300).contains(&status) {
             let text =
                 text.map_err(|e| HandlerError::Transient(format!("GitHub API {what}: reading the answer: {e}")))?;
@@ -138,7 +137,7 @@ impl GitHub {
         Err(match status {
             401 => HandlerError::Permanent(format!(
                 "GitHub refused the credentials (401) on {what}: check {}",
-                self.credentials.settings()
+                self.github.credentials().settings()
             )),
             408 | 500..=599 => HandlerError::Transient(format!("GitHub answered {status} on {what}: {message}")),
             _ => HandlerError::Permanent(format!("GitHub answered {status} on {what}: {message}")),

@@ -798,6 +798,12 @@ impl FakeComments {
                                 "permissions": { "issues": "write" }, "repository_selection": "all" });
             (StatusCode::CREATED, axum::Json(token)).into_response()
         };
+        let installation = move |headers: HeaderMap| async move {
+            match jwt(&headers) {
+                Ok(()) => axum::Json(json!({ "id": INSTALLATION })).into_response(),
+                Err(reason) => (StatusCode::UNAUTHORIZED, axum::Json(json!({ "message": reason }))).into_response(),
+            }
+        };
         let the_app = move |headers: HeaderMap| async move {
             match jwt(&headers) {
                 Ok(()) => axum::Json(json!({ "slug": "hookbus-test" })).into_response(),
@@ -809,6 +815,7 @@ impl FakeComments {
             .route("/user", axum::routing::get(|| async { axum::Json(json!({ "login": "hookbus-bot" })) }))
             .route("/app/installations/{id}/access_tokens", axum::routing::post(mint))
             .route("/app", axum::routing::get(the_app))
+            .route("/repos/octo/repo/installation", axum::routing::get(installation))
             .with_state(state);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind fake GitHub");
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -919,10 +926,20 @@ async fn a_comment_whose_create_failed_is_made_on_the_retry_even_beside_identica
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn as_a_github_apps_installation_the_write_back_uses_its_token_and_knows_its_own_comments_by_its_bot() {
-    // The first create failed without making anything; meanwhile mona wrote
-    // the same words. Only a comment by the App's bot is this operation's,
-    // so the retry creates it: had the author been unknown (as for a token
-    // GitHub will not name), mona's would have passed for it.
+    written_back_as_the_app(INSTALLATION).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_the_app_alone_the_write_back_goes_through_the_installation_on_the_repository() {
+    written_back_as_the_app(0).await;
+}
+
+/// The first create failed without making anything; meanwhile mona wrote
+/// the same words. Only a comment by the App's bot is this operation's, so
+/// the retry creates it: had the author been unknown (as for a token GitHub
+/// will not name), mona's would have passed for it. `installation_id` 0:
+/// the App finds its installation on the repository itself.
+async fn written_back_as_the_app(installation_id: u64) {
     let now = rfc3339(SystemTime::now());
     let by_mona = json!({ "id": 2, "body": "+1", "created_at": now, "updated_at": now, "user": { "login": "mona" } });
     let github = FakeComments::start_for_app(FirstCreate::Failed, vec![by_mona]).await;
@@ -930,7 +947,7 @@ async fn as_a_github_apps_installation_the_write_back_uses_its_token_and_knows_i
     s.github.api_url = github.url.clone();
     s.github.app_id = hookbus_testkit::github_app::APP_ID;
     s.github.app_private_key = Secret::new(hookbus_testkit::github_app::PRIVATE_KEY);
-    s.github.installation_id = INSTALLATION;
+    s.github.installation_id = installation_id;
     let (backend, shutdown) = notify_with(s);
     backend.push("notify", &[comment_create("op-as-the-app", "+1")]).await.expect("push");
 

@@ -32,14 +32,14 @@ impl TieBreaker for LaterArrivalWins {
 
 /// Asks the GitHub API (octocrab, `github.api_url`).
 pub struct GitHubTieBreaker {
-    client: octocrab::Octocrab,
+    github: hookbus_github::Github,
 }
 
 impl GitHubTieBreaker {
     pub fn new(api_url: &str, credentials: &hookbus_github::Credentials) -> Result<Self, TieError> {
-        let client = hookbus_github::client(api_url, credentials, std::time::Duration::from_secs(10))
+        let github = hookbus_github::Github::new(api_url, credentials.clone(), std::time::Duration::from_secs(10))
             .map_err(|e| TieError::Api(e.to_string()))?;
-        Ok(GitHubTieBreaker { client })
+        Ok(GitHubTieBreaker { github })
     }
 }
 
@@ -67,8 +67,8 @@ impl TieBreaker for GitHubTieBreaker {
             return Ok(TieVerdict::NewWins);
         };
         let Some((route, fields)) = route(op) else { return Ok(TieVerdict::NewWins) };
-        let now: Value =
-            self.client.get(route.as_str(), None::<&()>).await.map_err(|e| TieError::Api(e.to_string()))?;
+        let client = self.github.for_route(&route).await.map_err(|e| TieError::Api(e.to_string()))?;
+        let now: Value = client.get(route.as_str(), None::<&()>).await.map_err(|e| TieError::Api(e.to_string()))?;
         let agrees = fields.iter().all(|(ours, theirs)| {
             record.get(*ours).unwrap_or(&Value::Null) == now.get(*theirs).unwrap_or(&Value::Null)
         });
