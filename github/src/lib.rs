@@ -180,9 +180,24 @@ struct GithubInner {
     /// Signed in as the App itself (a JWT per request).
     app: Option<octocrab::Octocrab>,
     /// With [`Credentials::App`]: the installation of each owner (account
-    /// or organisation, lowercase), once looked up.
-    owners: tokio::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<octocrab::Octocrab>>>,
+    /// or organisation, lowercase) as last looked up: when, its id, its
+    /// client.
+    owners: tokio::sync::Mutex<std::collections::HashMap<String, Found>>,
+    /// How long a found installation is trusted before it is looked up
+    /// again (an App uninstalled and installed again has a new one).
+    recheck: Duration,
 }
+
+/// An owner's installation, as looked up.
+struct Found {
+    at: std::time::Instant,
+    id: u64,
+    client: std::sync::Arc<octocrab::Octocrab>,
+}
+
+/// How long an owner's installation, once found, is used without asking
+/// GitHub again.
+pub const INSTALLATION_RECHECK: Duration = Duration::from_secs(3_600);
 
 /// Who a call is about, by its route.
 enum Owner<'a> {
@@ -205,6 +220,17 @@ fn owner_of(route: &str) -> Option<Owner<'_>> {
 impl Github {
     /// Builds the clients (octocrab needs a Tokio runtime for it).
     pub fn new(api_url: &str, credentials: Credentials, timeout: Duration) -> Result<Self, GithubError> {
+        Self::with_recheck(api_url, credentials, timeout, INSTALLATION_RECHECK)
+    }
+
+    /// The same, trusting a found installation for `recheck` instead of
+    /// [`INSTALLATION_RECHECK`].
+    pub fn with_recheck(
+        api_url: &str,
+        credentials: Credentials,
+        timeout: Duration,
+        recheck: Duration,
+    ) -> Result<Self, GithubError> {
         let (fixed, app) = match &credentials {
             Credentials::Token(token) => {
                 let client = builder(api_url, timeout)?
@@ -223,7 +249,7 @@ impl Github {
             Credentials::App(app) => (None, Some(app_client(api_url, app, timeout)?)),
         };
         let owners = tokio::sync::Mutex::new(std::collections::HashMap::new());
-        Ok(Github { inner: std::sync::Arc::new(GithubInner { credentials, fixed, app, owners }) })
+        Ok(Github { inner: std::sync::Arc::new(GithubInner { credentials, fixed, app, owners, recheck }) })
     }
 
     pub fn credentials(&self) -> &Credentials {
@@ -249,9 +275,10 @@ impl Github {
                 )))
             }
         };
+        let key = owner.to_ascii_lowercase();
         let mut owners = self.inner.owners.lock().await;
-        if let Some(client) = owners.get(&owner.to_ascii_lowercase()) {
-            return Ok(client.clone());
+        if let Some(found) = owners.get(&key).filter(|found| found.at.elapsed() < self.inner.recheck) {
+            return Ok(found.client.clone());
         }
         let failed = |reason: String| GithubError::Client(format!("GET {lookup}: {reason}"));
         let response = app._get(lookup.as_str()).await.map_err(|e| failed(e.to_string()))?;
@@ -265,10 +292,15 @@ impl Github {
         }
         let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         let id = answer["id"].as_u64().ok_or_else(|| failed("no installation id in the answer".into()))?;
-        let client = std::sync::Arc::new(
-            app.installation(octocrab::models::InstallationId(id)).map_err(|e| GithubError::Client(e.to_string()))?,
-        );
-        owners.insert(owner.to_ascii_lowercase(), client.clone());
+        // The same installation keeps its client, and with it its token.
+        let client = match owners.get(&key).filter(|found| found.id == id) {
+            Some(found) => found.client.clone(),
+            None => std::sync::Arc::new(
+                app.installation(octocrab::models::InstallationId(id))
+                    .map_err(|e| GithubError::Client(e.to_string()))?,
+            ),
+        };
+        owners.insert(key, Found { at: std::time::Instant::now(), id, client: client.clone() });
         Ok(client)
     }
 

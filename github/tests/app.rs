@@ -17,9 +17,11 @@ use hookbus_github::{App, Credentials, Github, GithubError};
 use hookbus_testkit::github_app::{check_app_jwt, APP_ID, PRIVATE_KEY};
 use serde_json::json;
 
-/// The App's installations, by owner.
-fn installation_of(owner: &str) -> Option<u64> {
+/// The App's installations, by owner; `octo`'s is 99 once the App was
+/// installed there again.
+fn installation_of(fake: &Fake, owner: &str) -> Option<u64> {
     match owner.to_ascii_lowercase().as_str() {
+        "octo" if fake.reinstalled.load(Ordering::SeqCst) => Some(99),
         "octo" => Some(77),
         "acme" => Some(88),
         _ => None,
@@ -34,6 +36,8 @@ struct Fake {
     calls: Mutex<Vec<String>>,
     /// Installation lookups asked for.
     lookups: AtomicUsize,
+    /// The App was uninstalled from `octo` and installed again.
+    reinstalled: std::sync::atomic::AtomicBool,
 }
 
 fn authorization(headers: &HeaderMap) -> Option<&str> {
@@ -48,7 +52,7 @@ async fn access_tokens(State(fake): State<Arc<Fake>>, Path(id): Path<u64>, heade
     if let Err(reason) = check_app_jwt(authorization(&headers)) {
         return refused(reason);
     }
-    if ![77, 88].contains(&id) {
+    if ![77, 88, 99].contains(&id) {
         return (StatusCode::NOT_FOUND, Json(json!({ "message": "Not Found" }))).into_response();
     }
     let n = fake.minted.fetch_add(1, Ordering::SeqCst) + 1;
@@ -75,7 +79,7 @@ async fn installation(State(fake): State<Arc<Fake>>, Path(parts): Path<Vec<Strin
         return refused(reason);
     }
     fake.lookups.fetch_add(1, Ordering::SeqCst);
-    match parts.first().and_then(|owner| installation_of(owner)) {
+    match parts.first().and_then(|owner| installation_of(&fake, owner)) {
         Some(id) => Json(json!({ "id": id, "app_id": APP_ID })).into_response(),
         None => (StatusCode::NOT_FOUND, Json(json!({ "message": "Not Found" }))).into_response(),
     }
@@ -89,7 +93,7 @@ async fn repository(
 ) -> Response {
     let given = authorization(&headers).unwrap_or_default().to_string();
     fake.calls.lock().expect("lock").push(given.clone());
-    let expected = installation_of(&owner).map(|id| format!("Bearer ghs_{id}_"));
+    let expected = installation_of(&fake, &owner).map(|id| format!("Bearer ghs_{id}_"));
     match expected {
         Some(prefix) if given.starts_with(&prefix) => {
             Json(json!({ "full_name": format!("{owner}/{repo}") })).into_response()
@@ -118,6 +122,7 @@ async fn fake_github(lifetime: time::Duration) -> (Arc<Fake>, String) {
         minted: AtomicUsize::new(0),
         calls: Mutex::new(Vec::new()),
         lookups: AtomicUsize::new(0),
+        reinstalled: std::sync::atomic::AtomicBool::new(false),
     });
     let app = Router::new()
         .route("/app/installations/{id}/access_tokens", post(access_tokens))
@@ -210,4 +215,19 @@ async fn a_token_acts_as_its_user() {
     let refused = Github::new(&api, Credentials::Token("ghp_nobody".into()), Duration::from_secs(10)).expect("client");
     assert_eq!(refused.acting_login().await.expect("an answer"), None, "GitHub will not say");
     assert_eq!(fake.minted.load(Ordering::SeqCst), 0, "no App involved");
+}
+
+#[tokio::test]
+async fn an_app_installed_again_is_found_again_once_its_installation_is_rechecked() {
+    let (fake, api) = fake_github(time::Duration::hours(1)).await;
+    let github =
+        Github::with_recheck(&api, Credentials::App(app()), Duration::from_secs(10), Duration::ZERO).expect("client");
+    assert_eq!(status_of(&github, "/repos/octo/repo").await, 200);
+    assert_eq!(status_of(&github, "/repos/octo/repo").await, 200);
+    assert_eq!(fake.minted.load(Ordering::SeqCst), 1, "the same installation keeps its token");
+
+    fake.reinstalled.store(true, Ordering::SeqCst);
+    assert_eq!(status_of(&github, "/repos/octo/repo").await, 200, "{:?}", fake.calls.lock().expect("lock"));
+    let calls = fake.calls.lock().expect("lock").clone();
+    assert!(calls.last().is_some_and(|c| c.starts_with("Bearer ghs_99_")), "{calls:?}");
 }
