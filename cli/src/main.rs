@@ -66,6 +66,10 @@ enum Command {
         /// Only list what would be asked for.
         #[arg(long)]
         dry_run: bool,
+        /// Pages of 100 attempts to read per hook, newest first (each a
+        /// request against the credentials' hourly limit).
+        #[arg(long, default_value_t = hookbus_gateway::redeliver::MAX_PAGES as u64, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        pages: u64,
     },
     /// List, retry or purge dead letters.
     Dead {
@@ -126,7 +130,9 @@ async fn main() -> ExitCode {
         Command::Queues => operator::queues().await,
         Command::Peek { queue, n, dead } => operator::peek(&queue, n, dead).await,
         Command::Ops { resource } => operator::ops(&resource).await,
-        Command::Redeliver { hooks, dry_run } => operator::redeliver(hooks, dry_run).await,
+        Command::Redeliver { hooks, dry_run, pages } => {
+            operator::redeliver(hooks, dry_run, usize::try_from(pages).unwrap_or(usize::MAX)).await
+        }
         Command::Dead { action } => match action {
             DeadAction::List { queue, n } => operator::peek(&queue, n, true).await,
             DeadAction::Retry { queue, id } => operator::dead_retry(&queue, id).await,

@@ -242,7 +242,7 @@ fn utc(ms: i64) -> String {
 /// `hookbus redeliver [hook…] [--dry-run]`: one redelivery sweep now, over
 /// the given hooks or the configured ones; exit 1 if a hook could not be
 /// swept, 2 for a malformed hook or missing or unusable credentials.
-pub async fn redeliver(hooks: Vec<String>, dry_run: bool) -> ExitCode {
+pub async fn redeliver(hooks: Vec<String>, dry_run: bool, pages: usize) -> ExitCode {
     let mut settings = match operator_settings() {
         Ok(settings) => settings,
         Err(code) => return code,
@@ -269,7 +269,7 @@ pub async fn redeliver(hooks: Vec<String>, dry_run: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = redeliverer.sweep_now(dry_run).await;
+    let report = redeliverer.sweep_now(dry_run, pages).await;
     let verb = if dry_run { "would ask for" } else { "asked for" };
     for delivery in &report.redelivered {
         out!("{verb} {delivery}");

@@ -159,6 +159,9 @@ fn redeliver_lists_then_asks_github_again_for_failed_deliveries() {
     assert_eq!(no_app.status.code(), Some(2), "{no_app:?}");
     assert!(String::from_utf8_lossy(&no_app.stderr).contains("HOOKBUS_GITHUB__APP_ID"), "{no_app:?}");
 
+    let no_pages = run(&["--pages", "0"]);
+    assert_eq!(no_pages.status.code(), Some(2), "{no_pages:?}");
+
     let malformed = run(&["repos/octo"]);
     assert_eq!(malformed.status.code(), Some(2), "{malformed:?}");
     assert!(String::from_utf8_lossy(&malformed.stderr).contains("HOOKBUS_GITHUB__REDELIVER_HOOKS"), "{malformed:?}");

@@ -239,22 +239,23 @@ impl Redeliverer {
         if won.is_none() {
             return Ok(SweepReport::default());
         }
-        Ok(self.sweep_hooks(false, true).await)
+        Ok(self.sweep_hooks(false, true, MAX_PAGES).await)
     }
 
     /// One sweep now over the whole window, whoever swept last (an
-    /// operator's `hookbus redeliver`); with `dry_run`, only what it would
+    /// operator's `hookbus redeliver`), reading at most `pages` pages of 100
+    /// attempts per hook, newest first; with `dry_run`, only what it would
     /// ask for.
-    pub async fn sweep_now(&self, dry_run: bool) -> SweepReport {
-        self.sweep_hooks(dry_run, false).await
+    pub async fn sweep_now(&self, dry_run: bool, pages: usize) -> SweepReport {
+        self.sweep_hooks(dry_run, false, pages).await
     }
 
-    async fn sweep_hooks(&self, dry_run: bool, incremental: bool) -> SweepReport {
+    async fn sweep_hooks(&self, dry_run: bool, incremental: bool, pages: usize) -> SweepReport {
         let mut report = SweepReport { ran: true, dry_run, ..SweepReport::default() };
         for hook in &self.hooks {
             // One hook GitHub will not list (a typo, a token without access)
             // does not keep the others from being swept.
-            if let Err(err) = self.sweep_hook(hook, incremental, &mut report).await {
+            if let Err(err) = self.sweep_hook(hook, incremental, pages, &mut report).await {
                 tracing::warn!(hook = %hook, error = %err, "redelivery sweep of a hook failed; trying again next interval");
                 report.failed.push(format!("{hook}: {err}"));
             }
@@ -266,7 +267,13 @@ impl Redeliverer {
         format!("{}:{{redeliver}}:{what}:{name}", self.prefix)
     }
 
-    async fn sweep_hook(&self, hook: &str, incremental: bool, report: &mut SweepReport) -> Result<(), RedeliverError> {
+    async fn sweep_hook(
+        &self,
+        hook: &str,
+        incremental: bool,
+        pages: usize,
+        report: &mut SweepReport,
+    ) -> Result<(), RedeliverError> {
         let mut conn = self.conn.clone();
         let (seen_key, resume_key) = (self.key("seen", hook), self.key("resume", hook));
         let (seen, resume): (Option<u64>, Option<String>) = match incremental {
@@ -274,7 +281,7 @@ impl Redeliverer {
             false => (None, None),
         };
         let gaps: Vec<Gap> = resume.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or_default();
-        let read = self.attempts(hook, seen, gaps).await?;
+        let read = self.attempts(hook, seen, gaps, pages).await?;
         let decisions = decide(&read.attempts);
         // Which candidates were stored after all (one MGET of their marks,
         // all in the `{normalise}` slot), and how often each was asked for.
@@ -394,11 +401,16 @@ impl Redeliverer {
 
     /// The hook's attempts within the window that no sweep examined yet:
     /// those newer than `seen` (all of the window without it), then the
-    /// `gaps` earlier sweeps left, newest first, at most [`MAX_PAGES`] pages
-    /// in all.
-    async fn attempts(&self, hook: &str, seen: Option<u64>, gaps: Vec<Gap>) -> Result<Read, RedeliverError> {
+    /// `gaps` earlier sweeps left, newest first, at most `pages` pages in
+    /// all.
+    async fn attempts(
+        &self,
+        hook: &str,
+        seen: Option<u64>,
+        gaps: Vec<Gap>,
+        mut pages: usize,
+    ) -> Result<Read, RedeliverError> {
         let since = time::OffsetDateTime::now_utc() - self.window;
-        let mut pages = MAX_PAGES;
         let first = Gap { next: format!("/{hook}/deliveries?per_page=100"), until: seen, below: None };
         let mut read = Read { attempts: Vec::new(), newest: seen, gaps: Vec::new() };
         for gap in std::iter::once(first).chain(gaps) {

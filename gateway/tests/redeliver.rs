@@ -314,3 +314,18 @@ async fn a_delivery_whose_redeliveries_keep_failing_is_asked_for_until_it_has_ha
     let last = reports.last().expect("a sweep");
     assert!(last.redelivered.is_empty() && last.skipped == 1, "left to a person: {last:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_can_read_deeper_than_a_sweep_in_one_run() {
+    // `hookbus redeliver --pages 15` after the outage above: all 30 at once.
+    let redis = RedisServer::start();
+    let failed: Vec<Value> = (1..=30u64).rev().map(|id| attempt(id, &format!("down-{id}"), 503, 60)).collect();
+    let (fake, api) = fake_github(failed).await;
+    let redeliverer =
+        Redeliverer::from_settings(&settings(&redis, &api, Duration::from_secs(60))).expect("set up").expect("hooks");
+    let looked = redeliverer.sweep_now(true, 15).await;
+    assert_eq!(looked.redelivered.len(), 30, "{looked:?}");
+    assert!(fake.asked.lock().expect("lock").is_empty(), "a dry run asks nothing");
+    let default = redeliverer.sweep_now(true, hookbus_gateway::redeliver::MAX_PAGES).await;
+    assert_eq!(default.redelivered.len(), 20, "the newest 10 pages by default");
+}
