@@ -145,8 +145,8 @@ impl CommitPlugin {
         if git.mode == GitMode::ContentsApi {
             let Some(credentials) = credentials else {
                 return Err(CommitError::Config(
-                    "github.token (HOOKBUS_GITHUB__TOKEN) or github.installation_id (HOOKBUS_GITHUB__INSTALLATION_ID) \
-                     is required when git.mode is contents_api"
+                    "github.token (HOOKBUS_GITHUB__TOKEN), or a GitHub App (HOOKBUS_GITHUB__APP_ID and \
+                     HOOKBUS_GITHUB__APP_PRIVATE_KEY), is required when git.mode is contents_api"
                         .into(),
                 ));
             };

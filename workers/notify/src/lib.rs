@@ -177,8 +177,8 @@ impl Notify {
         self.once(&effects::writeback(&change.operation), async {
             let Some(github) = &self.github else {
                 return Err(HandlerError::Permanent(format!(
-                    "cannot write back operation {}: no GitHub credentials, set HOOKBUS_GITHUB__TOKEN (or \
-                     HOOKBUS_GITHUB__INSTALLATION_ID with the App's id and key)",
+                    "cannot write back operation {}: no GitHub credentials, set HOOKBUS_GITHUB__TOKEN (or a GitHub \
+                     App: HOOKBUS_GITHUB__APP_ID and HOOKBUS_GITHUB__APP_PRIVATE_KEY)",
                     change.operation
                 )));
             };
