@@ -302,6 +302,10 @@ impl Redeliverer {
         }
         let (mut stored, mut asked) = (stored.into_iter(), asked.into_iter());
         let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX).max(1);
+        // What GitHub took, counted in one pipeline after the loop; a
+        // refusal ends the loop, not before the counts are written.
+        let (mut counted, mut asked_now) = (redis::pipe(), 0);
+        let mut refused = None;
         for decision in decisions {
             let decision = match decision {
                 Decision::Redeliver { guid, attempt } => {
@@ -322,18 +326,13 @@ impl Redeliverer {
             match decision {
                 Decision::Redeliver { guid, attempt } => {
                     if !report.dry_run {
-                        self.redeliver(hook, attempt).await?;
+                        if let Err(err) = self.redeliver(hook, attempt).await {
+                            refused = Some(err);
+                            break;
+                        }
                         let count = self.key("asked", &guid);
-                        let _: () = redis::pipe()
-                            .cmd("INCR")
-                            .arg(&count)
-                            .ignore()
-                            .cmd("PEXPIRE")
-                            .arg(&count)
-                            .arg(window_ms)
-                            .ignore()
-                            .query_async(&mut conn)
-                            .await?;
+                        counted.cmd("INCR").arg(&count).ignore().cmd("PEXPIRE").arg(&count).arg(window_ms).ignore();
+                        asked_now += 1;
                         tracing::info!(delivery = %guid, attempt, hook, "asked GitHub to redeliver a failed webhook");
                         crate::metrics::redelivery("asked");
                     }
@@ -364,6 +363,12 @@ impl Redeliverer {
                     });
                 }
             }
+        }
+        if asked_now > 0 {
+            let _: () = counted.query_async(&mut conn).await?;
+        }
+        if let Some(err) = refused {
+            return Err(err);
         }
         // Only now, every redelivery asked for: a sweep cut short reads
         // the same attempts again.
