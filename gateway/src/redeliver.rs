@@ -450,10 +450,10 @@ impl Redeliverer {
             *pages -= 1;
             let what = format!("GET {route}");
             let client = self.client(hook).await?;
-            let response = client
-                ._get(route.as_str())
-                .await
-                .map_err(|e| RedeliverError::Github { what: what.clone(), reason: e.to_string() })?;
+            let response = match client._get(route.as_str()).await {
+                Ok(response) => response,
+                Err(err) => return Err(self.not_sent(hook, what, err).await),
+            };
             let status = response.status();
             let link = response.headers().get("link").and_then(|v| v.to_str().ok()).map(str::to_owned);
             let text = client
@@ -461,6 +461,7 @@ impl Redeliverer {
                 .await
                 .map_err(|e| RedeliverError::Github { what: what.clone(), reason: e.to_string() })?;
             if !status.is_success() {
+                self.refused(hook, status.as_u16()).await;
                 let reason = format!("{} {}", status.as_u16(), hookbus_github::error_message(&text));
                 return Err(RedeliverError::Github { what, reason });
             }
@@ -504,18 +505,35 @@ impl Redeliverer {
             .map_err(|e| RedeliverError::Github { what: format!("the installation for {hook}"), reason: e.to_string() })
     }
 
+    /// A request about `hook` that got no answer: perhaps no installation
+    /// token could be minted, so the installation is looked up again (or
+    /// its client made anew) before the next one.
+    async fn not_sent(&self, hook: &str, what: String, err: octocrab::Error) -> RedeliverError {
+        self.refused(hook, 401).await;
+        RedeliverError::Github { what, reason: err.to_string() }
+    }
+
+    /// After GitHub answered `status` about `hook`: a refused installation
+    /// token (401) is not used again (`Github::forget_installation`).
+    async fn refused(&self, hook: &str, status: u16) {
+        if let (401, Some(api), false) = (status, &self.api, hook == APP_HOOK) {
+            api.forget_installation(&format!("/{hook}/deliveries")).await;
+        }
+    }
+
     async fn redeliver(&self, hook: &str, attempt: u64) -> Result<(), RedeliverError> {
         let route = format!("/{hook}/deliveries/{attempt}/attempts");
         let what = format!("POST {route}");
         let client = self.client(hook).await?;
-        let response = client
-            ._post(route.as_str(), None::<&()>)
-            .await
-            .map_err(|e| RedeliverError::Github { what: what.clone(), reason: e.to_string() })?;
+        let response = match client._post(route.as_str(), None::<&()>).await {
+            Ok(response) => response,
+            Err(err) => return Err(self.not_sent(hook, what, err).await),
+        };
         let status = response.status();
         if status.is_success() {
             return Ok(());
         }
+        self.refused(hook, status.as_u16()).await;
         let text = client.body_to_string(response).await.unwrap_or_default();
         Err(RedeliverError::Github {
             what,

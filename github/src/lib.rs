@@ -175,8 +175,9 @@ struct GithubInner {
     credentials: Credentials,
     /// The client of a token or of a fixed installation. Shared, not
     /// cloned: a clone of an installation's client starts with a copy of
-    /// its token cache, and would mint tokens of its own.
-    fixed: Option<std::sync::Arc<octocrab::Octocrab>>,
+    /// its token cache, and would mint tokens of its own. A fixed
+    /// installation's is made anew by [`Github::forget_installation`].
+    fixed: std::sync::Mutex<Option<std::sync::Arc<octocrab::Octocrab>>>,
     /// Signed in as the App itself (a JWT per request).
     app: Option<octocrab::Octocrab>,
     /// With [`Credentials::App`]: the installation of each owner (account
@@ -249,6 +250,7 @@ impl Github {
             Credentials::App(app) => (None, Some(app_client(api_url, app, timeout)?)),
         };
         let owners = tokio::sync::Mutex::new(std::collections::HashMap::new());
+        let fixed = std::sync::Mutex::new(fixed);
         Ok(Github { inner: std::sync::Arc::new(GithubInner { credentials, fixed, app, owners, recheck }) })
     }
 
@@ -262,8 +264,8 @@ impl Github {
     /// organisation (`GET /repos/<owner>/<repo>/installation` or `GET
     /// /orgs/<org>/installation` as the App, once per owner).
     pub async fn for_route(&self, route: &str) -> Result<std::sync::Arc<octocrab::Octocrab>, GithubError> {
-        if let Some(fixed) = &self.inner.fixed {
-            return Ok(fixed.clone());
+        if let Some(fixed) = self.fixed() {
+            return Ok(fixed);
         }
         let Some(app) = &self.inner.app else { return Err(GithubError::Client("no GitHub credentials".into())) };
         let (lookup, owner) = match owner_of(route) {
@@ -304,6 +306,53 @@ impl Github {
         Ok(client)
     }
 
+    fn fixed(&self) -> Option<std::sync::Arc<octocrab::Octocrab>> {
+        self.inner.fixed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// After GitHub refused the installation token a call to `route` went
+    /// with (401), or no token could be minted for it: drops that
+    /// installation's client, and with it its token, so that the next call
+    /// starts afresh. An App uninstalled and installed again has a new
+    /// installation, and the old one's tokens stop working at once; without
+    /// this, calls would fail until the token ran out or the installation
+    /// was rechecked ([`INSTALLATION_RECHECK`]).
+    ///
+    /// Signed in as the App, the owner's installation is looked up again; a
+    /// fixed installation gets a new client that mints a new token. Returns
+    /// whether anything was forgotten, that is whether a try with the same
+    /// settings may now succeed; a personal token has nothing to forget.
+    pub async fn forget_installation(&self, route: &str) -> bool {
+        match &self.inner.credentials {
+            Credentials::Token(_) => false,
+            Credentials::Installation { installation, .. } => {
+                let Some(app) = &self.inner.app else { return false };
+                let Ok(client) = app.installation(octocrab::models::InstallationId(*installation)) else {
+                    return false;
+                };
+                *self.inner.fixed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(std::sync::Arc::new(client));
+                tracing::info!(installation, "GitHub refused the installation's token; minting a new one");
+                true
+            }
+            Credentials::App(_) => {
+                let owner = match owner_of(route) {
+                    Some(Owner::Repository(owner, _) | Owner::Organisation(owner)) => owner.to_ascii_lowercase(),
+                    None => return false,
+                };
+                let forgotten = self.inner.owners.lock().await.remove(&owner);
+                if let Some(found) = &forgotten {
+                    tracing::info!(
+                        owner,
+                        installation = found.id,
+                        "GitHub refused the installation's token; looking the App's installation up again"
+                    );
+                }
+                forgotten.is_some()
+            }
+        }
+    }
+
     /// The password for git over https to `repository` (`owner/name`) as
     /// `x-access-token`: the token, or the installation's current token
     /// (minted anew when less than half a minute of it is left).
@@ -325,7 +374,8 @@ impl Github {
     /// say (a token refused `GET /user`); an error for what may pass
     /// (network, 5xx, a rate limit).
     pub async fn acting_login(&self) -> Result<Option<String>, GithubError> {
-        let (client, route, field) = match (&self.inner.credentials, &self.inner.fixed, &self.inner.app) {
+        let fixed = self.fixed();
+        let (client, route, field) = match (&self.inner.credentials, &fixed, &self.inner.app) {
             (Credentials::Token(_), Some(fixed), _) => (fixed.as_ref(), "/user", "login"),
             (_, _, Some(app)) => (app, "/app", "slug"),
             _ => return Ok(None),

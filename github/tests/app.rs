@@ -52,7 +52,8 @@ async fn access_tokens(State(fake): State<Arc<Fake>>, Path(id): Path<u64>, heade
     if let Err(reason) = check_app_jwt(authorization(&headers)) {
         return refused(reason);
     }
-    if ![77, 88, 99].contains(&id) {
+    let gone = id == 77 && fake.reinstalled.load(Ordering::SeqCst);
+    if gone || ![77, 88, 99].contains(&id) {
         return (StatusCode::NOT_FOUND, Json(json!({ "message": "Not Found" }))).into_response();
     }
     let n = fake.minted.fetch_add(1, Ordering::SeqCst) + 1;
@@ -230,4 +231,44 @@ async fn an_app_installed_again_is_found_again_once_its_installation_is_rechecke
     assert_eq!(status_of(&github, "/repos/octo/repo").await, 200, "{:?}", fake.calls.lock().expect("lock"));
     let calls = fake.calls.lock().expect("lock").clone();
     assert!(calls.last().is_some_and(|c| c.starts_with("Bearer ghs_99_")), "{calls:?}");
+}
+
+#[tokio::test]
+async fn an_app_installed_again_is_found_again_as_soon_as_its_old_token_is_refused() {
+    let (fake, api) = fake_github(time::Duration::hours(1)).await;
+    // Installations trusted for an hour, as deployed.
+    let github = Github::new(&api, Credentials::App(app()), Duration::from_secs(10)).expect("client");
+    assert_eq!(status_of(&github, "/repos/octo/repo").await, 200);
+    assert_eq!(status_of(&github, "/repos/acme/tools").await, 200);
+
+    fake.reinstalled.store(true, Ordering::SeqCst);
+    // Refused, octocrab asks for a new token of the installation it
+    // knows, which is gone: the call fails.
+    let client = github.for_route("/repos/octo/repo").await.expect("the installation as cached");
+    let err = client._get("/repos/octo/repo").await.expect_err("no token for a deleted installation");
+    assert!(err.to_string().contains("Not Found") || format!("{err:?}").contains("404"), "{err:?}");
+    assert!(github.forget_installation("/repos/octo/repo?per_page=1").await, "octo's installation forgotten");
+    assert!(!github.forget_installation("/repos/octo/repo").await, "nothing left to forget");
+    assert_eq!(status_of(&github, "/repos/octo/repo").await, 200, "{:?}", fake.calls.lock().expect("lock"));
+    let calls = fake.calls.lock().expect("lock").clone();
+    assert!(calls.last().is_some_and(|c| c.starts_with("Bearer ghs_99_")), "{calls:?}");
+    assert_eq!(fake.lookups.load(Ordering::SeqCst), 3, "looked up again once, and only octo's");
+    assert!(!github.forget_installation("/user").await, "a call about no owner has no installation");
+}
+
+#[tokio::test]
+async fn a_fixed_installation_whose_token_was_refused_mints_a_new_one() {
+    let (fake, api) = fake_github(time::Duration::hours(1)).await;
+    let github = Github::new(&api, Credentials::Installation { app: app(), installation: 88 }, Duration::from_secs(10))
+        .expect("client");
+    assert_eq!(github.git_password("acme/records").await.expect("password"), "ghs_88_1");
+    assert_eq!(github.git_password("acme/records").await.expect("password"), "ghs_88_1", "kept while good");
+    assert!(github.forget_installation("/repos/acme/records").await);
+    assert_eq!(github.git_password("acme/records").await.expect("password"), "ghs_88_2", "minted anew");
+    assert_eq!(status_of(&github, "/repos/acme/tools").await, 200);
+    assert_eq!(fake.lookups.load(Ordering::SeqCst), 0, "a fixed installation is never looked up");
+
+    // A personal token has nothing to forget: the same one would be refused.
+    let token = Github::new(&api, Credentials::Token("ghp_person".into()), Duration::from_secs(10)).expect("client");
+    assert!(!token.forget_installation("/repos/acme/records").await);
 }

@@ -148,12 +148,15 @@ impl ContentsApi {
         let route = format!("{}?ref={}", self.route(path), encode(&self.target.branch));
         let what = format!("GET {route}");
         let client = self.client(&what).await?;
-        let response = client._get(route.as_str()).await.map_err(|e| network(&what, e))?;
+        let response = match client._get(route.as_str()).await {
+            Ok(response) => response,
+            Err(err) => return Err(self.not_sent(&what, &route, err).await),
+        };
         let answer = read_answer!(client, response, &what);
         if answer.status == 404 {
             return Ok(None);
         }
-        let body = self.check(answer, &what)?;
+        let body = self.check(answer, &what, &route).await?;
         let file: Value = serde_json::from_str(&body)
             .map_err(|e| HandlerError::Transient(format!("{what}: the answer is not JSON: {e}")))?;
         let (Some(sha), Some(content)) =
@@ -207,7 +210,10 @@ impl ContentsApi {
             }
             None => (format!("DELETE {route}"), client._delete(route.as_str(), Some(&body)).await),
         };
-        let response = sent.map_err(|e| network(&what, e))?;
+        let response = match sent {
+            Ok(response) => response,
+            Err(err) => return Err(self.not_sent(&what, &route, err).await),
+        };
         let answer = read_answer!(client, response, &what);
         if answer.status == 409 {
             return Ok(Written::Conflict);
@@ -219,7 +225,7 @@ impl ContentsApi {
             }
             return Err(HandlerError::Permanent(format!("GitHub answered 422 on {what}: {message}")));
         }
-        let body = self.check(answer, &what)?;
+        let body = self.check(answer, &what, &route).await?;
         let commit = serde_json::from_str::<Value>(&body)
             .ok()
             .and_then(|v| v.pointer("/commit/sha").and_then(Value::as_str).map(str::to_owned));
@@ -229,8 +235,15 @@ impl ContentsApi {
         Ok(Written::Done(commit))
     }
 
+    /// A request that got no answer: perhaps no token could be minted, so
+    /// an installation that is gone is looked up again on the next try.
+    async fn not_sent(&self, what: &str, route: &str, err: octocrab::Error) -> HandlerError {
+        self.github.forget_installation(route).await;
+        network(what, err)
+    }
+
     /// The body of a 2xx answer, or the error its status means.
-    fn check(&self, answer: Answer, what: &str) -> Result<String, HandlerError> {
+    async fn check(&self, answer: Answer, what: &str, route: &str) -> Result<String, HandlerError> {
         let Answer { status, limit, body } = answer;
         if (200..300).contains(&status) {
             return Ok(body);
@@ -239,6 +252,11 @@ impl ContentsApi {
             return Err(HandlerError::Defer(wait, format!("GitHub rate limit ({status}) on {what}")));
         }
         let message = error_message(&body);
+        if status == 401 && self.github.forget_installation(route).await {
+            return Err(HandlerError::Transient(format!(
+                "GitHub refused the App installation's token (401) on {what}: the next try starts with a new one"
+            )));
+        }
         Err(match status {
             401 | 403 => HandlerError::Permanent(format!(
                 "GitHub refused the credentials ({status}) on {what}: {message} — check {} (it needs contents write access to {})",

@@ -186,10 +186,13 @@ impl CommitPlugin {
     ) -> Result<T, CommitError> {
         let workdir = Arc::clone(workdir);
         let password = match remote {
-            Some(login) => login.current_password().await?,
+            Some(login) => match login.current_password().await {
+                Ok(password) => password,
+                Err(err) => return Err(login.after_failure(err).await),
+            },
             None => None,
         };
-        tokio::task::spawn_blocking(move || {
+        let outcome = tokio::task::spawn_blocking(move || {
             let mut workdir = workdir.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(password) = password {
                 workdir.set_password(password);
@@ -197,7 +200,11 @@ impl CommitPlugin {
             f(&mut workdir)
         })
         .await
-        .unwrap_or_else(|err| Err(CommitError::Batch { permanent: false, reason: format!("git task failed: {err}") }))
+        .unwrap_or_else(|err| Err(CommitError::Batch { permanent: false, reason: format!("git task failed: {err}") }));
+        match (outcome, remote) {
+            (Err(err), Some(login)) => Err(login.after_failure(err).await),
+            (outcome, _) => outcome,
+        }
     }
 
     async fn apply(&self, op: ApplyPayload, out: &mut Outbox) -> Result<(), HandlerError> {

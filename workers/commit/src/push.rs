@@ -128,6 +128,10 @@ impl PushGroup {
         })
         .await
         .unwrap_or_else(|err| Err(CommitError::Batch { permanent: false, reason: format!("push task failed: {err}") }));
+        let outcome = match outcome {
+            Err(err) => Err(self.login.after_failure(err).await),
+            ok => ok,
+        };
         self.flushes.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(commits = waiters.len(), elapsed_ms = started.elapsed().as_millis() as u64, "batch pushed");
         match outcome {

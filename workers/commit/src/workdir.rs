@@ -104,12 +104,30 @@ impl RemoteLogin {
             RemoteLogin::Installation { github, repository } => {
                 let password = github.git_password(repository).await.map_err(|err| CommitError::Batch {
                     permanent: err.is_permanent(),
-                    reason: format!("cannot get a token for the App's installation: {err}"),
+                    reason: format!("{NO_TOKEN}: {err}"),
                 })?;
                 Ok(Some(password))
             }
             _ => Ok(None),
         }
+    }
+
+    /// `err` as the caller should see it: when the remote refused an App
+    /// installation's token (or none could be minted), that installation
+    /// is forgotten (`Github::forget_installation`: the App may have been
+    /// installed again, and the old installation's tokens stop working) and
+    /// the failure is one to try again, with the token minted then.
+    pub async fn after_failure(&self, err: CommitError) -> CommitError {
+        let RemoteLogin::Installation { github, repository } = self else { return err };
+        let refused = matches!(err, CommitError::AuthRefused { .. })
+            || matches!(&err, CommitError::Batch { reason, .. } if reason.starts_with(NO_TOKEN));
+        if refused && github.forget_installation(&format!("/repos/{repository}")).await {
+            return CommitError::Batch {
+                permanent: false,
+                reason: format!("{err}; the next try starts with a new token for the App's installation"),
+            };
+        }
+        err
     }
 
     /// The settings to check when the remote refuses us.
@@ -120,6 +138,9 @@ impl RemoteLogin {
         }
     }
 }
+
+/// How a failure to get the installation's token for git begins.
+const NO_TOKEN: &str = "cannot get a token for the App's installation";
 
 /// `owner/repo` of an `https://<host>/<owner>/<repo>[.git]` remote (its last
 /// two path segments).

@@ -38,6 +38,8 @@ struct Remote {
     used: Mutex<Vec<String>>,
     /// Installation tokens minted so far.
     minted: Mutex<usize>,
+    /// The App's installation on `octo` now.
+    installed: std::sync::atomic::AtomicU64,
 }
 
 /// `git http-backend` for one request, as CGI.
@@ -101,7 +103,8 @@ async fn git_http(
 /// seconds, so every use asks for a new one.
 async fn mint(State(remote): State<Arc<Remote>>, Path(id): Path<u64>, headers: HeaderMap) -> Response {
     let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
-    if let Err(reason) = check_app_jwt(authorization).and_then(|()| match id == INSTALLATION {
+    let installed = remote.installed.load(std::sync::atomic::Ordering::SeqCst);
+    if let Err(reason) = check_app_jwt(authorization).and_then(|()| match id == installed {
         true => Ok(()),
         false => Err(format!("no installation {id}")),
     }) {
@@ -127,13 +130,17 @@ async fn mint(State(remote): State<Arc<Remote>>, Path(id): Path<u64>, headers: H
 }
 
 /// The App's installation on `octo`, as `GET /repos/octo/{repo}/installation` tells the App.
-async fn installation(Path((owner, _repo)): Path<(String, String)>, headers: HeaderMap) -> Response {
+async fn installation(
+    State(remote): State<Arc<Remote>>,
+    Path((owner, _repo)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
     let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
     if let Err(reason) = check_app_jwt(authorization) {
         return (StatusCode::UNAUTHORIZED, Json(json!({ "message": reason }))).into_response();
     }
     match owner.as_str() {
-        "octo" => Json(json!({ "id": INSTALLATION })).into_response(),
+        "octo" => Json(json!({ "id": remote.installed.load(std::sync::atomic::Ordering::SeqCst) })).into_response(),
         _ => (StatusCode::NOT_FOUND, Json(json!({ "message": "Not Found" }))).into_response(),
     }
 }
@@ -149,6 +156,7 @@ async fn serve(accepted: &[&str]) -> (Arc<Remote>, tempfile::TempDir, String) {
         accepted: Mutex::new(accepted.iter().map(|s| s.to_string()).collect()),
         used: Mutex::new(Vec::new()),
         minted: Mutex::new(0),
+        installed: std::sync::atomic::AtomicU64::new(INSTALLATION),
     });
     let app = Router::new()
         .route("/app/installations/{id}/access_tokens", post(mint))
@@ -224,4 +232,25 @@ async fn pushes_with_fresh_installation_tokens(credentials: Credentials) {
     assert!(minted >= 3, "minted {minted}, used {used:?}");
     let distinct: HashSet<&String> = used.iter().collect();
     assert!(distinct.len() >= 3 && used.iter().all(|p| p.starts_with("ghs_")), "{used:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_the_app_alone_an_app_installed_again_pushes_through_its_new_installation_on_the_next_try() {
+    let (remote, root, base) = serve(&[]).await;
+    let credentials = Credentials::App(App::new(APP_ID, PRIVATE_KEY).expect("key"));
+    let login =
+        RemoteLogin::from_credentials(&base, Some(credentials), &format!("{base}/octo/records.git")).expect("login");
+    let workdir = workdir();
+    let plugin = plugin_for(&base, login, &workdir);
+    handle(&plugin, &issue_op("gh-1", 12, "One")).await.expect("first");
+
+    // Uninstalled and installed again: the old installation's tokens are
+    // refused and it mints no more.
+    remote.installed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    remote.accepted.lock().expect("lock").clear();
+    let err = handle(&plugin, &issue_op("gh-2", 13, "Two")).await.err().expect("the old installation is gone");
+    let HandlerError::Transient(reason) = err else { panic!("to be tried again, not {err:?}") };
+    assert!(reason.contains("next try starts with a new token"), "{reason}");
+    handle(&plugin, &issue_op("gh-2", 13, "Two")).await.expect("the retry, through the new installation");
+    assert_eq!(pushed_titles(&root).len(), 2, "both on the remote");
 }

@@ -116,7 +116,15 @@ impl GitHub {
             Method::Patch => client._patch(call.route.as_str(), body).await,
             Method::Delete => client._delete(call.route.as_str(), None::<&()>).await,
         };
-        let response = sent.map_err(|e| HandlerError::Transient(format!("GitHub API {what}: {e}")))?;
+        let response = match sent {
+            Ok(response) => response,
+            Err(err) => {
+                // Perhaps no token could be minted: an installation that
+                // is gone is looked up again on the next try.
+                self.github.forget_installation(&call.route).await;
+                return Err(HandlerError::Transient(format!("GitHub API {what}: {err}")));
+            }
+        };
         let status = response.status().as_u16();
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let limit =
@@ -134,6 +142,11 @@ impl GitHub {
             return Err(HandlerError::Defer(wait, format!("GitHub rate limit ({status}) on {what}")));
         }
         let message = hookbus_github::error_message(&text.unwrap_or_default());
+        if status == 401 && self.github.forget_installation(&call.route).await {
+            return Err(HandlerError::Transient(format!(
+                "GitHub refused the App installation's token (401) on {what}: the next try starts with a new one"
+            )));
+        }
         Err(match status {
             401 => HandlerError::Permanent(format!(
                 "GitHub refused the credentials (401) on {what}: check {}",

@@ -678,6 +678,8 @@ enum FirstCreate {
     Failed,
     /// Makes the comment and never answers (the process is killed meanwhile).
     MadeThenHung,
+    /// Makes the comment and answers 201, as GitHub does.
+    Made,
 }
 
 /// A fake GitHub that keeps the comments of `octo/repo` issue 7, lists them
@@ -687,6 +689,8 @@ struct FakeComments {
     comments: Arc<Mutex<Vec<Value>>>,
     posts: Arc<std::sync::atomic::AtomicUsize>,
     lists: Arc<std::sync::atomic::AtomicUsize>,
+    /// The App's installation on octo/repo now.
+    installed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 const COMMENTS: &str = "/repos/octo/repo/issues/7/comments";
@@ -696,10 +700,9 @@ fn rfc3339(at: SystemTime) -> String {
     at.format(&time::format_description::well_known::Rfc3339).unwrap()
 }
 
-/// A GitHub App's installation, as the fake knows it: its token, and the
-/// login of its bot.
+/// A GitHub App's installation, as the fake knows it at first (each one's
+/// token is `ghs_installation_<id>`), and the login of its bot.
 const INSTALLATION: u64 = 31;
-const INSTALLATION_TOKEN: &str = "ghs_installation_token";
 const APP_BOT: &str = "hookbus-test[bot]";
 
 impl FakeComments {
@@ -723,14 +726,20 @@ impl FakeComments {
         let port = free_port();
         let comments = Arc::new(Mutex::new(existing));
         let (posts, lists) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let installed = Arc::new(std::sync::atomic::AtomicU64::new(INSTALLATION));
         type Shared = (Arc<Mutex<Vec<Value>>>, Arc<AtomicUsize>, Arc<AtomicUsize>, FirstCreate, bool);
         let state: Shared = (comments.clone(), posts.clone(), lists.clone(), first, app);
-        let refused = |app: bool, headers: &HeaderMap| {
-            let given = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
-            (app && given != format!("Bearer {INSTALLATION_TOKEN}")).then(|| {
-                (StatusCode::UNAUTHORIZED, axum::Json(json!({ "message": "Bad credentials" }))).into_response()
-            })
+        let refused = {
+            let installed = installed.clone();
+            move |app: bool, headers: &HeaderMap| {
+                let given = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                let id = installed.load(Ordering::SeqCst);
+                (app && given != format!("Bearer ghs_installation_{id}")).then(|| {
+                    (StatusCode::UNAUTHORIZED, axum::Json(json!({ "message": "Bad credentials" }))).into_response()
+                })
+            }
         };
+        let create_refused = refused.clone();
         let list = move |State((comments, _, lists, _, app)): State<Shared>,
                          headers: HeaderMap,
                          Query(query): Query<HashMap<String, String>>| async move {
@@ -754,7 +763,7 @@ impl FakeComments {
             axum::Json(Value::Array(shown)).into_response()
         };
         let create = move |State((comments, posts, _, first, app)): State<Shared>, headers: HeaderMap, body: Bytes| async move {
-            if let Some(refused) = refused(app, &headers) {
+            if let Some(refused) = create_refused(app, &headers) {
                 return refused;
             }
             let n = posts.fetch_add(1, Ordering::SeqCst);
@@ -786,21 +795,22 @@ impl FakeComments {
             let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
             hookbus_testkit::github_app::check_app_jwt(authorization)
         };
+        let (mint_installed, lookup_installed) = (installed.clone(), installed.clone());
         let mint = move |headers: HeaderMap, axum::extract::Path(id): axum::extract::Path<u64>| async move {
-            if let Err(reason) = jwt(&headers).and_then(|()| match id == INSTALLATION {
+            if let Err(reason) = jwt(&headers).and_then(|()| match id == mint_installed.load(Ordering::SeqCst) {
                 true => Ok(()),
                 false => Err(format!("no installation {id}")),
             }) {
                 return (StatusCode::UNAUTHORIZED, axum::Json(json!({ "message": reason }))).into_response();
             }
             let expires_at = rfc3339(SystemTime::now() + Duration::from_secs(3_600));
-            let token = json!({ "token": INSTALLATION_TOKEN, "expires_at": expires_at,
+            let token = json!({ "token": format!("ghs_installation_{id}"), "expires_at": expires_at,
                                 "permissions": { "issues": "write" }, "repository_selection": "all" });
             (StatusCode::CREATED, axum::Json(token)).into_response()
         };
         let installation = move |headers: HeaderMap| async move {
             match jwt(&headers) {
-                Ok(()) => axum::Json(json!({ "id": INSTALLATION })).into_response(),
+                Ok(()) => axum::Json(json!({ "id": lookup_installed.load(Ordering::SeqCst) })).into_response(),
                 Err(reason) => (StatusCode::UNAUTHORIZED, axum::Json(json!({ "message": reason }))).into_response(),
             }
         };
@@ -819,7 +829,13 @@ impl FakeComments {
             .with_state(state);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind fake GitHub");
         tokio::spawn(async move { axum::serve(listener, app).await });
-        FakeComments { url: format!("http://127.0.0.1:{port}"), comments, posts, lists }
+        FakeComments { url: format!("http://127.0.0.1:{port}"), comments, posts, lists, installed }
+    }
+
+    /// The App was uninstalled from octo/repo and installed again: a new
+    /// installation, and the old one's tokens refused from now on.
+    fn reinstall(&self) {
+        self.installed.fetch_add(100, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn bodies(&self) -> Vec<String> {
@@ -957,6 +973,29 @@ async fn written_back_as_the_app(installation_id: u64) {
     let comments = github.comments.lock().unwrap().clone();
     let authors: Vec<&str> = comments.iter().filter_map(|c| c["user"]["login"].as_str()).collect();
     assert_eq!(authors, vec!["mona", APP_BOT], "mona's and the App's, once");
+    shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_installed_again_is_written_back_through_its_new_installation_without_a_dead_letter() {
+    let github = FakeComments::start_for_app(FirstCreate::Made, vec![]).await;
+    let mut s = settings(3, vec![]);
+    s.github.api_url = github.url.clone();
+    s.github.app_id = hookbus_testkit::github_app::APP_ID;
+    s.github.app_private_key = Secret::new(hookbus_testkit::github_app::PRIVATE_KEY);
+    let (backend, shutdown) = notify_with(s);
+    backend.push("notify", &[comment_create("op-before", "before")]).await.expect("push");
+    assert!(until(Duration::from_secs(10), || async { github.posts() == 1 }).await, "written back");
+    assert!(drained(&backend).await, "notify never drained");
+
+    // Uninstalled and installed again: the token notify holds (good for
+    // most of an hour yet) is refused from now on.
+    github.reinstall();
+    backend.push("notify", &[comment_create("op-after", "after")]).await.expect("push");
+    assert!(until(Duration::from_secs(10), || async { github.posts() == 2 }).await, "written back again");
+    assert!(drained(&backend).await, "notify never drained");
+    assert!(dead_reasons(&backend).await.is_empty(), "{:?}", dead_reasons(&backend).await);
+    assert_eq!(github.bodies(), vec!["before", "after"], "each once");
     shutdown.trigger();
 }
 

@@ -68,7 +68,14 @@ impl TieBreaker for GitHubTieBreaker {
         };
         let Some((route, fields)) = route(op) else { return Ok(TieVerdict::NewWins) };
         let client = self.github.for_route(&route).await.map_err(|e| TieError::Api(e.to_string()))?;
-        let now: Value = client.get(route.as_str(), None::<&()>).await.map_err(|e| TieError::Api(e.to_string()))?;
+        let now: Value = match client.get(route.as_str(), None::<&()>).await {
+            Ok(now) => now,
+            Err(err) => {
+                // A refused or unminted token: the next try starts afresh.
+                self.github.forget_installation(&route).await;
+                return Err(TieError::Api(err.to_string()));
+            }
+        };
         let agrees = fields.iter().all(|(ours, theirs)| {
             record.get(*ours).unwrap_or(&Value::Null) == now.get(*theirs).unwrap_or(&Value::Null)
         });
