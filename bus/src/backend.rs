@@ -98,6 +98,10 @@ pub struct HeartbeatReport {
     pub reaped_consumers: usize,
     /// Messages put back from them.
     pub requeued: usize,
+    /// This consumer was no longer registered when it beat: it had been
+    /// declared dead (its heartbeat lapsed while it stalled) and what it
+    /// held was put back on `pending`. It is registered again by this beat.
+    pub lapsed: bool,
 }
 
 /// Which dead letters an operator action applies to.

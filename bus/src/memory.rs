@@ -354,16 +354,19 @@ impl Backend for MemoryBackend {
         let q = self.queue(&consumer.queue);
         let mut state = lock(&q.state);
         let now = now_ms();
+        let lapsed = !state.consumers.contains_key(&consumer.name);
         state.consumers.entry(consumer.name.clone()).or_default().last_seen_ms = now;
-        let Some(timeout_ms) = reap_after_ms else { return Ok(HeartbeatReport::default()) };
-        let lapsed: Vec<String> = state
+        let Some(timeout_ms) = reap_after_ms else {
+            return Ok(HeartbeatReport { lapsed, ..HeartbeatReport::default() });
+        };
+        let reaped: Vec<String> = state
             .consumers
             .iter()
             .filter(|(_, c)| now - c.last_seen_ms > timeout_ms as i64)
             .map(|(name, _)| name.clone())
             .collect();
-        let mut report = HeartbeatReport::default();
-        for name in lapsed {
+        let mut report = HeartbeatReport { lapsed, ..HeartbeatReport::default() };
+        for name in reaped {
             report.reaped_consumers += 1;
             report.requeued += state.requeue_all(&name);
         }

@@ -167,6 +167,9 @@ struct Fetched {
     /// message it may take, and most of those would come back empty if it
     /// always sent as many as it has room for. None before the first.
     expect: Option<usize>,
+    /// A fetch found the consumer unregistered (declared dead by another)
+    /// and registered it again; the next heartbeat reports it.
+    lapsed: bool,
 }
 
 /// Messages a fetch tries to take at least, however quiet the queue was.
@@ -344,6 +347,9 @@ impl RedisBackend {
         let (pending, list) = (keys.pending(), keys.in_flight(&consumer.name, fetch));
         let mut tx = redis::pipe();
         tx.atomic();
+        // Registered (again, when another consumer declared this one dead:
+        // its heartbeat must still hear of that).
+        tx.zscore(keys.consumers(), &consumer.name);
         tx.zadd(keys.consumers(), &consumer.name, now_ms()).ignore();
         tx.hset_nx(keys.fetches(&consumer.name), fetch, 0).ignore();
         tx.cmd("EVAL")
@@ -373,6 +379,17 @@ impl RedisBackend {
             Some(value) => redis::from_redis_value(value).map_err(|_| bad("a bad length of pending"))?,
             None => return Err(bad("nothing")),
         };
+        if replies.is_empty() {
+            return Err(bad("no registration"));
+        }
+        if matches!(replies.remove(0), redis::Value::Nil) {
+            self.fetched
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .entry(consumer.name.clone())
+                .or_default()
+                .lapsed = true;
+        }
         let mut leased = Vec::with_capacity(replies.len());
         for (n, value) in (1..).zip(replies) {
             match redis::from_redis_value::<Option<Vec<u8>>>(value).map_err(|_| bad("a bad LMOVE reply"))? {
@@ -381,6 +398,13 @@ impl RedisBackend {
             }
         }
         Ok((leased, left))
+    }
+
+    /// Whether a fetch found `consumer` declared dead since the last time
+    /// this was asked.
+    fn fetch_found_lapsed(&self, consumer: &ConsumerId) -> bool {
+        let mut fetched = self.fetched.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        fetched.get_mut(&consumer.name).is_some_and(|state| std::mem::take(&mut state.lapsed))
     }
 
     /// What fetch number `fetch` leased and is not settled yet: the answer
@@ -700,20 +724,23 @@ impl Backend for RedisBackend {
         // The time is read once a connection is at hand: waiting for one
         // must not make the beat look older than it is.
         let now = now_ms();
+        // Registered, unless another consumer declared this one dead.
+        let mut beat = redis::pipe();
+        beat.zscore(keys.consumers(), &consumer.name).zadd(keys.consumers(), &consumer.name, now).ignore();
         let Some(timeout_ms) = reap_after_ms else {
-            let _: () = timed(conn.zadd(keys.consumers(), &consumer.name, now)).await?;
-            return Ok(HeartbeatReport::default());
+            let (seen,): (Option<f64>,) = timed(beat.query_async(&mut conn)).await?;
+            let lapsed = seen.is_none() || self.fetch_found_lapsed(consumer);
+            return Ok(HeartbeatReport { lapsed, ..HeartbeatReport::default() });
         };
         let lapsed_before = now - timeout_ms as i64;
-        let (_, lapsed): ((), Vec<String>) = timed(
-            redis::pipe()
-                .zadd(keys.consumers(), &consumer.name, now)
-                .zrangebyscore(keys.consumers(), "-inf", format!("({lapsed_before}"))
-                .query_async(&mut conn),
-        )
-        .await?;
+        let (seen, lapsed): (Option<f64>, Vec<String>) =
+            timed(beat.zrangebyscore(keys.consumers(), "-inf", format!("({lapsed_before}")).query_async(&mut conn))
+                .await?;
         drop(conn);
-        let mut report = HeartbeatReport::default();
+        let mut report = HeartbeatReport {
+            lapsed: seen.is_none() || self.fetch_found_lapsed(consumer),
+            ..HeartbeatReport::default()
+        };
         for name in lapsed {
             if let Some(n) = self.reap(&consumer.queue, &name, Some(lapsed_before)).await? {
                 tracing::warn!(queue = %consumer.queue, consumer = %name, requeued = n,

@@ -16,6 +16,17 @@
 //! - the **heartbeat** keeps this consumer alive, reaps dead ones, and runs
 //!   the dead-letter sweep.
 //!
+//! A consumer that stalls (a frozen process, a VM paused) for longer than
+//! the heartbeat timeout is declared dead by the others, and what it held
+//! goes back to `pending` for someone else. When it wakes it must not
+//! finish that work too: its [`Liveness`] notices (its next heartbeat finds
+//! it unregistered; the settler asks before pushing outputs whenever the
+//! last beat is older than half the timeout), handlers still running are
+//! abandoned, and everything leased before is settled as `Requeue` with its
+//! outputs dropped — a no-op for a lease that was put back, and back to
+//! `pending` for one that was not. Effects a handler had already made
+//! before it was abandoned stay made; handlers are idempotent.
+//!
 //! On shutdown the fetcher stops, workers finish what they started within
 //! the grace period, and whatever is still leased goes back to the head of
 //! `pending` with its attempt count unchanged.
@@ -204,22 +215,113 @@ pub struct Runner {
 }
 
 /// What a worker hands the settler at once: how its finished messages are
-/// to be settled, and everything they emitted, by queue.
+/// to be settled, and everything they emitted, by queue; all leased in one
+/// [`Liveness`] epoch.
 struct Chunk {
+    epoch: u64,
     settled: Vec<(Lease, Settlement)>,
     outputs: ByQueue,
 }
 
 impl Chunk {
-    fn new() -> Self {
-        Chunk { settled: Vec::with_capacity(CHUNK), outputs: Vec::new() }
+    fn new(epoch: u64) -> Self {
+        Chunk { epoch, settled: Vec::with_capacity(CHUNK), outputs: Vec::new() }
     }
 }
 
-/// Leased messages waiting for a worker.
+/// Whether this consumer may still be holding what it leased. The epoch
+/// counts the times it found itself declared dead; a lease belongs to the
+/// epoch it was fetched in, and one of an earlier epoch is only ever
+/// requeued (see the module's documentation).
+struct Liveness {
+    epoch: AtomicU64,
+    /// One per worker (uncontended), fired when the epoch moves on: running
+    /// handlers of the old one stop.
+    watchers: Mutex<Vec<Arc<Notify>>>,
+    /// When a heartbeat last went through, ms after `since`.
+    last_beat_ms: AtomicU64,
+    since: Instant,
+    /// Past this age of the last beat, the consumer may have been declared
+    /// dead: half the heartbeat timeout (others judge by their own clocks).
+    doubt_after: Duration,
+    /// One beat or fetch at a time, and what a beat found taken in before
+    /// the next: of two at once only the first could find the consumer
+    /// unregistered (a fetch registers it too, and tells the next beat).
+    beating: tokio::sync::Mutex<()>,
+}
+
+impl Liveness {
+    fn new(heartbeat_timeout: Duration) -> Self {
+        Liveness {
+            epoch: AtomicU64::new(0),
+            watchers: Mutex::new(Vec::new()),
+            last_beat_ms: AtomicU64::new(0),
+            since: Instant::now(),
+            doubt_after: heartbeat_timeout / 2,
+            beating: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// A worker's own notice that the epoch moved on.
+    fn watch(&self) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        self.watchers.lock().unwrap_or_else(|p| p.into_inner()).push(notify.clone());
+        notify
+    }
+
+    /// A heartbeat sent at `at` went through.
+    fn beat(&self, at: Instant) {
+        let ms = at.saturating_duration_since(self.since).as_millis() as u64;
+        self.last_beat_ms.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    /// Whether the last beat is old enough that this consumer may have been
+    /// declared dead meanwhile.
+    fn in_doubt(&self) -> bool {
+        let last = self.since + Duration::from_millis(self.last_beat_ms.load(Ordering::Acquire));
+        last.elapsed() >= self.doubt_after
+    }
+
+    /// Beats (judging others with `reap_after_ms`) and takes in what the
+    /// beat found.
+    async fn beat_now(
+        &self,
+        backend: &dyn Backend,
+        consumer: &ConsumerId,
+        reap_after_ms: Option<u64>,
+    ) -> Result<crate::backend::HeartbeatReport, BusError> {
+        let _one = self.beating.lock().await;
+        let at = Instant::now();
+        let report = backend.heartbeat(consumer, reap_after_ms).await?;
+        self.heard(&report, &consumer.queue, at);
+        Ok(report)
+    }
+
+    /// What a heartbeat found: when this consumer had been declared dead,
+    /// everything leased so far belongs to an epoch that is over.
+    fn heard(&self, report: &crate::backend::HeartbeatReport, queue: &str, beat_at: Instant) {
+        self.beat(beat_at);
+        if report.lapsed {
+            let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+            for watcher in self.watchers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                watcher.notify_waiters();
+            }
+            tracing::warn!(%queue, epoch,
+                "this consumer was declared dead (no heartbeat for the timeout: the process stalled?); what it held \
+                 went back to pending for another consumer, so its running handlers are abandoned and their results \
+                 dropped");
+        }
+    }
+}
+
+/// Leased messages waiting for a worker, each with its [`Liveness`] epoch.
 #[derive(Default)]
 struct WorkQueue {
-    items: Mutex<VecDeque<Delivery>>,
+    items: Mutex<VecDeque<(u64, Delivery)>>,
     ready: Notify,
     /// The fetcher has stopped: no more items will come.
     closed: AtomicBool,
@@ -229,7 +331,7 @@ struct WorkQueue {
 }
 
 impl WorkQueue {
-    fn pop(&self) -> Option<Delivery> {
+    fn pop(&self) -> Option<(u64, Delivery)> {
         self.items.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
     }
 
@@ -237,8 +339,8 @@ impl WorkQueue {
         self.items.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
     }
 
-    fn extend(&self, deliveries: Vec<Delivery>, wake: usize) {
-        self.items.lock().unwrap_or_else(|p| p.into_inner()).extend(deliveries);
+    fn extend(&self, epoch: u64, deliveries: Vec<Delivery>, wake: usize) {
+        self.items.lock().unwrap_or_else(|p| p.into_inner()).extend(deliveries.into_iter().map(|d| (epoch, d)));
         for _ in 0..wake {
             self.ready.notify_one();
         }
@@ -294,6 +396,8 @@ impl Runner {
         let q = &self.options.queue;
         let slots = Arc::new(Semaphore::new(q.concurrency + q.batch_size));
         let work = Arc::new(WorkQueue::default());
+        let liveness = Arc::new(Liveness::new(self.options.heartbeat_timeout));
+        liveness.beat(Instant::now()); // registered just now
         let (done_tx, done_rx) = mpsc::channel::<Chunk>(q.concurrency * 2);
         // Fires after the grace period: whatever is still running is abandoned.
         let hard_stop = Shutdown::new();
@@ -312,13 +416,20 @@ impl Runner {
                 q.clone(),
                 self.options.alert_queue.clone(),
                 work.clone(),
+                liveness.clone(),
                 done_tx.clone(),
                 self.stats.clone(),
             ));
         }
         drop(done_tx);
-        let settler =
-            tokio::spawn(settler(self.backend.clone(), consumer.clone(), done_rx, slots.clone(), hard_stop.clone()));
+        let settler = tokio::spawn(settler(
+            self.backend.clone(),
+            consumer.clone(),
+            done_rx,
+            slots.clone(),
+            liveness.clone(),
+            hard_stop.clone(),
+        ));
         let heartbeat_stop = Shutdown::new();
         let every = (self.options.heartbeat_timeout / 3).max(Duration::from_millis(100));
         let reporter = Reporter {
@@ -334,10 +445,11 @@ impl Runner {
             consumer.clone(),
             self.options.clone(),
             reporter.clone(),
+            liveness.clone(),
             heartbeat_stop.clone(),
         ));
 
-        fetcher(&*self.backend, &consumer, &self.options, slots, &work, &shutdown).await;
+        fetcher(&*self.backend, &consumer, &self.options, slots, &work, &liveness, &shutdown).await;
         work.stop();
         work.close();
         stop_watch.abort();
@@ -399,6 +511,7 @@ async fn fetcher(
     options: &RunnerOptions,
     slots: Arc<Semaphore>,
     work: &WorkQueue,
+    liveness: &Liveness,
     shutdown: &Shutdown,
 ) {
     let batch = options.queue.batch_size;
@@ -415,8 +528,17 @@ async fn fetcher(
             permit.merge(more);
         }
         seq += 1;
+        // Read before the fetch: leases that arrive after this consumer
+        // was found declared dead may predate that, and are requeued.
+        let epoch = liveness.epoch();
         let deliveries = loop {
-            match backend.fetch(consumer, seq, permit.num_permits()).await {
+            // Not while a heartbeat is out: a fetch registers the consumer
+            // too, and reports to the next beat whether it had lapsed.
+            let fetched = {
+                let _one = liveness.beating.lock().await;
+                backend.fetch(consumer, seq, permit.num_permits()).await
+            };
+            match fetched {
                 Ok(deliveries) => {
                     errors.reset();
                     break deliveries;
@@ -448,7 +570,7 @@ async fn fetcher(
         }
         drop(permit);
         let wake = deliveries.len().min(options.queue.concurrency);
-        work.extend(deliveries, wake);
+        work.extend(epoch, deliveries, wake);
     }
 }
 
@@ -457,10 +579,12 @@ async fn worker(
     queue: QueueSettings,
     alert_queue: Option<String>,
     work: Arc<WorkQueue>,
+    liveness: Arc<Liveness>,
     done: mpsc::Sender<Chunk>,
     stats: Arc<RunnerStats>,
 ) {
-    let mut chunk = Chunk::new();
+    let mut chunk = Chunk::new(liveness.epoch());
+    let lapses = liveness.watch();
     let mut outbox = Outbox::default();
     let mut tally = Tally::default();
     // One clock read per message, for its latency and as the next one's
@@ -472,24 +596,67 @@ async fn worker(
         // After shutdown, messages not yet started stay leased and go back
         // to the head when the runner deregisters.
         let next = if work.stopping() { None } else { work.pop() };
-        if let Some(delivery) = next {
+        if let Some((epoch, delivery)) = next {
+            // A chunk holds one epoch's results.
+            if epoch != chunk.epoch && !chunk.settled.is_empty() {
+                tally.flush(&stats);
+                if done.send(std::mem::replace(&mut chunk, Chunk::new(epoch))).await.is_err() {
+                    return;
+                }
+            }
+            chunk.epoch = epoch;
             if chunk.settled.is_empty() {
                 since = clock;
             }
-            let ended =
-                handle(&*plugin, &queue, alert_queue.as_deref(), delivery, &mut outbox, &mut chunk, &mut tally, clock)
-                    .await;
+            let Delivery { lease, envelope } = delivery;
+            // Created before the epoch is read: a lapse in between is seen.
+            let lapsed = lapses.notified();
+            let ended = if epoch == liveness.epoch() {
+                let handled = handle(
+                    &*plugin,
+                    &queue,
+                    alert_queue.as_deref(),
+                    &envelope,
+                    &mut outbox,
+                    &mut chunk.outputs,
+                    &mut tally,
+                    clock,
+                );
+                // The handler first: most finish on their first poll, and
+                // the notice then costs nothing (it registers only when
+                // polled). One that ends as the notice comes is kept; the
+                // settler drops its outputs.
+                tokio::select! {
+                    biased;
+                    (settlement, ended) = handled => {
+                        chunk.settled.push((lease, settlement));
+                        ended
+                    }
+                    () = lapsed => {
+                        // Leased before this consumer was declared dead:
+                        // someone else has it now.
+                        outbox.clear();
+                        abandon(&mut chunk, lease, &envelope);
+                        quanta::Instant::now()
+                    }
+                }
+            } else {
+                abandon(&mut chunk, lease, &envelope);
+                clock
+            };
             clock = ended;
             if chunk.settled.len() >= CHUNK || ended.duration_since(since) >= FLUSH_EVERY {
                 tally.flush(&stats);
-                if done.send(std::mem::replace(&mut chunk, Chunk::new())).await.is_err() {
+                if done.send(std::mem::replace(&mut chunk, Chunk::new(liveness.epoch()))).await.is_err() {
                     return;
                 }
             }
             continue;
         }
         tally.flush(&stats);
-        if !chunk.settled.is_empty() && done.send(std::mem::replace(&mut chunk, Chunk::new())).await.is_err() {
+        if !chunk.settled.is_empty()
+            && done.send(std::mem::replace(&mut chunk, Chunk::new(liveness.epoch()))).await.is_err()
+        {
             return;
         }
         // Register for a wake-up before looking again, so an item pushed or
@@ -508,21 +675,30 @@ async fn worker(
     }
 }
 
-/// Runs the handler on one message (starting at `started`), and adds its
-/// settlement and what it emitted to `chunk`; returns when it ended, so the
-/// caller needs no clock read of its own. `outbox` is the worker's, empty.
+/// A message leased before this consumer was declared dead: not handled
+/// (any more); settled as `Requeue`, which does nothing when its lease was
+/// put back, as it normally was.
+fn abandon(chunk: &mut Chunk, lease: Lease, envelope: &Envelope) {
+    tracing::warn!(id = %envelope.id, trace_id = %envelope.trace_id,
+        "abandoned: leased before this consumer was declared dead; another consumer handles it");
+    chunk.settled.push((lease, Settlement::Requeue));
+}
+
+/// Runs the handler on one message (starting at `started`), adds what it
+/// emitted to `outputs`, and returns how to settle it and when it ended, so
+/// the caller needs no clock read of its own. `outbox` is the worker's,
+/// empty.
 #[allow(clippy::too_many_arguments)]
 async fn handle(
     plugin: &dyn Plugin,
     queue: &QueueSettings,
     alert_queue: Option<&str>,
-    delivery: Delivery,
+    envelope: &Arc<Envelope>,
     outbox: &mut Outbox,
-    chunk: &mut Chunk,
+    outputs: &mut ByQueue,
     tally: &mut Tally,
     started: quanta::Instant,
-) -> quanta::Instant {
-    let Delivery { lease, envelope } = delivery;
+) -> (Settlement, quanta::Instant) {
     let span = tracing::info_span!(
         "message",
         queue = plugin.input(),
@@ -532,7 +708,7 @@ async fn handle(
         attempt = envelope.attempts + 1,
     );
     outbox.retrace(&envelope.trace_id);
-    let result = AssertUnwindSafe(plugin.handle(&envelope, outbox))
+    let result = AssertUnwindSafe(plugin.handle(envelope, outbox))
         .catch_unwind()
         .instrument(span.clone())
         .await
@@ -551,7 +727,7 @@ async fn handle(
         Ok(()) => {
             tally.handled += 1;
             let emitted = outbox.len();
-            outbox.drain_into(&mut chunk.outputs);
+            outbox.drain_into(outputs);
             // One line per message per stage, inside the span (trace_id):
             // what lets one webhook be followed across dynos.
             tracing::info!(elapsed_ms = ended.duration_since(started).as_millis() as u64, outputs = emitted, "handled");
@@ -559,7 +735,7 @@ async fn handle(
         }
         Err(err) => {
             outbox.clear();
-            let settlement = failure(queue, Arc::unwrap_or_clone(envelope), err);
+            let settlement = failure(queue, Envelope::clone(envelope), err);
             match &settlement {
                 Settlement::Dead(letter) => {
                     tally.dead += 1;
@@ -573,7 +749,7 @@ async fn handle(
                                 last_words.emit(alerts, notice);
                             }
                         }
-                        last_words.drain_into(&mut chunk.outputs);
+                        last_words.drain_into(outputs);
                     }
                 }
                 _ => {
@@ -583,8 +759,7 @@ async fn handle(
             settlement
         }
     };
-    chunk.settled.push((lease, settlement));
-    ended
+    (settlement, ended)
 }
 
 /// Decides what a failed message becomes.
@@ -682,6 +857,7 @@ async fn settler(
     consumer: ConsumerId,
     mut done: mpsc::Receiver<Chunk>,
     slots: Arc<Semaphore>,
+    liveness: Arc<Liveness>,
     hard_stop: Shutdown,
 ) {
     let mut chunks = Vec::new();
@@ -690,6 +866,22 @@ async fn settler(
     // connection, a Redis restart) is not applied twice.
     let mut pushes: u64 = 0;
     while done.recv_many(&mut chunks, 64).await > 0 {
+        // Outputs go out only while this consumer still holds what made
+        // them: after a stall, ask before pushing.
+        if liveness.in_doubt() {
+            if let Err(err) = liveness.beat_now(&*backend, &consumer, None).await {
+                // Unknown: Redis is unreachable, so nobody is being judged
+                // (see `heartbeat`), and the push below waits for it.
+                tracing::debug!(queue = %consumer.queue, error = %err, "liveness check failed");
+            }
+        }
+        let epoch = liveness.epoch();
+        for chunk in chunks.iter_mut().filter(|chunk| chunk.epoch < epoch) {
+            chunk.outputs.clear();
+            for (_, settlement) in &mut chunk.settled {
+                *settlement = Settlement::Requeue;
+            }
+        }
         let n: usize = chunks.iter().map(|c| c.settled.len()).sum();
         // Each queue's outputs in one vector, sized up front: envelopes are
         // big enough that growing it as we go would copy them twice more.
@@ -763,6 +955,7 @@ async fn heartbeat(
     consumer: ConsumerId,
     options: RunnerOptions,
     reporter: Reporter,
+    liveness: Arc<Liveness>,
     stop: Shutdown,
 ) {
     let every = (options.heartbeat_timeout / 3).max(Duration::from_millis(100));
@@ -796,10 +989,13 @@ async fn heartbeat(
         }
         let judge = beating_since.is_some_and(|since| since.elapsed() >= options.heartbeat_timeout);
         let beat_at = Instant::now();
-        if let Err(err) = backend.heartbeat(&consumer, judge.then_some(timeout_ms)).await {
-            tracing::warn!(queue = %consumer.queue, error = %err, "heartbeat failed");
-            beating_since = None;
-            continue;
+        match liveness.beat_now(&*backend, &consumer, judge.then_some(timeout_ms)).await {
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(queue = %consumer.queue, error = %err, "heartbeat failed");
+                beating_since = None;
+                continue;
+            }
         }
         beating_since.get_or_insert(beat_at);
         if last_sweep.is_none_or(|at| at.elapsed() >= sweep_every) {

@@ -351,3 +351,81 @@ fn redis_restart_midflow_loses_nothing_through_two_stages() {
         assert_eq!(depths.pending + depths.in_flight + depths.delayed + depths.dead, 0, "{queue}: {depths:?}");
     }
 }
+
+fn pending_of(server: &RedisServer, queue: &str) -> usize {
+    server.client().llen(format!("hookbus:{{{queue}}}:pending")).expect("llen")
+}
+
+/// A consumer frozen (SIGSTOP: a paused VM, a stalled process) for longer
+/// than the heartbeat timeout is declared dead, and its message is handled
+/// by another; on waking (SIGCONT) it must not finish that message too.
+/// Returns when the handler began, with the server and both processes.
+fn stall_past_the_heartbeat_timeout(
+    handler_ms: u64,
+    woken_after: Duration,
+) -> (RedisServer, Worker, Worker, std::time::Instant) {
+    let server = RedisServer::start();
+    block_on(backend(&server).push("work", &[work(1, handler_ms)])).expect("push");
+    let timeout = [("HOOKBUS_BUS__HEARTBEAT_TIMEOUT_MS", "1000")];
+    let args = ["--input", "work", "--output", "next", "--record", "done", "--started", "started"];
+    let stalled = stage(&server, &args, &timeout);
+    assert!(eventually(Duration::from_secs(10), || recorded(&server, "started") == vec![1]), "never started");
+    let began = std::time::Instant::now();
+    signal(&stalled, "STOP");
+    let rescuer = stage(&server, &[&args[..], &["--max-sleep-ms", "0"]].concat(), &timeout);
+    assert!(
+        eventually(Duration::from_secs(15), || recorded(&server, "done") == vec![1]),
+        "the stalled consumer's message was not handed on"
+    );
+    assert_eq!(pending_of(&server, "next"), 1, "the rescuer's output");
+    std::thread::sleep(woken_after.saturating_sub(began.elapsed()));
+    signal(&stalled, "CONT");
+    (server, stalled, rescuer, began)
+}
+
+/// Both consumers take new work and stop cleanly; every message was
+/// handed on once.
+fn both_consume_and_stop(server: &RedisServer, mut stalled: Worker, mut rescuer: Worker) {
+    block_on(backend(server).push("work", &[work(2, 0), work(3, 0)])).expect("push");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let done = recorded(server, "done");
+            done.contains(&2) && done.contains(&3)
+        }),
+        "new work was not handled"
+    );
+    for worker in [&mut stalled, &mut rescuer] {
+        signal(worker, "TERM");
+        assert_eq!(wait_exit(worker, Duration::from_secs(10)).code(), Some(0));
+    }
+    assert_eq!(pending_of(server, "next"), 3, "one output per message");
+    assert_eq!(pending_of(server, "work"), 0);
+}
+
+#[test]
+fn a_consumer_woken_from_a_stall_abandons_the_handler_another_consumer_took_over() {
+    // Woken while its handler (8 s) still runs: the next heartbeat finds
+    // it declared dead, and the handler is abandoned before its effect.
+    let (server, stalled, rescuer, began) = stall_past_the_heartbeat_timeout(8_000, Duration::ZERO);
+    // Past the moment the handler would have ended.
+    std::thread::sleep(Duration::from_secs(9).saturating_sub(began.elapsed()));
+    assert_eq!(recorded(&server, "done"), vec![1], "the woken consumer did not finish it too");
+    assert_eq!(pending_of(&server, "next"), 1, "nor push its output");
+    both_consume_and_stop(&server, stalled, rescuer);
+}
+
+#[test]
+fn a_consumer_woken_after_its_handler_would_have_ended_does_not_push_its_output() {
+    // Woken after its handler's (1 s) end: the handler finishes at once,
+    // its effect made (handlers are idempotent), but the settler, its last
+    // heartbeat long past, asks first and drops the output.
+    let (server, stalled, rescuer, _) = stall_past_the_heartbeat_timeout(1_000, Duration::from_secs(4));
+    assert!(
+        eventually(Duration::from_secs(10), || recorded(&server, "done") == vec![1, 1]),
+        "the woken handler did not end"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(pending_of(&server, "next"), 1, "the woken consumer's output was not pushed");
+    assert_eq!(pending_of(&server, "work"), 0, "nor its message put back");
+    both_consume_and_stop(&server, stalled, rescuer);
+}
