@@ -98,9 +98,10 @@ pub struct HeartbeatReport {
     pub reaped_consumers: usize,
     /// Messages put back from them.
     pub requeued: usize,
-    /// This consumer was no longer registered when it beat: it had been
-    /// declared dead (its heartbeat lapsed while it stalled) and what it
-    /// held was put back on `pending`. It is registered again by this beat.
+    /// This consumer had been declared dead by another (its heartbeat
+    /// lapsed while it stalled) and what it held was put back on
+    /// `pending`. It is registered again by this beat. (Not set merely
+    /// because the consumer is unknown, as after Redis restarted empty.)
     pub lapsed: bool,
 }
 

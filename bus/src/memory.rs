@@ -354,6 +354,8 @@ impl Backend for MemoryBackend {
         let q = self.queue(&consumer.queue);
         let mut state = lock(&q.state);
         let now = now_ms();
+        // Nothing here is lost to a restart: a registered consumer that is
+        // unknown now was declared dead.
         let lapsed = !state.consumers.contains_key(&consumer.name);
         state.consumers.entry(consumer.name.clone()).or_default().last_seen_ms = now;
         let Some(timeout_ms) = reap_after_ms else {

@@ -60,6 +60,11 @@ impl QueueKeys {
     pub fn consumers(&self) -> String {
         format!("{}:consumers", self.base)
     }
+    /// Left by whoever declared `consumer` dead (its heartbeat lapsed), for
+    /// it to find if it wakes: a string, the lapse's cut-off (ms), for a day.
+    pub fn reaped(&self, consumer: &str) -> String {
+        format!("{}:reaped:{consumer}", self.base)
+    }
     /// The consumer's open fetches: a hash, fetch number -> leases in it
     /// not settled yet.
     pub fn fetches(&self, consumer: &str) -> String {
@@ -167,8 +172,8 @@ struct Fetched {
     /// message it may take, and most of those would come back empty if it
     /// always sent as many as it has room for. None before the first.
     expect: Option<usize>,
-    /// A fetch found the consumer unregistered (declared dead by another)
-    /// and registered it again; the next heartbeat reports it.
+    /// A fetch took the note another consumer left when it declared this
+    /// one dead (`reaped:<consumer>`); the next heartbeat reports it.
     lapsed: bool,
 }
 
@@ -348,8 +353,8 @@ impl RedisBackend {
         let mut tx = redis::pipe();
         tx.atomic();
         // Registered (again, when another consumer declared this one dead:
-        // its heartbeat must still hear of that).
-        tx.zscore(keys.consumers(), &consumer.name);
+        // the note it left is taken here, and the next heartbeat told).
+        tx.del(keys.reaped(&consumer.name));
         tx.zadd(keys.consumers(), &consumer.name, now_ms()).ignore();
         tx.hset_nx(keys.fetches(&consumer.name), fetch, 0).ignore();
         tx.cmd("EVAL")
@@ -382,7 +387,7 @@ impl RedisBackend {
         if replies.is_empty() {
             return Err(bad("no registration"));
         }
-        if matches!(replies.remove(0), redis::Value::Nil) {
+        if matches!(replies.remove(0), redis::Value::Int(1)) {
             self.fetched
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -441,6 +446,7 @@ impl RedisBackend {
             for &fetch in &fetches {
                 call.key(keys.in_flight(name, fetch)).key(keys.settled(name, fetch)).arg(fetch);
             }
+            call.key(keys.reaped(name));
             let n: i64 = timed(call.invoke_async(&mut conn)).await?;
             match n {
                 -1 => return Ok(None),
@@ -724,23 +730,21 @@ impl Backend for RedisBackend {
         // The time is read once a connection is at hand: waiting for one
         // must not make the beat look older than it is.
         let now = now_ms();
-        // Registered, unless another consumer declared this one dead.
+        // Another consumer that declared this one dead left a note.
         let mut beat = redis::pipe();
-        beat.zscore(keys.consumers(), &consumer.name).zadd(keys.consumers(), &consumer.name, now).ignore();
+        beat.del(keys.reaped(&consumer.name)).zadd(keys.consumers(), &consumer.name, now).ignore();
         let Some(timeout_ms) = reap_after_ms else {
-            let (seen,): (Option<f64>,) = timed(beat.query_async(&mut conn)).await?;
-            let lapsed = seen.is_none() || self.fetch_found_lapsed(consumer);
+            let (noted,): (i64,) = timed(beat.query_async(&mut conn)).await?;
+            let lapsed = noted == 1 || self.fetch_found_lapsed(consumer);
             return Ok(HeartbeatReport { lapsed, ..HeartbeatReport::default() });
         };
         let lapsed_before = now - timeout_ms as i64;
-        let (seen, lapsed): (Option<f64>, Vec<String>) =
+        let (noted, lapsed): (i64, Vec<String>) =
             timed(beat.zrangebyscore(keys.consumers(), "-inf", format!("({lapsed_before}")).query_async(&mut conn))
                 .await?;
         drop(conn);
-        let mut report = HeartbeatReport {
-            lapsed: seen.is_none() || self.fetch_found_lapsed(consumer),
-            ..HeartbeatReport::default()
-        };
+        let mut report =
+            HeartbeatReport { lapsed: noted == 1 || self.fetch_found_lapsed(consumer), ..HeartbeatReport::default() };
         for name in lapsed {
             if let Some(n) = self.reap(&consumer.queue, &name, Some(lapsed_before)).await? {
                 tracing::warn!(queue = %consumer.queue, consumer = %name, requeued = n,

@@ -20,7 +20,7 @@
 //! the heartbeat timeout is declared dead by the others, and what it held
 //! goes back to `pending` for someone else. When it wakes it must not
 //! finish that work too: its [`Liveness`] notices (its next heartbeat finds
-//! it unregistered; the settler asks before pushing outputs whenever the
+//! the note the reaper left; the settler asks before pushing outputs whenever the
 //! last beat is older than half the timeout), handlers still running are
 //! abandoned, and everything leased before is settled as `Requeue` with its
 //! outputs dropped — a no-op for a lease that was put back, and back to
@@ -245,8 +245,8 @@ struct Liveness {
     /// dead: half the heartbeat timeout (others judge by their own clocks).
     doubt_after: Duration,
     /// One beat or fetch at a time, and what a beat found taken in before
-    /// the next: of two at once only the first could find the consumer
-    /// unregistered (a fetch registers it too, and tells the next beat).
+    /// the next: of two at once only the first could take the reaper's
+    /// note (a fetch takes it too, and tells the next beat).
     beating: tokio::sync::Mutex<()>,
 }
 
@@ -708,18 +708,17 @@ async fn handle(
         attempt = envelope.attempts + 1,
     );
     outbox.retrace(&envelope.trace_id);
-    let result = AssertUnwindSafe(plugin.handle(envelope, outbox))
-        .catch_unwind()
-        .instrument(span.clone())
-        .await
-        .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(HandlerError::Transient(format!("handler panicked: {what}")))
-        });
+    let result =
+        AssertUnwindSafe(plugin.handle(envelope, outbox)).catch_unwind().instrument(span.clone()).await.unwrap_or_else(
+            |panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(HandlerError::Transient(format!("handler panicked: {what}")))
+            },
+        );
     let ended = quanta::Instant::now();
     tally.record_latency(ended.duration_since(started).as_micros() as u64);
     let _entered = span.enter();

@@ -429,3 +429,23 @@ fn a_consumer_woken_after_its_handler_would_have_ended_does_not_push_its_output(
     assert_eq!(pending_of(&server, "work"), 0, "nor its message put back");
     both_consume_and_stop(&server, stalled, rescuer);
 }
+
+#[test]
+fn a_redis_restarted_empty_is_not_taken_for_this_consumer_being_declared_dead() {
+    // Without AOF a restart loses everything, this consumer's registration
+    // and lease too; nobody declared it dead, so the handler that was
+    // running (it touches no Redis) ends as usual and its output, by then
+    // the only trace of the message, is pushed.
+    let mut server = RedisServer::start();
+    block_on(backend(&server).push("work", &[work(1, 3_000)])).expect("push");
+    let timeout = [("HOOKBUS_BUS__HEARTBEAT_TIMEOUT_MS", "1000")];
+    let mut worker = stage(&server, &["--input", "work", "--output", "next"], &timeout);
+    assert!(eventually(Duration::from_secs(10), || in_flight(&server, "work") == 1), "never leased");
+    server.restart();
+    assert!(
+        eventually(Duration::from_secs(15), || pending_of(&server, "next") == 1),
+        "the running handler's output was dropped"
+    );
+    signal(&worker, "TERM");
+    assert_eq!(wait_exit(&mut worker, Duration::from_secs(10)).code(), Some(0));
+}

@@ -11,6 +11,11 @@
 -- KEYS[3+2j..4+2j], for declared fetch j (from 1):
 --          <prefix>:{<q>}:inflight:<consumer>:<fetch j>
 --          <prefix>:{<q>}:settled:<consumer>:<fetch j>
+-- KEYS[last] <prefix>:{<q>}:reaped:<consumer>   string: set when the
+--          heartbeat lapsed, so that the consumer, if it was only stalled,
+--          learns on waking that what it held was handed on (and an empty
+--          Redis after a restart, which has no such note, is not taken for
+--          that)
 -- ARGV[1]  consumer name
 -- ARGV[2]  lapsed-before ms: only act if the heartbeat is older ('' = always)
 -- ARGV[3..] the declared fetch numbers, the caller's read of `fetches`
@@ -75,4 +80,7 @@ end
 
 redis.call('DEL', KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' then
+  redis.call('SET', KEYS[#KEYS], ARGV[2], 'PX', 86400000)
+end
 return put_back
