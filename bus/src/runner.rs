@@ -894,6 +894,7 @@ async fn settler(
         let sizes: Vec<usize> = sizes.into_iter().map(|(_, size)| size).collect();
         let mut outputs: ByQueue = Vec::with_capacity(sizes.len());
         let mut settlements = Vec::with_capacity(n);
+        let batch_epoch = chunks.iter().map(|chunk| chunk.epoch).min().unwrap_or(epoch);
         for chunk in chunks.drain(..) {
             settlements.extend(chunk.settled);
             for (queue, mut list) in chunk.outputs {
@@ -908,7 +909,7 @@ async fn settler(
                 }
             }
         }
-        for (queue, envelopes) in &mut outputs {
+        'pushing: for (queue, envelopes) in &mut outputs {
             // A failed push leaves the vector whole for the next try.
             let mut backoff = Backoff::new();
             pushes += 1;
@@ -918,6 +919,18 @@ async fn settler(
                 tokio::select! {
                     _ = hard_stop.cancelled() => return, // left leased: redelivered after restart
                     _ = tokio::time::sleep(backoff.next()) => {}
+                }
+                // Cut off from Redis for long (this process alone, say),
+                // this consumer may have been declared dead meanwhile.
+                if liveness.in_doubt() {
+                    let _ = liveness.beat_now(&*backend, &consumer, None).await;
+                }
+                if liveness.epoch() > batch_epoch {
+                    tracing::warn!(%queue, "outputs not pushed: this consumer was declared dead while it retried");
+                    for (_, settlement) in &mut settlements {
+                        *settlement = Settlement::Requeue;
+                    }
+                    break 'pushing;
                 }
             }
         }

@@ -449,3 +449,93 @@ fn a_redis_restarted_empty_is_not_taken_for_this_consumer_being_declared_dead() 
     signal(&worker, "TERM");
     assert_eq!(wait_exit(&mut worker, Duration::from_secs(10)).code(), Some(0));
 }
+
+/// A TCP relay to Redis that can be cut: a network partition of the
+/// processes that connect through it, and of nobody else.
+struct Relay {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn start(to: u16) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        let port = listener.local_addr().expect("relay address").port();
+        let (cut, open) = (Arc::new(std::sync::atomic::AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
+        let (refusing, streams) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if refusing.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else { continue };
+                let pair = (client.try_clone(), server.try_clone(), client.try_clone(), server.try_clone());
+                let (Ok(c1), Ok(s1), Ok(c2), Ok(s2)) = pair else { continue };
+                streams.lock().expect("lock").extend([c2, s2]);
+                relay_one_way(client, server);
+                relay_one_way(s1, c1);
+            }
+        });
+        Relay { port, cut, open }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Drops every connection through it and refuses new ones.
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for stream in self.open.lock().expect("lock").drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn mend(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn relay_one_way(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+#[test]
+fn a_consumer_cut_off_from_redis_past_its_timeout_does_not_push_what_was_handed_on() {
+    // Cut off alone (its own network), the consumer is declared dead and
+    // its message handled by another; its handler (touching no Redis) has
+    // ended just after the cut, and the settler keeps trying to push. Once
+    // the network is back, the settler finds the note before its next try
+    // and pushes nothing.
+    let server = RedisServer::start();
+    let relay = Relay::start(server.port());
+    block_on(backend(&server).push("work", &[work(1, 300)])).expect("push");
+    let timeout = ("HOOKBUS_BUS__HEARTBEAT_TIMEOUT_MS", "1000");
+    let through_relay = relay.url();
+    let args = ["--input", "work", "--output", "next"];
+    let cut_off = stage(&server, &args, &[timeout, ("REDIS_URL", through_relay.as_str())]);
+    assert!(eventually(Duration::from_secs(10), || in_flight(&server, "work") == 1), "never leased");
+    relay.cut();
+    let other = stage(&server, &[&args[..], &["--max-sleep-ms", "0"]].concat(), &[timeout]);
+    assert!(eventually(Duration::from_secs(15), || pending_of(&server, "next") == 1), "not handed on");
+    relay.mend();
+    let both = || block_on(backend(&server).depths("work")).is_ok_and(|d| d.consumers == 2);
+    assert!(eventually(Duration::from_secs(15), both), "the cut-off consumer did not come back");
+    // Its settler retries pushes with a backoff of at most 5 s.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(pending_of(&server, "next"), 1, "the cut-off consumer pushed its output too");
+    assert_eq!(pending_of(&server, "work"), 0);
+    // Both go on consuming, and stop cleanly.
+    block_on(backend(&server).push("work", &[work(2, 0), work(3, 0)])).expect("push");
+    assert!(eventually(Duration::from_secs(10), || pending_of(&server, "next") == 3), "new work was not handled");
+    for mut worker in [cut_off, other] {
+        signal(&worker, "TERM");
+        assert_eq!(wait_exit(&mut worker, Duration::from_secs(10)).code(), Some(0));
+    }
+    assert_eq!((pending_of(&server, "next"), pending_of(&server, "work")), (3, 0), "one output per message");
+}
