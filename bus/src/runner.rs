@@ -869,8 +869,8 @@ async fn settler(
         // them: after a stall, ask before pushing.
         if liveness.in_doubt() {
             if let Err(err) = liveness.beat_now(&*backend, &consumer, None).await {
-                // Unknown: Redis is unreachable, so nobody is being judged
-                // (see `heartbeat`), and the push below waits for it.
+                // Unknown (Redis unreachable from here): the push below
+                // fails too, and asks again before each retry.
                 tracing::debug!(queue = %consumer.queue, error = %err, "liveness check failed");
             }
         }
