@@ -461,7 +461,9 @@ impl Redeliverer {
                 .await
                 .map_err(|e| RedeliverError::Github { what: what.clone(), reason: e.to_string() })?;
             if !status.is_success() {
-                self.refused(hook, status.as_u16()).await;
+                if status.as_u16() == 401 {
+                    self.forget_installation(hook).await;
+                }
                 let reason = format!("{} {}", status.as_u16(), hookbus_github::error_message(&text));
                 return Err(RedeliverError::Github { what, reason });
             }
@@ -509,14 +511,14 @@ impl Redeliverer {
     /// token could be minted, so the installation is looked up again (or
     /// its client made anew) before the next one.
     async fn not_sent(&self, hook: &str, what: String, err: octocrab::Error) -> RedeliverError {
-        self.refused(hook, 401).await;
+        self.forget_installation(hook).await;
         RedeliverError::Github { what, reason: err.to_string() }
     }
 
-    /// After GitHub answered `status` about `hook`: a refused installation
-    /// token (401) is not used again (`Github::forget_installation`).
-    async fn refused(&self, hook: &str, status: u16) {
-        if let (401, Some(api), false) = (status, &self.api, hook == APP_HOOK) {
+    /// After GitHub refused the installation token a request about `hook`
+    /// went with: it is not used again (`Github::forget_installation`).
+    async fn forget_installation(&self, hook: &str) {
+        if let (Some(api), false) = (&self.api, hook == APP_HOOK) {
             api.forget_installation(&format!("/{hook}/deliveries")).await;
         }
     }
@@ -533,7 +535,9 @@ impl Redeliverer {
         if status.is_success() {
             return Ok(());
         }
-        self.refused(hook, status.as_u16()).await;
+        if status.as_u16() == 401 {
+            self.forget_installation(hook).await;
+        }
         let text = client.body_to_string(response).await.unwrap_or_default();
         Err(RedeliverError::Github {
             what,

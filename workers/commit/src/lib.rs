@@ -186,10 +186,7 @@ impl CommitPlugin {
     ) -> Result<T, CommitError> {
         let workdir = Arc::clone(workdir);
         let password = match remote {
-            Some(login) => match login.current_password().await {
-                Ok(password) => password,
-                Err(err) => return Err(login.after_failure(err).await),
-            },
+            Some(login) => login.current_password().await?,
             None => None,
         };
         let outcome = tokio::task::spawn_blocking(move || {

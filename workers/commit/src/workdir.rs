@@ -101,26 +101,31 @@ impl RemoteLogin {
     /// installation's); `None` keeps the one the workdir has.
     pub async fn current_password(&self) -> Result<Option<String>, CommitError> {
         match self {
-            RemoteLogin::Installation { github, repository } => {
-                let password = github.git_password(repository).await.map_err(|err| CommitError::Batch {
-                    permanent: err.is_permanent(),
-                    reason: format!("{NO_TOKEN}: {err}"),
-                })?;
-                Ok(Some(password))
-            }
+            RemoteLogin::Installation { github, repository } => match github.git_password(repository).await {
+                Ok(password) => Ok(Some(password)),
+                Err(err) => {
+                    // The installation may be gone (the App installed
+                    // again): the next try looks it up afresh.
+                    let forgotten = github.forget_installation(&format!("/repos/{repository}")).await;
+                    let mut reason = format!("cannot get a token for the App's installation: {err}");
+                    if forgotten {
+                        reason.push_str("; the next try starts with a new token for the App's installation");
+                    }
+                    Err(CommitError::Batch { permanent: err.is_permanent() && !forgotten, reason })
+                }
+            },
             _ => Ok(None),
         }
     }
 
     /// `err` as the caller should see it: when the remote refused an App
-    /// installation's token (or none could be minted), that installation
-    /// is forgotten (`Github::forget_installation`: the App may have been
-    /// installed again, and the old installation's tokens stop working) and
-    /// the failure is one to try again, with the token minted then.
+    /// installation's token, that installation is forgotten
+    /// (`Github::forget_installation`: the App may have been installed
+    /// again, and the old installation's tokens stop working) and the
+    /// failure is one to try again, with the token minted then.
     pub async fn after_failure(&self, err: CommitError) -> CommitError {
         let RemoteLogin::Installation { github, repository } = self else { return err };
-        let refused = matches!(err, CommitError::AuthRefused { .. })
-            || matches!(&err, CommitError::Batch { reason, .. } if reason.starts_with(NO_TOKEN));
+        let refused = matches!(err, CommitError::AuthRefused { .. });
         if refused && github.forget_installation(&format!("/repos/{repository}")).await {
             return CommitError::Batch {
                 permanent: false,
@@ -138,9 +143,6 @@ impl RemoteLogin {
         }
     }
 }
-
-/// How a failure to get the installation's token for git begins.
-const NO_TOKEN: &str = "cannot get a token for the App's installation";
 
 /// `owner/repo` of an `https://<host>/<owner>/<repo>[.git]` remote (its last
 /// two path segments).
