@@ -275,15 +275,20 @@ async fn sweep_until_quiet(redeliverer: &Redeliverer, redis: &RedisServer, limit
     reports
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_more_failures_than_a_sweep_reads_the_next_sweeps_read_on_until_each_was_asked_for_once() {
-    // 30 failed deliveries, two to a page: 15 pages, more than one sweep's
-    // MAX_PAGES (the gateway was down while GitHub kept failing).
-    let redis = RedisServer::start();
+/// 30 failed deliveries, two to a page: 15 pages, more than one sweep's
+/// MAX_PAGES (the gateway was down while GitHub kept failing).
+async fn after_an_outage(redis: &RedisServer) -> (Arc<Fake>, Redeliverer) {
     let failed: Vec<Value> = (1..=30u64).rev().map(|id| attempt(id, &format!("down-{id}"), 503, 60)).collect();
     let (fake, api) = fake_github(failed).await;
     let redeliverer =
-        Redeliverer::from_settings(&settings(&redis, &api, Duration::from_secs(60))).expect("set up").expect("hooks");
+        Redeliverer::from_settings(&settings(redis, &api, Duration::from_secs(60))).expect("set up").expect("hooks");
+    (fake, redeliverer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_more_failures_than_a_sweep_reads_the_next_sweeps_read_on_until_each_was_asked_for_once() {
+    let redis = RedisServer::start();
+    let (fake, redeliverer) = after_an_outage(&redis).await;
 
     let reports = sweep_until_quiet(&redeliverer, &redis, 6).await;
     assert!(reports.len() >= 3, "read on over more than one sweep: {reports:?}");
@@ -319,10 +324,7 @@ async fn a_delivery_whose_redeliveries_keep_failing_is_asked_for_until_it_has_ha
 async fn an_operator_can_read_deeper_than_a_sweep_in_one_run() {
     // `hookbus redeliver --pages 15` after the outage above: all 30 at once.
     let redis = RedisServer::start();
-    let failed: Vec<Value> = (1..=30u64).rev().map(|id| attempt(id, &format!("down-{id}"), 503, 60)).collect();
-    let (fake, api) = fake_github(failed).await;
-    let redeliverer =
-        Redeliverer::from_settings(&settings(&redis, &api, Duration::from_secs(60))).expect("set up").expect("hooks");
+    let (fake, redeliverer) = after_an_outage(&redis).await;
     let looked = redeliverer.sweep_now(true, 15).await;
     assert_eq!(looked.redelivered.len(), 30, "{looked:?}");
     assert!(fake.asked.lock().expect("lock").is_empty(), "a dry run asks nothing");
