@@ -15,7 +15,7 @@
 //! - [`LocalIntake`]: marks in process memory, messages through any
 //!   [`Backend`] (`hookbus dev` over the in-memory bus).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,8 @@ use async_trait::async_trait;
 use hookbus_bus::redis::{QueueKeys, RedisConnection, RedisTarget};
 use hookbus_bus::{Backend, BusError, Envelope};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::wire::{self, Endpoint, Reply, Wire};
 
 /// The queue the gateway feeds.
 pub const QUEUE: &str = "normalise";
@@ -56,6 +58,10 @@ pub enum IntakeError {
     Timeout(Duration),
     #[error("unexpected reply from the intake transaction: {0}")]
     Protocol(String),
+    #[error("redis connection: {0}")]
+    Connection(String),
+    #[error("redis refused the intake transaction: {0}")]
+    Refused(String),
 }
 
 /// Enqueues on `normalise` once per [`Mark`].
@@ -102,6 +108,10 @@ const WAITING: usize = 4096;
 /// Marks and messages in Redis, written by one transaction per batch.
 pub struct RedisIntake {
     conn: RedisConnection,
+    /// One server: the transactions go over a connection of the writer's
+    /// own ([`crate::wire`]); a cluster: through `conn`.
+    endpoint: Option<Endpoint>,
+    timeout: Duration,
     keys: QueueKeys,
     prefix: String,
     retention_ms: u64,
@@ -146,8 +156,14 @@ impl RedisIntake {
         timeout: Duration,
     ) -> Result<Self, IntakeError> {
         let conn = RedisConnection::open(target, timeout)?;
+        let endpoint = match target.single_url() {
+            Some(url) => Some(Endpoint::parse(url).map_err(IntakeError::Connection)?),
+            None => None,
+        };
         Ok(RedisIntake {
             conn,
+            endpoint,
+            timeout,
             keys: QueueKeys::new(prefix, QUEUE),
             prefix: prefix.to_string(),
             retention_ms: u64::try_from(retention.as_millis()).unwrap_or(u64::MAX),
@@ -163,9 +179,18 @@ impl RedisIntake {
     fn writer(&self) -> &mpsc::Sender<Request> {
         self.writer.get_or_init(|| {
             let (sender, queue) = mpsc::channel(WAITING);
-            let writer =
-                Writer { conn: self.conn.clone(), pending: self.keys.pending(), retention_ms: self.retention_ms };
-            tokio::spawn(writer.run(queue));
+            let (pending, retention_ms) = (self.keys.pending(), self.retention_ms);
+            match &self.endpoint {
+                Some(endpoint) => {
+                    let writer =
+                        WireWriter { endpoint: endpoint.clone(), pending, retention_ms, timeout: self.timeout };
+                    tokio::spawn(writer.run(queue));
+                }
+                None => {
+                    let writer = Writer { conn: self.conn.clone(), pending, retention_ms };
+                    tokio::spawn(writer.run(queue));
+                }
+            }
             sender
         })
     }
@@ -195,20 +220,7 @@ impl Writer {
                     None => return,
                 },
             };
-            let mut bytes = first.size;
-            let mut batch = vec![first];
-            while batch.len() < BATCH_REQUESTS {
-                let Ok(request) = queue.try_recv() else { break };
-                if bytes + request.size > BATCH_BYTES {
-                    carried = Some(request);
-                    break;
-                }
-                bytes += request.size;
-                batch.push(request);
-            }
-            // A request whose caller gave up (timed out, answered 503) is not
-            // written: nothing stored for what was refused.
-            batch.retain(|request| !request.answer.is_closed());
+            let batch = cut(first, &mut carried, &mut queue);
             if batch.is_empty() {
                 continue;
             }
@@ -248,28 +260,279 @@ impl Writer {
         let mut conn = self.conn.clone();
         let reply: Result<(Vec<(usize, String)>,), redis::RedisError> = transaction.query_async(&mut conn).await;
         match reply {
-            Ok((duplicates,)) => match seen_by_position(duplicates, batch.len()) {
-                Ok(seen) => {
-                    for (request, holder) in batch.into_iter().zip(seen) {
-                        let admission = match holder {
-                            None => Admission::Queued,
-                            Some(message_id) => Admission::Seen { message_id },
-                        };
-                        let _ = request.answer.send(Ok(admission));
+            Ok((duplicates,)) => answer_batch(batch, duplicates),
+            Err(err) => answer_all(batch, || Err(IntakeError::Redis(err.clone()))),
+        }
+    }
+}
+
+/// The batch that starts with `first`: every request already waiting, up to
+/// [`BATCH_REQUESTS`] and [`BATCH_BYTES`] (the one past the bytes is
+/// `carried` to the next batch). A request whose caller gave up (timed out,
+/// answered 503) is left out: nothing stored for what was refused.
+fn cut(first: Request, carried: &mut Option<Request>, queue: &mut mpsc::Receiver<Request>) -> Vec<Request> {
+    let mut bytes = first.size;
+    let mut batch = vec![first];
+    while batch.len() < BATCH_REQUESTS {
+        let Ok(request) = queue.try_recv() else { break };
+        if bytes + request.size > BATCH_BYTES {
+            *carried = Some(request);
+            break;
+        }
+        bytes += request.size;
+        batch.push(request);
+    }
+    batch.retain(|request| !request.answer.is_closed());
+    batch
+}
+
+/// Answers every request of `batch` with `result`.
+fn answer_all(batch: Vec<Request>, result: impl Fn() -> Result<Admission, IntakeError>) {
+    for request in batch {
+        let _ = request.answer.send(result());
+    }
+}
+
+/// Answers each request of `batch` from the script's list of duplicates.
+fn answer_batch(batch: Vec<Request>, duplicates: Vec<(usize, String)>) {
+    match seen_by_position(duplicates, batch.len()) {
+        Ok(seen) => {
+            for (request, holder) in batch.into_iter().zip(seen) {
+                let admission = match holder {
+                    None => Admission::Queued,
+                    Some(message_id) => Admission::Seen { message_id },
+                };
+                let _ = request.answer.send(Ok(admission));
+            }
+        }
+        Err(reason) => answer_all(batch, || Err(IntakeError::Protocol(reason.clone()))),
+    }
+}
+
+/// Group commit over a connection of its own ([`crate::wire`]): the same
+/// batches and the same transaction as [`Writer`], but this one task writes
+/// each transaction straight from the envelopes and reads the replies, with
+/// up to [`CALLS_IN_FLIGHT`] transactions on the wire. A connection that
+/// fails or stalls past the timeout fails every transaction on it (their
+/// requests are answered 503; whatever Redis did run of them, ran whole) and
+/// the next batch dials again.
+struct WireWriter {
+    endpoint: Endpoint,
+    pending: String,
+    retention_ms: u64,
+    timeout: Duration,
+}
+
+/// A transaction written, waiting for its replies.
+struct Sent {
+    batch: Vec<Request>,
+    /// The first error among the replies to `MULTI`, `LPUSH` and `EVAL`.
+    refused: Option<String>,
+    /// Replies still to come: `MULTI`, `LPUSH`, `EVAL`, `EXEC`.
+    awaited: usize,
+    deadline: tokio::time::Instant,
+}
+
+impl WireWriter {
+    async fn run(self, mut queue: mpsc::Receiver<Request>) {
+        let mut wire: Option<Wire> = None;
+        let mut sent: VecDeque<Sent> = VecDeque::new();
+        let mut carried: Option<Request> = None;
+        let mut out = Vec::new();
+        let mut open = true;
+        while open || !sent.is_empty() {
+            let deadline = sent.front().map(|call| call.deadline);
+            tokio::select! {
+                biased;
+                // Read while idle too: a connection Redis closed (a restart)
+                // is noticed now, not by failing the next batch on it.
+                read = fill(&mut wire), if wire.is_some() => {
+                    let taken = match (read, wire.as_mut()) {
+                        (Ok(()), Some(conn)) => settle(conn, &mut sent),
+                        (Err(reason), _) => Err(reason),
+                        (Ok(()), None) => Err("the connection is gone".to_string()),
+                    };
+                    if let Err(reason) = taken {
+                        fail(&mut sent, || IntakeError::Connection(reason.clone()));
+                        wire = None;
                     }
                 }
-                Err(reason) => {
-                    for request in batch {
-                        let _ = request.answer.send(Err(IntakeError::Protocol(reason.clone())));
-                    }
+                () = sleep_until(deadline), if deadline.is_some() => {
+                    let timeout = self.timeout;
+                    fail(&mut sent, || IntakeError::Timeout(timeout));
+                    wire = None;
                 }
-            },
-            Err(err) => {
-                for request in batch {
-                    let _ = request.answer.send(Err(IntakeError::Redis(err.clone())));
+                first = next(&mut carried, &mut queue), if open && sent.len() < CALLS_IN_FLIGHT => {
+                    let Some(first) = first else {
+                        open = false;
+                        continue;
+                    };
+                    let batch = cut(first, &mut carried, &mut queue);
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    let conn = match wire.as_mut() {
+                        Some(conn) => conn,
+                        None => match Wire::connect(&self.endpoint, self.timeout).await {
+                            Ok(conn) => wire.insert(conn),
+                            Err(reason) => {
+                                answer_all(batch, || Err(IntakeError::Connection(reason.clone())));
+                                continue;
+                            }
+                        },
+                    };
+                    out.clear();
+                    self.encode(&batch, &mut out);
+                    let written = match tokio::time::timeout(self.timeout, conn.write(&out)).await {
+                        Ok(written) => written.map_err(IntakeError::Connection),
+                        Err(_) => Err(IntakeError::Timeout(self.timeout)),
+                    };
+                    // Queued even when the write failed: part of it may have
+                    // reached Redis, so it fails with the others on the wire.
+                    sent.push_back(Sent {
+                        batch,
+                        refused: None,
+                        awaited: 4,
+                        deadline: tokio::time::Instant::now() + self.timeout,
+                    });
+                    if let Err(err) = written {
+                        let reason = err.to_string();
+                        fail(&mut sent, || IntakeError::Connection(reason.clone()));
+                        wire = None;
+                    }
                 }
             }
         }
+    }
+
+    /// `MULTI`, `LPUSH` of every envelope and the batch token, `EVAL` of the
+    /// intake script, `EXEC`: the transaction of [`Writer::commit`], as RESP.
+    fn encode(&self, batch: &[Request], out: &mut Vec<u8>) {
+        let token = format!("hookbus-intake-batch:{}", hookbus_bus::envelope::new_id());
+        let bytes: usize = batch.iter().map(|request| request.size + 16).sum();
+        out.reserve(bytes + 512 + 128 * batch.len());
+        wire::put_command(out, &[b"MULTI"]);
+        wire::put_array(out, batch.len() + 3);
+        wire::put_bulk(out, b"LPUSH");
+        wire::put_bulk(out, self.pending.as_bytes());
+        for request in batch {
+            wire::put_bulk_with(out, |out| request.envelope.encode_to(out));
+        }
+        wire::put_bulk(out, token.as_bytes());
+        wire::put_array(out, 3 + (1 + batch.len()) + 2 + 2 * batch.len());
+        wire::put_bulk(out, b"EVAL");
+        wire::put_bulk(out, intake_script().as_bytes());
+        wire::put_bulk(out, itoa::Buffer::new().format(1 + batch.len()).as_bytes());
+        wire::put_bulk(out, self.pending.as_bytes());
+        for request in batch {
+            wire::put_bulk(out, request.mark_key.as_bytes());
+        }
+        wire::put_bulk(out, itoa::Buffer::new().format(self.retention_ms).as_bytes());
+        wire::put_bulk(out, token.as_bytes());
+        for request in batch {
+            wire::put_bulk(out, request.envelope.id.as_bytes());
+            wire::put_bulk(out, request.replacing.as_bytes());
+        }
+        wire::put_command(out, &[b"EXEC"]);
+    }
+}
+
+/// Reads more replies; never ends while there is no connection.
+async fn fill(wire: &mut Option<Wire>) -> Result<(), String> {
+    match wire {
+        Some(conn) => conn.fill().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next request: the one carried over from the last batch, or the
+/// queue's next (`None` once every sender is gone).
+async fn next(carried: &mut Option<Request>, queue: &mut mpsc::Receiver<Request>) -> Option<Request> {
+    match carried.take() {
+        Some(request) => Some(request),
+        None => queue.recv().await,
+    }
+}
+
+/// Hands every complete reply read so far to the transactions waiting, in
+/// order, and answers those that are complete. An error means the
+/// connection can no longer be trusted to line replies up with requests.
+fn settle(conn: &mut Wire, sent: &mut VecDeque<Sent>) -> Result<(), String> {
+    while let Some(reply) = conn.take()? {
+        let Some(call) = sent.front_mut() else {
+            return Err("redis answered more than was asked".to_string());
+        };
+        call.awaited -= 1;
+        if call.awaited > 0 {
+            match reply {
+                Reply::Error(err) => {
+                    call.refused.get_or_insert(err);
+                }
+                Reply::Status(_) => {}
+                other => return Err(format!("{other:?} where a transaction's step is acknowledged")),
+            }
+            continue;
+        }
+        let Some(call) = sent.pop_front() else { continue };
+        match (call.refused, exec_duplicates(reply)) {
+            (Some(err), _) | (None, Err(IntakeError::Refused(err))) => {
+                answer_all(call.batch, || Err(IntakeError::Refused(err.clone())));
+            }
+            (None, Err(err)) => {
+                let reason = err.to_string();
+                answer_all(call.batch, || Err(IntakeError::Protocol(reason.clone())));
+            }
+            (None, Ok(duplicates)) => answer_batch(call.batch, duplicates),
+        }
+    }
+    Ok(())
+}
+
+/// Fails every transaction on the wire.
+fn fail(sent: &mut VecDeque<Sent>, err: impl Fn() -> IntakeError) {
+    for call in sent.drain(..) {
+        answer_all(call.batch, || Err(err()));
+    }
+}
+
+/// The duplicates the script listed, from `EXEC`'s reply: the `LPUSH`'s
+/// length, then the script's array of positions and holders.
+fn exec_duplicates(reply: Reply) -> Result<Vec<(usize, String)>, IntakeError> {
+    let steps = match reply {
+        Reply::Array(Some(steps)) => steps,
+        Reply::Error(err) => return Err(IntakeError::Refused(err)),
+        other => return Err(IntakeError::Protocol(format!("EXEC answered {other:?}"))),
+    };
+    let mut steps = steps.into_iter();
+    match (steps.next(), steps.next(), steps.next()) {
+        (Some(Reply::Error(err)), _, None) | (_, Some(Reply::Error(err)), None) => Err(IntakeError::Refused(err)),
+        (Some(Reply::Integer(_)), Some(Reply::Array(Some(listed))), None) => {
+            let mut duplicates = Vec::with_capacity(listed.len() / 2);
+            let mut listed = listed.into_iter();
+            while let Some(position) = listed.next() {
+                match (position, listed.next()) {
+                    (Reply::Integer(position), Some(Reply::Bulk(Some(holder)))) => {
+                        let position = usize::try_from(position)
+                            .map_err(|_| IntakeError::Protocol(format!("position {position}")))?;
+                        let holder = String::from_utf8(holder)
+                            .map_err(|_| IntakeError::Protocol("a holder that is not UTF-8".to_string()))?;
+                        duplicates.push((position, holder));
+                    }
+                    (position, holder) => {
+                        return Err(IntakeError::Protocol(format!("duplicate {position:?}, {holder:?}")));
+                    }
+                }
+            }
+            Ok(duplicates)
+        }
+        other => Err(IntakeError::Protocol(format!("EXEC answered {other:?}"))),
     }
 }
 

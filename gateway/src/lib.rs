@@ -31,6 +31,7 @@ pub mod redeliver;
 pub mod rejection;
 pub mod signature;
 pub mod webhook;
+pub mod wire;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -478,6 +478,120 @@ async fn a_push_redis_refuses_leaves_no_mark_behind() {
     assert_eq!(gw.pending_len(), 1);
 }
 
+// ---- the intake's own Redis connection ------------------------------------
+
+/// Sends `kill -<signal>` to a test redis-server.
+fn signal(redis: &RedisServer, signal: &str) {
+    let pid = redis.pid().expect("redis-server is running");
+    let sent = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+    assert!(sent.is_ok_and(|status| status.success()), "kill -{signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_and_database_of_the_redis_url_are_used() {
+    let redis = RedisServer::start();
+    let mut admin = redis.client();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("requirepass").arg("s3cret").query(&mut admin).expect("password");
+    let url = format!("redis://:s3cret@127.0.0.1:{}/5", redis.port());
+    let gw = TestGateway::start_on(redis, |settings| settings.redis.url = Secret::new(url.clone())).await;
+    let id = delivery();
+    let body = fixture("issues", "opened.json");
+    let response = gw.webhook("issues", &id, body.clone()).send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let again = gw.webhook("issues", &id, body).send().await.expect("again");
+    assert_eq!(json(again).await["duplicate"], true);
+
+    let mut conn = redis::Client::open(url).and_then(|client| client.get_connection()).expect("connect");
+    let stored: usize = redis::cmd("LLEN").arg(PENDING).query(&mut conn).expect("LLEN");
+    assert_eq!(stored, 1, "db 5 holds the webhook");
+    let _: () = redis::cmd("SELECT").arg(0).query(&mut conn).expect("SELECT");
+    let elsewhere: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).expect("KEYS");
+    assert!(elsewhere.is_empty(), "db 0 got {elsewhere:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_redis_password_is_503_and_says_so() {
+    let redis = RedisServer::start();
+    let mut admin = redis.client();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("requirepass").arg("s3cret").query(&mut admin).expect("password");
+    let url = format!("redis://:wrong@127.0.0.1:{}", redis.port());
+    let gw = TestGateway::start_on(redis, |settings| settings.redis.url = Secret::new(url)).await;
+    let response = gw.webhook("issues", &delivery(), fixture("issues", "opened.json")).send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let error = json(response).await["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("redis refused the login"), "{error}");
+    assert!(!error.contains("wrong"), "the password leaked: {error}");
+    let stored: usize = redis::cmd("LLEN").arg(PENDING).query(&mut admin).expect("LLEN");
+    assert_eq!(stored, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_is_503_within_the_timeout_and_the_retry_is_stored_once() {
+    let gw = TestGateway::start().await;
+    let body = fixture("release", "published.json");
+    let before = gw.webhook("release", &delivery(), body.clone()).send().await.expect("request");
+    assert_eq!(before.status(), StatusCode::ACCEPTED);
+
+    // Frozen with the connection open: the transaction is written, and no
+    // answer comes. Once Redis runs again it may still execute it.
+    signal(&gw.redis, "STOP");
+    let id = delivery();
+    let started = Instant::now();
+    let response = gw.webhook("release", &id, body.clone()).send().await.expect("request");
+    let waited = started.elapsed();
+    signal(&gw.redis, "CONT");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(waited < Duration::from_secs(3), "took {waited:?}");
+
+    // GitHub's retry: stored now, or found stored by the stalled write.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = gw.webhook("release", &id, body.clone()).send().await.expect("retry");
+        if response.status() == StatusCode::ACCEPTED {
+            break;
+        }
+        assert!(Instant::now() < deadline, "gateway did not recover: {}", response.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(gw.pending_len(), 2, "the first webhook and the retried one, once each");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_restarts_while_idle_the_next_webhook_is_accepted_at_once() {
+    let mut gw = TestGateway::start().await;
+    let body = fixture("issues", "opened.json");
+    let before = gw.webhook("issues", &delivery(), body.clone()).send().await.expect("request");
+    assert_eq!(before.status(), StatusCode::ACCEPTED);
+    // Its connection closed under it: the first webhook after must not be
+    // the one that finds out.
+    gw.redis.restart();
+    let after = gw.webhook("issues", &delivery(), body).send().await.expect("request");
+    assert_eq!(after.status(), StatusCode::ACCEPTED);
+    assert_eq!(gw.pending_len(), 1, "the restarted server kept nothing, and now holds the new webhook");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_a_self_signed_certificate_is_accepted_when_configured() {
+    let gw = TestGateway::start_on(RedisServer::start_tls(), |settings| settings.redis.tls_insecure = true).await;
+    let id = delivery();
+    let body = fixture("issues", "opened.json");
+    let response = gw.webhook("issues", &id, body.clone()).send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let again = gw.webhook("issues", &id, body).send().await.expect("again");
+    assert_eq!(json(again).await["duplicate"], true);
+    assert_eq!(gw.pending_len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_an_unknown_certificate_is_refused_unless_configured() {
+    let gw = TestGateway::start_on(RedisServer::start_tls(), |settings| settings.redis.tls_insecure = false).await;
+    let response = gw.webhook("issues", &delivery(), fixture("issues", "opened.json")).send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let error = json(response).await["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("certificate"), "{error}");
+    gw.assert_nothing_stored();
+}
+
 // ---- client API -----------------------------------------------------------
 
 fn a_change() -> serde_json::Value {

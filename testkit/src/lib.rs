@@ -26,6 +26,8 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     aof: bool,
+    /// Serving TLS only, with a self-signed certificate for `localhost`.
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -41,18 +43,49 @@ impl RedisServer {
         Self::start_with(true)
     }
 
+    /// Starts a throwaway server that speaks TLS only (as Heroku Redis
+    /// does), with a self-signed certificate made by `openssl`: dial it
+    /// with `redis.tls_insecure`.
+    pub fn start_tls() -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir for redis-server");
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+            .args(["-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(dir.path().join("key.pem"))
+            .arg("-out")
+            .arg(dir.path().join("cert.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        assert!(made.is_ok_and(|status| status.success()), "openssl could not make a test certificate");
+        let mut server = RedisServer { port: free_port(), dir, aof: false, tls: true, child: None };
+        server.spawn();
+        server
+    }
+
     fn start_with(aof: bool) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir for redis-server");
-        let mut server = RedisServer { port: free_port(), dir, aof, child: None };
+        let mut server = RedisServer { port: free_port(), dir, aof, tls: false, child: None };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .arg("--bind")
+        if self.tls {
+            let file = |name: &str| self.dir.path().join(name);
+            cmd.args(["--port", "0", "--tls-port", &self.port.to_string(), "--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(file("cert.pem"))
+                .arg("--tls-key-file")
+                .arg(file("key.pem"))
+                .arg("--tls-ca-cert-file")
+                .arg(file("cert.pem"));
+        } else {
+            cmd.arg("--port").arg(self.port.to_string());
+        }
+        cmd.arg("--bind")
             .arg("127.0.0.1")
             .arg("--dir")
             .arg(self.dir.path())
@@ -79,7 +112,7 @@ impl RedisServer {
     fn wait_until_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(mut conn) = redis::Client::open(self.url()).and_then(|c| c.get_connection()) {
+            if let Ok(mut conn) = redis::Client::open(self.dial()).and_then(|c| c.get_connection()) {
                 // With AOF, the server answers LOADING until the file is read.
                 if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
                     return;
@@ -94,13 +127,29 @@ impl RedisServer {
         self.port
     }
 
+    /// `redis://127.0.0.1:<port>`, or `rediss://` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// [`RedisServer::url`], accepting the self-signed certificate of a TLS server.
+    fn dial(&self) -> String {
+        if self.tls {
+            format!("{}/#insecure", self.url())
+        } else {
+            self.url()
+        }
+    }
+
+    /// The server's process id (to stop and continue it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// A blocking connection for test assertions.
     pub fn client(&self) -> redis::Connection {
-        redis::Client::open(self.url()).and_then(|c| c.get_connection()).expect("connect to the test redis-server")
+        redis::Client::open(self.dial()).and_then(|c| c.get_connection()).expect("connect to the test redis-server")
     }
 
     /// Kills the server (SIGKILL: no chance to save) and waits for it to die.

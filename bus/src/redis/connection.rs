@@ -85,6 +85,15 @@ impl RedisTarget {
         self.cluster
     }
 
+    /// The one server's URL as dialled (a secret: it may hold a password);
+    /// `None` for a cluster.
+    pub fn single_url(&self) -> Option<&str> {
+        match self.nodes.as_slice() {
+            [url] if !self.cluster => Some(url),
+            _ => None,
+        }
+    }
+
     fn cluster_client(&self, timeout: Duration) -> Result<ClusterClient, redis::RedisError> {
         // The overall bound covers the client's own retries (a node that
         // is down, MOVED/ASK while slots move), so a call never outlasts
