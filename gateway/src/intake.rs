@@ -101,6 +101,8 @@ const BATCH_BYTES: usize = 1024 * 1024;
 /// the ingest benchmark 4 took 4-7 % more webhooks/s than 2; 8 no more than
 /// 4, with Redis spending more per webhook on smaller batches.
 const CALLS_IN_FLIGHT: usize = 4;
+/// Bytes of transaction buffer the wire writer keeps between batches, at most.
+const KEPT_BUFFER: usize = 2 * BATCH_BYTES;
 /// Requests waiting for the writer at most; past it, `admit` waits (within
 /// the gateway's bound).
 const WAITING: usize = 4096;
@@ -399,6 +401,10 @@ impl WireWriter {
                         let reason = err.to_string();
                         fail(&mut sent, || IntakeError::Connection(reason.clone()));
                         wire = None;
+                    }
+                    // A 25 MiB webhook's buffer is not kept for the small ones.
+                    if out.capacity() > KEPT_BUFFER {
+                        out = Vec::new();
                     }
                 }
             }
