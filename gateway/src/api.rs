@@ -74,7 +74,14 @@ async fn queue_change(gateway: &Gateway, headers: &HeaderMap, body: Body) -> Res
     let admission = gateway
         .bounded(gateway.intake.admit(&Mark::Change(operation.clone()), &envelope, None))
         .await
-        .map_err(|err| Rejection::unavailable(format!("queue unavailable, nothing stored: {err}")))?;
+        .map_err(|err| {
+            // A stalled or cut-off Redis may still run the write it had;
+            // the id lets the client look before it sends the change again.
+            Rejection::unavailable(format!(
+                "queue unavailable, not accepted (if the store ran the write after all, it is operation {operation}: \
+                 GET /api/v1/operations/{operation}): {err}"
+            ))
+        })?;
     if admission != Admission::Queued {
         // Operation ids are fresh UUIDs: a clash means the store is confused.
         return Err(Rejection::unavailable("operation id already in use; retry"));

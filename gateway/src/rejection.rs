@@ -29,6 +29,14 @@ impl Rejection {
     pub fn unavailable(reason: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, reason)
     }
+    /// 503 for a write the store did not acknowledge. Not stored, unless
+    /// Redis still runs a transaction it had received before it stalled or
+    /// the connection broke; the retry then finds it, as a duplicate.
+    pub fn not_stored(err: &crate::intake::IntakeError) -> Self {
+        Self::unavailable(format!(
+            "queue unavailable, not accepted (if the store ran the write after all, a retry is answered as a duplicate): {err}"
+        ))
+    }
     pub fn invalid_field(field: impl Into<String>, reason: impl Into<String>) -> Self {
         let field = field.into();
         Rejection {

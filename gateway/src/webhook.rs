@@ -130,7 +130,7 @@ async fn accept(
     let admission = gateway
         .bounded(gateway.intake.admit(&mark, &envelope, None))
         .await
-        .map_err(|err| Rejection::unavailable(format!("queue unavailable, nothing stored: {err}")))?;
+        .map_err(|err| Rejection::not_stored(&err))?;
     let (status, body, result) = match admission {
         Admission::Queued => (accepted_status(&delivery), accepted_body(&envelope, &delivery), "accepted"),
         Admission::Seen { message_id } => match ended_dead(gateway, &message_id).await? {
@@ -139,7 +139,7 @@ async fn accept(
                 let again = gateway
                     .bounded(gateway.intake.admit(&mark, &envelope, Some(&message_id)))
                     .await
-                    .map_err(|err| Rejection::unavailable(format!("queue unavailable, nothing stored: {err}")))?;
+                    .map_err(|err| Rejection::not_stored(&err))?;
                 match again {
                     Admission::Queued => {
                         (accepted_status(&delivery), accepted_body(&envelope, &delivery), "redelivered")
@@ -200,7 +200,7 @@ async fn ended_dead(gateway: &Gateway, trace_id: &str) -> Result<bool, Rejection
         let letters = gateway
             .bounded(gateway.backend.dead_list(queue, DEAD_SCAN))
             .await
-            .map_err(|err| Rejection::unavailable(format!("queue unavailable, nothing stored: {err}")))?;
+            .map_err(|err| Rejection::not_stored(&err))?;
         let found = letters.iter().any(|letter| match &letter.content {
             DeadContent::Envelope(envelope) => envelope.trace_id == trace_id,
             DeadContent::Raw(_) => false,

@@ -542,6 +542,9 @@ async fn a_stalled_redis_is_503_within_the_timeout_and_the_retry_is_stored_once(
     signal(&gw.redis, "CONT");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(waited < Duration::from_secs(3), "took {waited:?}");
+    // It does not claim that nothing was stored: that is not known.
+    let error = json(response).await["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("a retry is answered as a duplicate"), "{error}");
 
     // GitHub's retry: stored now, or found stored by the stalled write.
     let deadline = Instant::now() + Duration::from_secs(10);
