@@ -487,13 +487,21 @@ fn signal(redis: &RedisServer, signal: &str) {
     assert!(sent.is_ok_and(|status| status.success()), "kill -{signal} {pid}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_password_and_database_of_the_redis_url_are_used() {
+/// A gateway over a redis-server that asks for the password `s3cret`,
+/// dialled with the URL `url` makes of the port; with that URL, and a
+/// connection that logged in before the password was set.
+async fn behind_a_password(url: impl Fn(u16) -> String) -> (TestGateway, String, redis::Connection) {
     let redis = RedisServer::start();
     let mut admin = redis.client();
     let _: () = redis::cmd("CONFIG").arg("SET").arg("requirepass").arg("s3cret").query(&mut admin).expect("password");
-    let url = format!("redis://:s3cret@127.0.0.1:{}/5", redis.port());
+    let url = url(redis.port());
     let gw = TestGateway::start_on(redis, |settings| settings.redis.url = Secret::new(url.clone())).await;
+    (gw, url, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_and_database_of_the_redis_url_are_used() {
+    let (gw, url, _) = behind_a_password(|port| format!("redis://:s3cret@127.0.0.1:{port}/5")).await;
     let id = delivery();
     let body = fixture("issues", "opened.json");
     let response = gw.webhook("issues", &id, body.clone()).send().await.expect("request");
@@ -511,11 +519,7 @@ async fn the_password_and_database_of_the_redis_url_are_used() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_redis_password_is_503_and_says_so() {
-    let redis = RedisServer::start();
-    let mut admin = redis.client();
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("requirepass").arg("s3cret").query(&mut admin).expect("password");
-    let url = format!("redis://:wrong@127.0.0.1:{}", redis.port());
-    let gw = TestGateway::start_on(redis, |settings| settings.redis.url = Secret::new(url)).await;
+    let (gw, _, mut admin) = behind_a_password(|port| format!("redis://:wrong@127.0.0.1:{port}")).await;
     let response = gw.webhook("issues", &delivery(), fixture("issues", "opened.json")).send().await.expect("request");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let error = json(response).await["error"].as_str().unwrap_or_default().to_string();
