@@ -499,15 +499,20 @@ async fn behind_a_password(url: impl Fn(u16) -> String) -> (TestGateway, String,
     (gw, url, admin)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_password_and_database_of_the_redis_url_are_used() {
-    let (gw, url, _) = behind_a_password(|port| format!("redis://:s3cret@127.0.0.1:{port}/5")).await;
+/// One webhook, sent twice: accepted, then answered as a duplicate.
+async fn accepted_then_duplicate(gw: &TestGateway) {
     let id = delivery();
     let body = fixture("issues", "opened.json");
     let response = gw.webhook("issues", &id, body.clone()).send().await.expect("request");
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let again = gw.webhook("issues", &id, body).send().await.expect("again");
     assert_eq!(json(again).await["duplicate"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_and_database_of_the_redis_url_are_used() {
+    let (gw, url, _) = behind_a_password(|port| format!("redis://:s3cret@127.0.0.1:{port}/5")).await;
+    accepted_then_duplicate(&gw).await;
 
     let mut conn = redis::Client::open(url).and_then(|client| client.get_connection()).expect("connect");
     let stored: usize = redis::cmd("LLEN").arg(PENDING).query(&mut conn).expect("LLEN");
@@ -580,12 +585,7 @@ async fn after_redis_restarts_while_idle_the_next_webhook_is_accepted_at_once() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_tls_a_self_signed_certificate_is_accepted_when_configured() {
     let gw = TestGateway::start_on(RedisServer::start_tls(), |settings| settings.redis.tls_insecure = true).await;
-    let id = delivery();
-    let body = fixture("issues", "opened.json");
-    let response = gw.webhook("issues", &id, body.clone()).send().await.expect("request");
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let again = gw.webhook("issues", &id, body).send().await.expect("again");
-    assert_eq!(json(again).await["duplicate"], true);
+    accepted_then_duplicate(&gw).await;
     assert_eq!(gw.pending_len(), 1);
 }
 
@@ -593,10 +593,7 @@ async fn over_tls_a_self_signed_certificate_is_accepted_when_configured() {
 async fn over_tls_an_unknown_certificate_is_refused_unless_configured() {
     let gw = TestGateway::start_on(RedisServer::start_tls(), |settings| settings.redis.tls_insecure = false).await;
     let response = gw.webhook("issues", &delivery(), fixture("issues", "opened.json")).send().await.expect("request");
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let error = json(response).await["error"].as_str().unwrap_or_default().to_string();
-    assert!(error.contains("certificate"), "{error}");
-    gw.assert_nothing_stored();
+    assert_refused(&gw, response, StatusCode::SERVICE_UNAVAILABLE, "certificate").await;
 }
 
 // ---- client API -----------------------------------------------------------
