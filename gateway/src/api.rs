@@ -51,7 +51,8 @@ pub async fn submit_change(State(gateway): State<Arc<Gateway>>, headers: HeaderM
 }
 
 async fn queue_change(gateway: &Gateway, headers: &HeaderMap, body: Body) -> Result<Response, Rejection> {
-    authorize(gateway, headers)?;
+    let token = authorize(gateway, headers)?;
+    let key = idempotency_key(headers)?;
     let raw = match Limited::new(body, MAX_CHANGE_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
@@ -67,6 +68,12 @@ async fn queue_change(gateway: &Gateway, headers: &HeaderMap, body: Body) -> Res
     validate(&change)?;
 
     let mut envelope = Envelope::new(KIND, bytes::Bytes::new());
+    if let Some(key) = key {
+        // The same key (from the same token) is the same operation, so its
+        // mark makes a retry a duplicate instead of a second change.
+        envelope.id = keyed_operation(token, key);
+        envelope.trace_id = envelope.id.clone();
+    }
     let payload = ChangePayload { operation: &envelope.id, received_at: now_ms(), change: &change };
     envelope.payload = hookbus_bus::envelope::encode_payload(&payload)
         .map_err(|err| Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode message: {err}")))?;
@@ -77,21 +84,32 @@ async fn queue_change(gateway: &Gateway, headers: &HeaderMap, body: Body) -> Res
         .map_err(|err| {
             // A stalled or cut-off Redis may still run the write it had;
             // the id lets the client look before it sends the change again.
+            let retry = match key {
+                Some(_) => "send it again with the same Idempotency-Key",
+                None => "send an Idempotency-Key to make a retry safe",
+            };
             Rejection::unavailable(format!(
                 "queue unavailable, not accepted (if the store ran the write after all, it is operation {operation}: \
-                 GET /api/v1/operations/{operation}): {err}"
+                 GET /api/v1/operations/{operation}; {retry}): {err}"
             ))
         })?;
-    if admission != Admission::Queued {
+    let duplicate = match admission {
+        Admission::Queued => false,
+        // A retry with the same key: the first one is the operation.
+        Admission::Seen { .. } if key.is_some() => true,
         // Operation ids are fresh UUIDs: a clash means the store is confused.
-        return Err(Rejection::unavailable("operation id already in use; retry"));
-    }
-    tracing::info!(trace_id = %operation, operation = %operation, "client change queued");
-    let body = serde_json::json!({
+        Admission::Seen { .. } => return Err(Rejection::unavailable("operation id already in use; retry")),
+    };
+    let result = if duplicate { "duplicate" } else { "queued" };
+    tracing::info!(trace_id = %operation, operation = %operation, result, "client change {result}");
+    let mut body = serde_json::json!({
         "operation": operation,
         "state": "queued",
         "status_url": format!("/api/v1/operations/{operation}"),
     });
+    if duplicate {
+        body["duplicate"] = Value::Bool(true);
+    }
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
@@ -148,7 +166,8 @@ fn refuse(what: &'static str, rejection: Rejection) -> Response {
 
 /// Accepts `Authorization: Bearer <token>` for any configured token,
 /// comparing every one in constant time.
-fn authorize(gateway: &Gateway, headers: &HeaderMap) -> Result<(), Rejection> {
+/// The bearer token presented, when it is one of the configured tokens.
+fn authorize<'h>(gateway: &Gateway, headers: &'h HeaderMap) -> Result<&'h str, Rejection> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -160,10 +179,40 @@ fn authorize(gateway: &Gateway, headers: &HeaderMap) -> Result<(), Rejection> {
         .iter()
         .fold(subtle::Choice::from(0), |acc, token| acc | token.expose().as_bytes().ct_eq(presented.as_bytes()));
     if bool::from(matched) {
-        Ok(())
+        Ok(presented)
     } else {
         Err(Rejection::unauthorized("bearer token not accepted"))
     }
+}
+
+/// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || bytes.len() > 255 || !bytes.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(Rejection::bad_request(
+            "Idempotency-Key: 1 to 255 visible ASCII characters (letters, digits, punctuation; no spaces)",
+        ));
+    }
+    Ok(value.to_str().ok())
+}
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The operation id of a change sent with `key` under `token`: a UUID
+/// (version 8) made from SHA-256 over both, so the same key gives the same
+/// operation, and two clients' keys never meet.
+fn keyed_operation(token: &str, key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"hookbus change\0")
+        .chain_update(token.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
 }
 
 const RESOURCES: [&str; 3] = ["issue", "comment", "release"];

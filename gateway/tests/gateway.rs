@@ -668,6 +668,72 @@ async fn an_invalid_change_is_422_naming_the_field_and_nothing_is_stored() {
     assert_refused(&gw, not_json, StatusCode::BAD_REQUEST, "not JSON").await;
 }
 
+/// `POST /api/v1/changes` of [`a_change`] with `token` and, if given, an `Idempotency-Key`.
+fn post_change(gw: &TestGateway, token: &str, key: Option<&str>) -> reqwest::RequestBuilder {
+    let request = gw.http.post(gw.url("/api/v1/changes")).bearer_auth(token).json(&a_change());
+    match key {
+        Some(key) => request.header("idempotency-key", key),
+        None => request,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_sent_again_with_its_idempotency_key_is_one_operation() {
+    const OTHER_TOKEN: &str = "another-client-token-0123";
+    let gw = TestGateway::start_on(RedisServer::start(), |settings| {
+        settings.api.tokens = hookbus_config::Tokens::new([TOKEN, OTHER_TOKEN]);
+    })
+    .await;
+    let first = post_change(&gw, TOKEN, Some("change-7")).send().await.expect("request");
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first = json(first).await;
+    assert_eq!(first.get("duplicate"), None);
+    let again = json(post_change(&gw, TOKEN, Some("change-7")).send().await.expect("again")).await;
+    assert_eq!(again["operation"], first["operation"]);
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(gw.pending_len(), 1, "one operation for one key");
+
+    // Another key, another client's same key, and no key: new operations.
+    for (token, key) in [(TOKEN, Some("change-8")), (OTHER_TOKEN, Some("change-7")), (TOKEN, None), (TOKEN, None)] {
+        let response = json(post_change(&gw, token, key).send().await.expect("request")).await;
+        assert_ne!(response["operation"], first["operation"]);
+        assert_eq!(response.get("duplicate"), None, "{token} {key:?}");
+    }
+    assert_eq!(gw.pending_len(), 5);
+
+    for bad in ["", "has space", &"k".repeat(256)] {
+        let response = post_change(&gw, TOKEN, Some(bad)).send().await.expect("request");
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+        assert!(json(response).await["error"].as_str().is_some_and(|e| e.contains("Idempotency-Key")));
+    }
+    assert_eq!(gw.pending_len(), 5, "a refused key stores nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_refused_by_a_stalled_redis_and_sent_again_with_its_key_is_stored_once() {
+    let gw = TestGateway::start().await;
+    let warm = post_change(&gw, TOKEN, None).send().await.expect("request");
+    assert_eq!(warm.status(), StatusCode::ACCEPTED);
+    signal(&gw.redis, "STOP");
+    let refused = post_change(&gw, TOKEN, Some("order-1234")).send().await.expect("request");
+    signal(&gw.redis, "CONT");
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let error = json(refused).await["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("same Idempotency-Key"), "{error}");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let operation = loop {
+        let response = post_change(&gw, TOKEN, Some("order-1234")).send().await.expect("retry");
+        if response.status() == StatusCode::ACCEPTED {
+            break json(response).await["operation"].as_str().unwrap_or_default().to_string();
+        }
+        assert!(Instant::now() < deadline, "gateway did not recover: {}", response.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(error.contains(&operation), "the 503 named the operation the retry became: {error}");
+    assert_eq!(gw.pending_len(), 2, "the warm-up change and this one, once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_operation_is_404() {
     let gw = TestGateway::start().await;
