@@ -165,8 +165,7 @@ fn refuse(what: &'static str, rejection: Rejection) -> Response {
 }
 
 /// Accepts `Authorization: Bearer <token>` for any configured token,
-/// comparing every one in constant time.
-/// The bearer token presented, when it is one of the configured tokens.
+/// comparing every one in constant time; returns the token presented.
 fn authorize<'h>(gateway: &Gateway, headers: &'h HeaderMap) -> Result<&'h str, Rejection> {
     let presented = headers
         .get(header::AUTHORIZATION)

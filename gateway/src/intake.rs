@@ -325,12 +325,15 @@ struct WireWriter {
     timeout: Duration,
 }
 
+/// Replies to one transaction: `MULTI`, `LPUSH`, `EVAL` (queued), `EXEC`.
+const TRANSACTION_REPLIES: usize = 4;
+
 /// A transaction written, waiting for its replies.
 struct Sent {
     batch: Vec<Request>,
     /// The first error among the replies to `MULTI`, `LPUSH` and `EVAL`.
     refused: Option<String>,
-    /// Replies still to come: `MULTI`, `LPUSH`, `EVAL`, `EXEC`.
+    /// Replies still to come, of [`TRANSACTION_REPLIES`].
     awaited: usize,
     deadline: tokio::time::Instant,
 }
@@ -386,19 +389,18 @@ impl WireWriter {
                     out.clear();
                     self.encode(&batch, &mut out);
                     let written = match tokio::time::timeout(self.timeout, conn.write(&out)).await {
-                        Ok(written) => written.map_err(IntakeError::Connection),
-                        Err(_) => Err(IntakeError::Timeout(self.timeout)),
+                        Ok(written) => written,
+                        Err(_) => Err(format!("redis did not take the write within {:?}", self.timeout)),
                     };
                     // Queued even when the write failed: part of it may have
                     // reached Redis, so it fails with the others on the wire.
                     sent.push_back(Sent {
                         batch,
                         refused: None,
-                        awaited: 4,
+                        awaited: TRANSACTION_REPLIES,
                         deadline: tokio::time::Instant::now() + self.timeout,
                     });
-                    if let Err(err) = written {
-                        let reason = err.to_string();
+                    if let Err(reason) = written {
                         fail(&mut sent, || IntakeError::Connection(reason.clone()));
                         wire = None;
                     }
