@@ -59,19 +59,30 @@ impl RedisServer {
             .stderr(Stdio::null())
             .status();
         assert!(made.is_ok_and(|status| status.success()), "openssl could not make a test certificate");
-        let mut server = RedisServer { port: free_port(), dir, aof: false, tls: true, child: None };
-        server.spawn();
-        server
+        RedisServer { port: 0, dir, aof: false, tls: true, child: None }.on_a_free_port()
     }
 
     fn start_with(aof: bool) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir for redis-server");
-        let mut server = RedisServer { port: free_port(), dir, aof, tls: false, child: None };
-        server.spawn();
-        server
+        RedisServer { port: 0, dir, aof, tls: false, child: None }.on_a_free_port()
     }
 
-    fn spawn(&mut self) {
+    /// Starts it on a port free a moment ago. Tests run in parallel, and
+    /// another process may take that port first (an outgoing connection,
+    /// another test's server); the server then cannot listen and exits, and
+    /// it starts again on another port.
+    fn on_a_free_port(mut self) -> RedisServer {
+        for _ in 0..5 {
+            self.port = free_port();
+            if self.try_spawn() {
+                return self;
+            }
+        }
+        panic!("redis-server could not listen on any of 5 free ports");
+    }
+
+    /// Starts redis-server on `self.port`; whether it came up there.
+    fn try_spawn(&mut self) -> bool {
         let mut cmd = Command::new("redis-server");
         if self.tls {
             let file = |name: &str| self.dir.path().join(name);
@@ -106,16 +117,28 @@ impl RedisServer {
             Err(err) => panic!("cannot start redis-server: {err}"),
         };
         self.child = Some(child);
-        self.wait_until_up();
+        self.wait_until_up()
     }
 
-    fn wait_until_up(&self) {
+    /// Whether the server came up; `false` when it exited first (its port
+    /// was taken). Only this server counts: one of another test that holds
+    /// the port answers with another directory.
+    fn wait_until_up(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
+        let dir = self.dir.path().canonicalize().unwrap_or_else(|_| self.dir.path().to_path_buf());
         loop {
+            if let Some(child) = self.child.as_mut() {
+                if child.try_wait().is_ok_and(|status| status.is_some()) {
+                    self.child = None;
+                    return false;
+                }
+            }
             if let Ok(mut conn) = redis::Client::open(self.dial()).and_then(|c| c.get_connection()) {
+                let ours: Result<Vec<String>, _> = redis::cmd("CONFIG").arg("GET").arg("dir").query(&mut conn);
+                let ours = ours.is_ok_and(|answer| answer.get(1).is_some_and(|d| std::path::Path::new(d) == dir));
                 // With AOF, the server answers LOADING until the file is read.
-                if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                    return;
+                if ours && redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                    return true;
                 }
             }
             assert!(Instant::now() < deadline, "redis-server on port {} did not come up", self.port);
@@ -171,7 +194,7 @@ impl RedisServer {
     pub fn restart_after(&mut self, down: Duration) {
         self.kill();
         std::thread::sleep(down);
-        self.spawn();
+        assert!(self.try_spawn(), "redis-server could not listen on port {} again", self.port);
     }
 }
 
