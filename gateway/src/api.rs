@@ -78,21 +78,18 @@ async fn queue_change(gateway: &Gateway, headers: &HeaderMap, body: Body) -> Res
     envelope.payload = hookbus_bus::envelope::encode_payload(&payload)
         .map_err(|err| Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode message: {err}")))?;
     let operation = envelope.id.clone();
-    let admission = gateway
-        .bounded(gateway.intake.admit(&Mark::Change(operation.clone()), &envelope, None))
-        .await
-        .map_err(|err| {
-            // A stalled or cut-off Redis may still run the write it had;
-            // the id lets the client look before it sends the change again.
-            let retry = match key {
-                Some(_) => "send it again with the same Idempotency-Key",
-                None => "send an Idempotency-Key to make a retry safe",
-            };
-            Rejection::unavailable(format!(
-                "queue unavailable, not accepted (if the store ran the write after all, it is operation {operation}: \
+    let admission = gateway.intake.admit(&Mark::Change(operation.clone()), &envelope, None).await.map_err(|err| {
+        // A stalled or cut-off Redis may still run the write it had;
+        // the id lets the client look before it sends the change again.
+        let retry = match key {
+            Some(_) => "send it again with the same Idempotency-Key",
+            None => "send an Idempotency-Key to make a retry safe",
+        };
+        Rejection::unavailable(format!(
+            "queue unavailable, not accepted (if the store ran the write after all, it is operation {operation}: \
                  GET /api/v1/operations/{operation}; {retry}): {err}"
-            ))
-        })?;
+        ))
+    })?;
     let duplicate = match admission {
         Admission::Queued => false,
         // A retry with the same key: the first one is the operation.

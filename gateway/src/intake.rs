@@ -69,7 +69,8 @@ pub enum IntakeError {
 pub trait Intake: Send + Sync + 'static {
     /// Pushes `envelope` and sets `mark` to its id, unless `mark` already
     /// names a message other than `replacing`. Returns only after the store
-    /// acknowledged the write.
+    /// acknowledged the write, or with an error within the intake's bound
+    /// (the timeout it was built with): callers need no timer of their own.
     async fn admit(&self, mark: &Mark, envelope: &Envelope, replacing: Option<&str>) -> Result<Admission, IntakeError>;
 
     /// The message id `mark` names, if it is still remembered.
@@ -132,6 +133,11 @@ struct Request {
     size: usize,
     /// `''` or the message id the mark must still name.
     replacing: String,
+    /// When its caller is answered 503 if Redis has not answered yet: the
+    /// writer keeps the bound, so no request holds a timer of its own (a
+    /// timer per webhook was 2-3 % of a serving thread's time, and woke
+    /// its runtime through an eventfd write about every third webhook).
+    deadline: tokio::time::Instant,
     answer: oneshot::Sender<Result<Admission, IntakeError>>,
 }
 
@@ -189,7 +195,7 @@ impl RedisIntake {
                     tokio::spawn(writer.run(queue));
                 }
                 None => {
-                    let writer = Writer { conn: self.conn.clone(), pending, retention_ms };
+                    let writer = Writer { conn: self.conn.clone(), pending, retention_ms, timeout: self.timeout };
                     tokio::spawn(writer.run(queue));
                 }
             }
@@ -205,6 +211,7 @@ struct Writer {
     conn: RedisConnection,
     pending: String,
     retention_ms: u64,
+    timeout: Duration,
 }
 
 impl Writer {
@@ -222,7 +229,7 @@ impl Writer {
                     None => return,
                 },
             };
-            let batch = cut(first, &mut carried, &mut queue);
+            let batch = cut(first, &mut carried, &mut queue, this.timeout);
             if batch.is_empty() {
                 continue;
             }
@@ -270,9 +277,15 @@ impl Writer {
 
 /// The batch that starts with `first`: every request already waiting, up to
 /// [`BATCH_REQUESTS`] and [`BATCH_BYTES`] (the one past the bytes is
-/// `carried` to the next batch). A request whose caller gave up (timed out,
-/// answered 503) is left out: nothing stored for what was refused.
-fn cut(first: Request, carried: &mut Option<Request>, queue: &mut mpsc::Receiver<Request>) -> Vec<Request> {
+/// `carried` to the next batch). A request whose caller gave up, or whose
+/// deadline passed while it waited, is left out (the latter answered 503):
+/// nothing stored for what was refused.
+fn cut(
+    first: Request,
+    carried: &mut Option<Request>,
+    queue: &mut mpsc::Receiver<Request>,
+    timeout: Duration,
+) -> Vec<Request> {
     let mut bytes = first.size;
     let mut batch = vec![first];
     while batch.len() < BATCH_REQUESTS {
@@ -284,8 +297,23 @@ fn cut(first: Request, carried: &mut Option<Request>, queue: &mut mpsc::Receiver
         bytes += request.size;
         batch.push(request);
     }
-    batch.retain(|request| !request.answer.is_closed());
+    let now = tokio::time::Instant::now();
     batch
+        .into_iter()
+        .filter_map(|request| match request.deadline <= now {
+            true => {
+                let _ = request.answer.send(Err(IntakeError::Timeout(timeout)));
+                None
+            }
+            false => (!request.answer.is_closed()).then_some(request),
+        })
+        .collect()
+}
+
+/// The earliest deadline of a batch's requests: when the batch's
+/// transaction is given up on.
+fn batch_deadline(batch: &[Request], timeout: Duration) -> tokio::time::Instant {
+    batch.iter().map(|request| request.deadline).min().unwrap_or_else(|| tokio::time::Instant::now() + timeout)
 }
 
 /// Answers every request of `batch` with `result`.
@@ -335,6 +363,8 @@ struct Sent {
     refused: Option<String>,
     /// Replies still to come, of [`TRANSACTION_REPLIES`].
     awaited: usize,
+    /// Its requests' earliest deadline: past it, the connection is given up
+    /// (Redis may be stalled) and every transaction on it fails.
     deadline: tokio::time::Instant,
 }
 
@@ -345,8 +375,17 @@ impl WireWriter {
         let mut carried: Option<Request> = None;
         let mut out = Vec::new();
         let mut open = true;
+        // One timer for the oldest transaction, moved only when that changes
+        // (a timer made afresh each turn registers afresh each turn).
+        let timer = tokio::time::sleep(self.timeout);
+        tokio::pin!(timer);
         while open || !sent.is_empty() {
             let deadline = sent.front().map(|call| call.deadline);
+            if let Some(deadline) = deadline {
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+            }
             tokio::select! {
                 biased;
                 // Read while idle too: a connection Redis closed (a restart)
@@ -362,7 +401,7 @@ impl WireWriter {
                         wire = None;
                     }
                 }
-                () = sleep_until(deadline), if deadline.is_some() => {
+                () = &mut timer, if deadline.is_some() => {
                     let timeout = self.timeout;
                     fail(&mut sent, || IntakeError::Timeout(timeout));
                     wire = None;
@@ -372,34 +411,40 @@ impl WireWriter {
                         open = false;
                         continue;
                     };
-                    let batch = cut(first, &mut carried, &mut queue);
+                    let batch = cut(first, &mut carried, &mut queue, self.timeout);
                     if batch.is_empty() {
                         continue;
                     }
+                    // Nothing on the wire outlives its requests' bound; a
+                    // batch's own bound is its oldest request's.
+                    let limit = match deadline {
+                        Some(oldest) => oldest.min(batch_deadline(&batch, self.timeout)),
+                        None => batch_deadline(&batch, self.timeout),
+                    };
                     let conn = match wire.as_mut() {
                         Some(conn) => conn,
-                        None => match Wire::connect(&self.endpoint, self.timeout).await {
-                            Ok(conn) => wire.insert(conn),
-                            Err(reason) => {
-                                answer_all(batch, || Err(IntakeError::Connection(reason.clone())));
-                                continue;
+                        None => {
+                            let left = limit.saturating_duration_since(tokio::time::Instant::now());
+                            match Wire::connect(&self.endpoint, left.min(self.timeout)).await {
+                                Ok(conn) => wire.insert(conn),
+                                Err(reason) => {
+                                    answer_all(batch, || Err(IntakeError::Connection(reason.clone())));
+                                    continue;
+                                }
                             }
-                        },
+                        }
                     };
                     out.clear();
                     self.encode(&batch, &mut out);
-                    let written = match tokio::time::timeout(self.timeout, conn.write(&out)).await {
+                    // Usually done at once: the timer is then never registered.
+                    let written = match tokio::time::timeout_at(limit, conn.write(&out)).await {
                         Ok(written) => written,
                         Err(_) => Err(format!("redis did not take the write within {:?}", self.timeout)),
                     };
                     // Queued even when the write failed: part of it may have
                     // reached Redis, so it fails with the others on the wire.
-                    sent.push_back(Sent {
-                        batch,
-                        refused: None,
-                        awaited: TRANSACTION_REPLIES,
-                        deadline: tokio::time::Instant::now() + self.timeout,
-                    });
+                    let deadline = batch_deadline(&batch, self.timeout);
+                    sent.push_back(Sent { batch, refused: None, awaited: TRANSACTION_REPLIES, deadline });
                     if let Err(reason) = written {
                         fail(&mut sent, || IntakeError::Connection(reason.clone()));
                         wire = None;
@@ -449,13 +494,6 @@ impl WireWriter {
 async fn fill(wire: &mut Option<Wire>) -> Result<(), String> {
     match wire {
         Some(conn) => conn.fill().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }
@@ -570,17 +608,32 @@ pub fn mark_key(prefix: &str, mark: &Mark) -> String {
 #[async_trait]
 impl Intake for RedisIntake {
     async fn admit(&self, mark: &Mark, envelope: &Envelope, replacing: Option<&str>) -> Result<Admission, IntakeError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let (answer, admission) = oneshot::channel();
         let request = Request {
             mark_key: self.mark_key(mark),
             envelope: envelope.clone(),
             size: envelope.encoded_len(),
             replacing: replacing.unwrap_or("").to_string(),
+            deadline,
             answer,
         };
         let stopped = || IntakeError::Protocol("the intake writer task stopped".to_string());
-        self.writer().send(request).await.map_err(|_| stopped())?;
-        admission.await.map_err(|_| stopped())?
+        // A timer only while the writer's queue is full (a registered timer
+        // is what costs; one never polled costs nothing).
+        match tokio::time::timeout_at(deadline, self.writer().send(request)).await {
+            Ok(sent) => sent.map_err(|_| stopped())?,
+            Err(_) => return Err(IntakeError::Timeout(self.timeout)),
+        }
+        match &self.endpoint {
+            // The wire writer answers every request by its deadline.
+            Some(_) => admission.await.map_err(|_| stopped())?,
+            // Through redis-rs (a cluster): bounded here.
+            None => match tokio::time::timeout_at(deadline, admission).await {
+                Ok(answered) => answered.map_err(|_| stopped())?,
+                Err(_) => Err(IntakeError::Timeout(self.timeout)),
+            },
+        }
     }
 
     async fn lookup(&self, mark: &Mark) -> Result<Option<String>, IntakeError> {
@@ -601,16 +654,19 @@ impl Intake for RedisIntake {
 pub struct LocalIntake {
     backend: Arc<dyn Backend>,
     retention: Duration,
+    /// The bound on one `admit`.
+    timeout: Duration,
     marks: tokio::sync::Mutex<HashMap<Mark, (String, Instant)>>,
     /// Pruning expired marks walks the map; done at most once a minute.
     last_prune: Mutex<Instant>,
 }
 
 impl LocalIntake {
-    pub fn new(backend: Arc<dyn Backend>, retention: Duration) -> Self {
+    pub fn new(backend: Arc<dyn Backend>, retention: Duration, timeout: Duration) -> Self {
         LocalIntake {
             backend,
             retention,
+            timeout,
             marks: tokio::sync::Mutex::new(HashMap::new()),
             last_prune: Mutex::new(Instant::now()),
         }
@@ -620,6 +676,29 @@ impl LocalIntake {
 #[async_trait]
 impl Intake for LocalIntake {
     async fn admit(&self, mark: &Mark, envelope: &Envelope, replacing: Option<&str>) -> Result<Admission, IntakeError> {
+        match tokio::time::timeout(self.timeout, self.admit_now(mark, envelope, replacing)).await {
+            Ok(admitted) => admitted,
+            Err(_) => Err(IntakeError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn lookup(&self, mark: &Mark) -> Result<Option<String>, IntakeError> {
+        let marks = self.marks.lock().await;
+        Ok(marks.get(mark).filter(|(_, expires)| *expires > Instant::now()).map(|(holder, _)| holder.clone()))
+    }
+
+    async fn ping(&self) -> Result<(), IntakeError> {
+        Ok(self.backend.ping().await?)
+    }
+}
+
+impl LocalIntake {
+    async fn admit_now(
+        &self,
+        mark: &Mark,
+        envelope: &Envelope,
+        replacing: Option<&str>,
+    ) -> Result<Admission, IntakeError> {
         let mut marks = self.marks.lock().await;
         let now = Instant::now();
         if let Ok(mut last) = self.last_prune.lock() {
@@ -636,15 +715,6 @@ impl Intake for LocalIntake {
         self.backend.push(QUEUE, std::slice::from_ref(envelope)).await?;
         marks.insert(mark.clone(), (envelope.id.clone(), now + self.retention));
         Ok(Admission::Queued)
-    }
-
-    async fn lookup(&self, mark: &Mark) -> Result<Option<String>, IntakeError> {
-        let marks = self.marks.lock().await;
-        Ok(marks.get(mark).filter(|(_, expires)| *expires > Instant::now()).map(|(holder, _)| holder.clone()))
-    }
-
-    async fn ping(&self) -> Result<(), IntakeError> {
-        Ok(self.backend.ping().await?)
     }
 }
 

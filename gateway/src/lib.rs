@@ -98,7 +98,7 @@ impl Gateway {
     /// the in-memory bus).
     pub fn in_process(backend: Arc<dyn Backend>, settings: &Settings) -> Self {
         let retention = Duration::from_millis(settings.gateway.delivery_retention_ms);
-        let intake = Arc::new(LocalIntake::new(backend.clone(), retention));
+        let intake = Arc::new(LocalIntake::new(backend.clone(), retention, settings.gateway.redis_timeout()));
         Self::with_intake(backend, intake, settings)
     }
 

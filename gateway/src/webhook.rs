@@ -127,17 +127,16 @@ async fn accept(
     let envelope = Envelope::new(KIND, encoded);
     let mark = Mark::Delivery(delivery.id.clone());
 
-    let admission = gateway
-        .bounded(gateway.intake.admit(&mark, &envelope, None))
-        .await
-        .map_err(|err| Rejection::not_stored(&err))?;
+    // The intake keeps the gateway's bound itself (no timer per webhook).
+    let admission = gateway.intake.admit(&mark, &envelope, None).await.map_err(|err| Rejection::not_stored(&err))?;
     let (status, body, result) = match admission {
         Admission::Queued => (accepted_status(&delivery), accepted_body(&envelope, &delivery), "accepted"),
         Admission::Seen { message_id } => match ended_dead(gateway, &message_id).await? {
             false => (accepted_status(&delivery), Answer::duplicate(message_id, &delivery), "duplicate"),
             true => {
                 let again = gateway
-                    .bounded(gateway.intake.admit(&mark, &envelope, Some(&message_id)))
+                    .intake
+                    .admit(&mark, &envelope, Some(&message_id))
                     .await
                     .map_err(|err| Rejection::not_stored(&err))?;
                 match again {

@@ -568,6 +568,53 @@ async fn a_stalled_redis_is_503_within_the_timeout_and_the_retry_is_stored_once(
     assert_eq!(gw.pending_len(), 2, "the first webhook and the retried one, once each");
 }
 
+/// The bound is kept by the intake writer, not by a timer per request: a
+/// webhook that waited in its queue behind stalled transactions is still
+/// answered within the timeout of its own arrival, not of its batch's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_queued_behind_a_stalled_redis_are_each_503_within_the_timeout() {
+    let gw = std::sync::Arc::new(TestGateway::start().await);
+    let timeout = Duration::from_millis(1_000);
+    let body = fixture("release", "published.json");
+    signal(&gw.redis, "STOP");
+    let send = |gw: std::sync::Arc<TestGateway>, body: Vec<u8>| {
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let response = gw.webhook("release", &delivery(), body).send().await.expect("request");
+            (response.status(), started.elapsed())
+        })
+    };
+    // Spaced out, so that each is a transaction of its own and the writer's
+    // in-flight transactions are all taken; then more, which wait in its
+    // queue until the first of those fails.
+    let mut requests = Vec::new();
+    for _ in 0..6 {
+        requests.push(send(gw.clone(), body.clone()));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    tokio::time::sleep(timeout / 2).await;
+    for _ in 0..12 {
+        requests.push(send(gw.clone(), body.clone()));
+    }
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(request.await.expect("task"));
+    }
+    signal(&gw.redis, "CONT");
+    for (status, waited) in &answers {
+        assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "{answers:?}");
+        assert!(*waited < timeout + Duration::from_millis(400), "answered after {waited:?}: {answers:?}");
+    }
+    // And the gateway takes webhooks again once Redis does.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.webhook("release", &delivery(), body.clone()).send().await.expect("request").status()
+        != StatusCode::ACCEPTED
+    {
+        assert!(Instant::now() < deadline, "gateway did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_redis_restarts_while_idle_the_next_webhook_is_accepted_at_once() {
     let mut gw = TestGateway::start().await;
