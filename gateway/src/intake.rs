@@ -136,7 +136,7 @@ struct Request {
     /// When its caller is answered 503 if Redis has not answered yet: the
     /// writer keeps the bound, so no request holds a timer of its own (a
     /// timer per webhook was 2-3 % of a serving thread's time, and woke
-    /// its runtime through an eventfd write about every third webhook).
+    /// its runtime through an eventfd write for about one webhook in four).
     deadline: tokio::time::Instant,
     answer: oneshot::Sender<Result<Admission, IntakeError>>,
 }
@@ -439,7 +439,10 @@ impl WireWriter {
                     // Usually done at once: the timer is then never registered.
                     let written = match tokio::time::timeout_at(limit, conn.write(&out)).await {
                         Ok(written) => written,
-                        Err(_) => Err(format!("redis did not take the write within {:?}", self.timeout)),
+                        Err(_) => Err(format!(
+                            "redis did not take the write before its oldest request's deadline ({:?} after it came)",
+                            self.timeout
+                        )),
                     };
                     // Queued even when the write failed: part of it may have
                     // reached Redis, so it fails with the others on the wire.
