@@ -417,10 +417,8 @@ impl WireWriter {
                     }
                     // Nothing on the wire outlives its requests' bound; a
                     // batch's own bound is its oldest request's.
-                    let limit = match deadline {
-                        Some(oldest) => oldest.min(batch_deadline(&batch, self.timeout)),
-                        None => batch_deadline(&batch, self.timeout),
-                    };
+                    let own = batch_deadline(&batch, self.timeout);
+                    let limit = deadline.map_or(own, |oldest| oldest.min(own));
                     let conn = match wire.as_mut() {
                         Some(conn) => conn,
                         None => {
@@ -446,8 +444,7 @@ impl WireWriter {
                     };
                     // Queued even when the write failed: part of it may have
                     // reached Redis, so it fails with the others on the wire.
-                    let deadline = batch_deadline(&batch, self.timeout);
-                    sent.push_back(Sent { batch, refused: None, awaited: TRANSACTION_REPLIES, deadline });
+                    sent.push_back(Sent { batch, refused: None, awaited: TRANSACTION_REPLIES, deadline: own });
                     if let Err(reason) = written {
                         fail(&mut sent, || IntakeError::Connection(reason.clone()));
                         wire = None;
