@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
@@ -33,7 +33,13 @@ pub const KIND: &str = "github.webhook";
 /// a router line (`request_id=…`, with its status and timing) leads to the
 /// gateway's line. A header value that reads as text holds only visible
 /// ASCII: it is logged as it is.
-const REQUEST_ID: &str = "x-request-id";
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+// GitHub's headers, as names made once: looked up by a `&str`, a header
+// name is checked and lowercased again on every request.
+const EVENT: HeaderName = HeaderName::from_static("x-github-event");
+const DELIVERY: HeaderName = HeaderName::from_static("x-github-delivery");
+const SIGNATURE: HeaderName = HeaderName::from_static("x-hub-signature-256");
 
 /// Dead letters searched per queue when a known delivery comes again.
 const DEAD_SCAN: usize = 1_000;
@@ -69,7 +75,7 @@ pub async fn receive(State(gateway): State<Arc<Gateway>>, request: Request) -> R
         Err(rejection) => {
             // Signed by GitHub, its event name may become a label; before, not.
             let event = match verified {
-                true => header_text(headers, "x-github-event").unwrap_or(""),
+                true => header_text(headers, &EVENT).unwrap_or(""),
                 false => "unverified",
             };
             metrics::webhook(event, rejection.result_label());
@@ -77,8 +83,8 @@ pub async fn receive(State(gateway): State<Arc<Gateway>>, request: Request) -> R
                 status = rejection.status.as_u16(),
                 reason = %rejection.reason,
                 event = %event,
-                delivery = %printable(header_text(headers, "x-github-delivery").unwrap_or("")),
-                request_id = header_text(headers, REQUEST_ID).unwrap_or(""),
+                delivery = %printable(header_text(headers, &DELIVERY).unwrap_or("")),
+                request_id = header_text(headers, &REQUEST_ID).unwrap_or(""),
                 "webhook refused"
             );
             rejection.into_response()
@@ -96,8 +102,8 @@ async fn accept(
 ) -> Result<Response, Rejection> {
     let delivery = github_headers(headers)?;
     let raw = read_limited(body, headers, gateway.max_body).await?;
-    let signature = headers.get("x-hub-signature-256").map(|v| v.as_bytes());
-    let content_type = header_text(headers, header::CONTENT_TYPE.as_str());
+    let signature = headers.get(&SIGNATURE).map(|v| v.as_bytes());
+    let content_type = header_text(headers, &header::CONTENT_TYPE);
     let checked = if raw.len() <= OFFLOAD_BYTES {
         check(&gateway.secrets, signature, content_type, raw)
     } else {
@@ -158,7 +164,7 @@ async fn accept(
         event = %delivery.event,
         result,
         bytes = json.len(),
-        request_id = header_text(headers, REQUEST_ID).unwrap_or(""),
+        request_id = header_text(headers, &REQUEST_ID).unwrap_or(""),
         "webhook {result}"
     );
     Ok((status, Json(body)).into_response())
@@ -212,13 +218,13 @@ async fn ended_dead(gateway: &Gateway, trace_id: &str) -> Result<bool, Rejection
 }
 
 fn github_headers(headers: &HeaderMap) -> Result<Delivery, Rejection> {
-    let event = header_text(headers, "x-github-event")
+    let event = header_text(headers, &EVENT)
         .filter(|v| !v.is_empty())
         .ok_or_else(|| Rejection::bad_request("missing X-GitHub-Event header"))?;
     if event.len() > 64 || !event.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.') {
         return Err(Rejection::bad_request("X-GitHub-Event is not an event name"));
     }
-    let id = header_text(headers, "x-github-delivery")
+    let id = header_text(headers, &DELIVERY)
         .filter(|v| !v.is_empty())
         .ok_or_else(|| Rejection::bad_request("missing X-GitHub-Delivery header"))?;
     if id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
@@ -227,7 +233,7 @@ fn github_headers(headers: &HeaderMap) -> Result<Delivery, Rejection> {
     Ok(Delivery { event: event.to_string(), id: id.to_string() })
 }
 
-fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+fn header_text<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
@@ -242,7 +248,7 @@ fn too_large(limit: usize) -> Rejection {
 
 /// Reads at most `limit` bytes; a larger body is refused without reading on.
 async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Rejection> {
-    let declared = header_text(headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
+    let declared = header_text(headers, &header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large(limit));
     }
