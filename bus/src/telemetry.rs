@@ -205,40 +205,28 @@ impl FormatTime for Clock {
 /// `YYYY-MM-DDTHH:MM:SS.` for a second since the epoch (years past 9999
 /// are not expected of a clock that is running).
 fn second_text(second: u64) -> [u8; 20] {
-    let (days, of_day) = (second / 86_400, second % 86_400);
-    let (year, month, day) = civil_from_days(days);
+    let when = i64::try_from(second)
+        .ok()
+        .and_then(|second| time::OffsetDateTime::from_unix_timestamp(second).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let mut text = [0u8; 20];
-    let mut put = |at: usize, width: usize, mut value: u64| {
+    let mut put = |at: usize, width: usize, value: u32| {
+        let mut value = value;
         for i in (at..at + width).rev() {
             text[i] = b'0' + (value % 10) as u8;
             value /= 10;
         }
     };
-    put(0, 4, year.min(9999));
-    put(5, 2, month);
-    put(8, 2, day);
-    put(11, 2, of_day / 3600);
-    put(14, 2, of_day / 60 % 60);
-    put(17, 2, of_day % 60);
+    put(0, 4, when.year().clamp(0, 9999) as u32);
+    put(5, 2, u32::from(u8::from(when.month())));
+    put(8, 2, u32::from(when.day()));
+    put(11, 2, u32::from(when.hour()));
+    put(14, 2, u32::from(when.minute()));
+    put(17, 2, u32::from(when.second()));
     for (at, mark) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.')] {
         text[at] = mark;
     }
     text
-}
-
-/// Year, month and day of a day since 1970-01-01 in the proleptic Gregorian
-/// calendar (Howard Hinnant's `civil_from_days`, for days after the epoch).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Colours only for a person at a terminal: a log file, a pipe or a process
