@@ -203,30 +203,26 @@ impl FormatTime for Clock {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.` for a second since the epoch (years past 9999
-/// are not expected of a clock that is running).
+/// are not expected of a clock that is running). Once a second: plain
+/// `format!` will do.
 fn second_text(second: u64) -> [u8; 20] {
     let when = i64::try_from(second)
         .ok()
         .and_then(|second| time::OffsetDateTime::from_unix_timestamp(second).ok())
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let mut text = [0u8; 20];
-    let mut put = |at: usize, width: usize, value: u32| {
-        let mut value = value;
-        for i in (at..at + width).rev() {
-            text[i] = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
-    };
-    put(0, 4, when.year().clamp(0, 9999) as u32);
-    put(5, 2, u32::from(u8::from(when.month())));
-    put(8, 2, u32::from(when.day()));
-    put(11, 2, u32::from(when.hour()));
-    put(14, 2, u32::from(when.minute()));
-    put(17, 2, u32::from(when.second()));
-    for (at, mark) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.')] {
-        text[at] = mark;
-    }
-    text
+    let text = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
+        when.year().clamp(0, 9999),
+        u8::from(when.month()),
+        when.day(),
+        when.hour(),
+        when.minute(),
+        when.second()
+    );
+    let mut prefix = [0u8; 20];
+    // Twenty bytes whatever the second, the year being clamped to four digits.
+    prefix.copy_from_slice(&text.as_bytes()[..20]);
+    prefix
 }
 
 /// Colours only for a person at a terminal: a log file, a pipe or a process
