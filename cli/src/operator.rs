@@ -156,6 +156,14 @@ pub async fn peek(queue: &str, n: usize, dead: bool) -> ExitCode {
     };
     match shown {
         Ok(values) => {
+            // Said on stderr: a script reading stdout sees nothing to decode,
+            // a person sees that the queue was read and is empty.
+            if values.is_empty() {
+                match dead {
+                    true => eprintln!("hookbus: {queue} has no dead letters"),
+                    false => eprintln!("hookbus: {queue} has no pending messages"),
+                }
+            }
             for value in values {
                 out!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
             }

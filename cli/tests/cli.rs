@@ -65,6 +65,18 @@ fn peek_decodes_envelopes_and_shows_utf8_bodies_as_text() {
     assert_eq!(value["kind"], "github.webhook");
     assert_eq!(value["payload"]["body"], r#"{"action":"opened"}"#);
     assert_eq!(value["payload"]["event"], "issues");
+
+    // An empty queue: nothing on stdout for a script to misread, and a
+    // sentence on stderr for the person who asked.
+    for (args, said) in [
+        (&["peek", "reconcile"][..], "reconcile has no pending messages"),
+        (&["dead", "list", "reconcile"][..], "reconcile has no dead letters"),
+    ] {
+        let out = hookbus(&server, args);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(stdout(&out), "", "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(said), "{args:?}: {out:?}");
+    }
 }
 
 #[test]
