@@ -2,7 +2,8 @@
 //!
 //! - [`webhook`]: `POST /webhooks/github`: verify, validate, deduplicate on
 //!   `X-GitHub-Delivery`, enqueue a `github.webhook` message on `normalise`.
-//! - [`signature`]: the `X-Hub-Signature-256` HMAC.
+//! - [`signature`]: the `X-Hub-Signature-256` HMAC; [`json`]: whether a
+//!   body is JSON, checked in one pass with its signature.
 //! - [`intake`]: enqueueing exactly once per delivery (Redis script, or in
 //!   process for dev mode).
 //! - [`api`]: the client API, `POST /api/v1/changes` and
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod api;
 pub mod health;
 pub mod intake;
+pub mod json;
 pub mod metrics;
 pub mod operations;
 pub mod redeliver;

@@ -24,14 +24,24 @@ pub enum SignatureError {
 /// Checks `header` (the raw `X-Hub-Signature-256` value, if any) against the
 /// HMAC of `body` under `secret`, comparing in constant time.
 pub fn verify(secret: &[u8], body: &[u8], header: Option<&[u8]>) -> Result<(), SignatureError> {
+    let claimed = claimed_digest(header)?;
+    let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| SignatureError::Mismatch)?;
+    mac.update(body);
+    matches(mac, &claimed)
+}
+
+/// The digest `header` claims, if it is of the form `sha256=<64 hex digits>`.
+fn claimed_digest(header: Option<&[u8]>) -> Result<[u8; 32], SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     let hex_digest = header.strip_prefix(PREFIX.as_bytes()).ok_or(SignatureError::Malformed)?;
     let mut claimed = [0u8; 32];
     hex::decode_to_slice(hex_digest, &mut claimed).map_err(|_| SignatureError::Malformed)?;
-    let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| SignatureError::Mismatch)?;
-    mac.update(body);
+    Ok(claimed)
+}
+
+fn matches(mac: HmacSha256, claimed: &[u8; 32]) -> Result<(), SignatureError> {
     // `verify_slice` compares with `subtle`'s constant-time equality.
-    mac.verify_slice(&claimed).map_err(|_| SignatureError::Mismatch)
+    mac.verify_slice(claimed).map_err(|_| SignatureError::Mismatch)
 }
 
 /// The secrets a webhook may be signed with: the configured one and, while
@@ -67,6 +77,47 @@ impl WebhookSecrets {
                 None => Err(SignatureError::Mismatch),
             },
             checked => checked.map(|()| SignedWith::Current),
+        }
+    }
+
+    /// Starts checking `header` against a body that will be fed in pieces
+    /// ([`Verification::update`]), for a caller that reads the body for
+    /// something else at the same time. A missing or malformed header is
+    /// refused here, before any of the body is read.
+    pub fn begin(&self, header: Option<&[u8]>) -> Result<Verification<'_>, SignatureError> {
+        let claimed = claimed_digest(header)?;
+        let mac = HmacSha256::new_from_slice(self.current.expose().as_bytes()).map_err(|_| SignatureError::Mismatch)?;
+        Ok(Verification { secrets: self, claimed, mac })
+    }
+}
+
+/// A signature check under way: the HMAC under the current secret of what
+/// was fed so far.
+pub struct Verification<'s> {
+    secrets: &'s WebhookSecrets,
+    claimed: [u8; 32],
+    mac: HmacSha256,
+}
+
+impl Verification<'_> {
+    /// The next piece of the body.
+    pub fn update(&mut self, piece: &[u8]) {
+        self.mac.update(piece);
+    }
+
+    /// Whether the body — every piece fed, which together must be `body` —
+    /// carries the claimed signature. Only when the current secret does not
+    /// match is `body` hashed again, under the previous secret.
+    pub fn finish(self, body: &[u8]) -> Result<SignedWith, SignatureError> {
+        match (matches(self.mac, &self.claimed), &self.secrets.previous) {
+            (Ok(()), _) => Ok(SignedWith::Current),
+            (Err(_), Some(previous)) => {
+                let mut mac =
+                    HmacSha256::new_from_slice(previous.expose().as_bytes()).map_err(|_| SignatureError::Mismatch)?;
+                mac.update(body);
+                matches(mac, &self.claimed).map(|()| SignedWith::Previous)
+            }
+            (Err(mismatch), None) => Err(mismatch),
         }
     }
 }
@@ -122,6 +173,25 @@ mod tests {
         let settled = WebhookSecrets::new(Secret::new("new secret"), Secret::default());
         assert_eq!(settled.verify(BODY, Some(SIGNATURE.as_bytes())), Err(SignatureError::Mismatch));
         assert_eq!(settled.verify(BODY, Some(by_new.as_bytes())), Ok(SignedWith::Current));
+    }
+
+    #[test]
+    fn a_body_fed_in_pieces_is_judged_as_a_whole_body_is() {
+        let rotating = WebhookSecrets::new(Secret::new("new secret"), Secret::new(String::from_utf8_lossy(SECRET)));
+        let by_new = sign(b"new secret", BODY);
+        let by_other = sign(b"other", BODY);
+        for header in [Some(SIGNATURE.as_bytes()), Some(by_new.as_bytes()), Some(by_other.as_bytes())] {
+            for split in 0..=BODY.len() {
+                let in_pieces = rotating.begin(header).and_then(|mut verification| {
+                    verification.update(&BODY[..split]);
+                    verification.update(&BODY[split..]);
+                    verification.finish(BODY)
+                });
+                assert_eq!(in_pieces, rotating.verify(BODY, header), "split at {split}");
+            }
+        }
+        assert_eq!(rotating.begin(None).err(), Some(SignatureError::Missing));
+        assert_eq!(rotating.begin(Some(b"sha256=zz")).err(), Some(SignatureError::Malformed));
     }
 
     #[test]

@@ -271,6 +271,26 @@ async fn a_wrong_signature_is_401_and_nothing_is_stored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_neither_signed_nor_json_is_401_not_400() {
+    // The signature and the JSON grammar are checked in one pass; whoever
+    // sent an unsigned body learns only that it is unsigned, wherever its
+    // JSON breaks off, and whether or not a previous secret is configured.
+    let gw = TestGateway::start_on(RedisServer::start(), |settings| {
+        settings.github.previous_webhook_secret = Secret::new("the previous secret");
+    })
+    .await;
+    let whole = fixture("issues", "opened.json");
+    for broken in [b"Hello, World!".to_vec(), whole[..whole.len() / 2].to_vec(), whole[..70].to_vec()] {
+        let response = gw
+            .webhook_as("issues", &delivery(), broken, "application/json", b"not the secret")
+            .send()
+            .await
+            .expect("request");
+        assert_refused(&gw, response, StatusCode::UNAUTHORIZED, "does not match").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn during_a_secret_rotation_webhooks_signed_with_either_secret_are_stored() {
     // The operator set the new secret and kept the old one as previous;
     // GitHub signs with the old one until its settings are saved.
