@@ -172,9 +172,15 @@ struct Fetched {
     /// message it may take, and most of those would come back empty if it
     /// always sent as many as it has room for. None before the first.
     expect: Option<usize>,
-    /// A fetch took the note another consumer left when it declared this
+    /// A fetch found a new note from another consumer that declared this
     /// one dead (`reaped:<consumer>`); the next heartbeat reports it.
     lapsed: bool,
+    /// The last such note taken in (its value, the reaper's cut-off). Notes
+    /// are read, never deleted by their consumer: a call that Redis ran but
+    /// whose reply was lost (timed out on waking from a stall, a dropped
+    /// connection) would otherwise have taken the note with it, and the
+    /// consumer would push the outputs of what was handed on.
+    note: Option<Vec<u8>>,
 }
 
 /// Messages a fetch tries to take at least, however quiet the queue was.
@@ -353,8 +359,8 @@ impl RedisBackend {
         let mut tx = redis::pipe();
         tx.atomic();
         // Registered (again, when another consumer declared this one dead:
-        // the note it left is taken here, and the next heartbeat told).
-        tx.del(keys.reaped(&consumer.name));
+        // the note it left is read here, and the next heartbeat told).
+        tx.get(keys.reaped(&consumer.name));
         tx.zadd(keys.consumers(), &consumer.name, now_ms()).ignore();
         tx.hset_nx(keys.fetches(&consumer.name), fetch, 0).ignore();
         tx.cmd("EVAL")
@@ -387,7 +393,9 @@ impl RedisBackend {
         if replies.is_empty() {
             return Err(bad("no registration"));
         }
-        if matches!(replies.remove(0), redis::Value::Int(1)) {
+        let note: Option<Vec<u8>> =
+            redis::from_redis_value(replies.remove(0)).map_err(|_| bad("a bad note of this consumer's death"))?;
+        if self.new_note(consumer, note) {
             self.fetched
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -403,6 +411,19 @@ impl RedisBackend {
             }
         }
         Ok((leased, left))
+    }
+
+    /// Whether `note`, the value of `reaped:<consumer>` just read, is one
+    /// this consumer has not taken in yet (and takes it in).
+    fn new_note(&self, consumer: &ConsumerId, note: Option<Vec<u8>>) -> bool {
+        let Some(note) = note else { return false };
+        let mut fetched = self.fetched.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = fetched.entry(consumer.name.clone()).or_default();
+        if state.note.as_ref() == Some(&note) {
+            return false;
+        }
+        state.note = Some(note);
+        true
     }
 
     /// Whether a fetch found `consumer` declared dead since the last time
@@ -732,19 +753,23 @@ impl Backend for RedisBackend {
         let now = now_ms();
         // Another consumer that declared this one dead left a note.
         let mut beat = redis::pipe();
-        beat.del(keys.reaped(&consumer.name)).zadd(keys.consumers(), &consumer.name, now).ignore();
+        beat.get(keys.reaped(&consumer.name)).zadd(keys.consumers(), &consumer.name, now).ignore();
         let Some(timeout_ms) = reap_after_ms else {
-            let (noted,): (i64,) = timed(beat.query_async(&mut conn)).await?;
-            let lapsed = noted == 1 || self.fetch_found_lapsed(consumer);
+            let (note,): (Option<Vec<u8>>,) = timed(beat.query_async(&mut conn)).await?;
+            // `|`, not `||`: a fetch's finding is reported once, so it is
+            // always taken.
+            let lapsed = self.new_note(consumer, note) | self.fetch_found_lapsed(consumer);
             return Ok(HeartbeatReport { lapsed, ..HeartbeatReport::default() });
         };
         let lapsed_before = now - timeout_ms as i64;
-        let (noted, lapsed): (i64, Vec<String>) =
+        let (note, lapsed): (Option<Vec<u8>>, Vec<String>) =
             timed(beat.zrangebyscore(keys.consumers(), "-inf", format!("({lapsed_before}")).query_async(&mut conn))
                 .await?;
         drop(conn);
-        let mut report =
-            HeartbeatReport { lapsed: noted == 1 || self.fetch_found_lapsed(consumer), ..HeartbeatReport::default() };
+        let mut report = HeartbeatReport {
+            lapsed: self.new_note(consumer, note) | self.fetch_found_lapsed(consumer),
+            ..HeartbeatReport::default()
+        };
         for name in lapsed {
             if let Some(n) = self.reap(&consumer.queue, &name, Some(lapsed_before)).await? {
                 tracing::warn!(queue = %consumer.queue, consumer = %name, requeued = n,

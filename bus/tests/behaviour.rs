@@ -745,6 +745,46 @@ async fn leases_of_a_dead_worker_of_the_previous_layout_go_back_in_order() {
     assert!(!left, "the old in-flight hash is gone");
 }
 
+/// A stalled consumer learns it was declared dead from the reaper's note,
+/// which its heartbeat or fetch reads. On waking, such a call can run in
+/// Redis while its reply is lost to this process (its timer ran out during
+/// the stall, the connection dropped): the note must still be there for the
+/// next call, or the consumer pushes the outputs of a message already
+/// handed on. A second backend stands for the lost reply: Redis ran the
+/// calls, the consumer's own backend never heard of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_does_not_lose_the_note_that_a_consumer_was_declared_dead() {
+    let server = RedisServer::start();
+    let own = RedisBackend::connect(&server.url(), "hookbus", 2, false).expect("pool");
+    let lost = RedisBackend::connect(&server.url(), "hookbus", 2, false).expect("pool");
+    own.push("q", &[msg(1), msg(2)]).await.expect("push");
+    let stalled = consumer("q");
+    own.register(&stalled).await.expect("register");
+    assert_eq!(fetch_ns(&own, &stalled, 1, 1).await, vec![1]);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let report = own.heartbeat(&consumer("q"), Some(1_000)).await.expect("reap");
+    assert_eq!((report.reaped_consumers, report.requeued), (1, 1));
+
+    // Waking: a fetch and a beat run, their replies lost.
+    lost.fetch(&stalled, 2, 1).await.expect("fetch whose reply is lost");
+    lost.heartbeat(&stalled, None).await.expect("beat whose reply is lost");
+    let report = own.heartbeat(&stalled, None).await.expect("beat");
+    assert!(report.lapsed, "the consumer was not told it had been declared dead");
+    // Told once: later beats find the same note and report nothing new.
+    assert!(!own.heartbeat(&stalled, None).await.expect("beat").lapsed);
+    assert!(!own.heartbeat(&stalled, Some(1_000)).await.expect("judging beat").lapsed);
+
+    // A fetch that hears the note tells the next beat, once.
+    let other = RedisBackend::connect(&server.url(), "hookbus", 2, false).expect("pool");
+    let second = consumer("q");
+    other.register(&second).await.expect("register");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    own.heartbeat(&stalled, Some(1_000)).await.expect("reap the second");
+    other.fetch(&second, 1, 1).await.expect("fetch");
+    assert!(other.heartbeat(&second, None).await.expect("beat").lapsed);
+    assert!(!other.heartbeat(&second, None).await.expect("beat").lapsed);
+}
+
 /// The Redis settings that can lose what the bus acknowledged are named,
 /// read from `INFO` (managed services refuse `CONFIG`): no append-only
 /// file, an eviction policy. A durable `noeviction` server names nothing,

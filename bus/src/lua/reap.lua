@@ -15,7 +15,9 @@
 --          heartbeat lapsed, so that the consumer, if it was only stalled,
 --          learns on waking that what it held was handed on (and an empty
 --          Redis after a restart, which has no such note, is not taken for
---          that)
+--          that). Its value, the cut-off, tells one reaping from the next:
+--          the consumer reads the note and remembers the value, and never
+--          deletes it, so a reply lost on its way cannot lose the note.
 -- ARGV[1]  consumer name
 -- ARGV[2]  lapsed-before ms: only act if the heartbeat is older ('' = always)
 -- ARGV[3..] the declared fetch numbers, the caller's read of `fetches`
